@@ -1,0 +1,1 @@
+"""Evaluation: LM metrics, classification and generation metrics, classical baselines, reports."""

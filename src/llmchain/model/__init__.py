@@ -1,0 +1,1 @@
+"""The decoder transformer, its presets, HF-format I/O and GGUF export."""

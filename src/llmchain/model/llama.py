@@ -1,0 +1,376 @@
+"""The decoder-only transformer (Llama family), in one file, top to bottom in the order data flows.
+
+RMSNorm → rotary position embedding (RoPE) → grouped-query attention through PyTorch's
+`scaled_dot_product_attention` → SwiGLU MLP → decoder layer → model. Config fields and parameter
+names are exactly those of Hugging Face `LlamaConfig` / `LlamaForCausalLM` (and Qwen2's, whose only
+difference here is a bias on q/k/v), so a state dict moves between us and `transformers` unchanged.
+
+The model knows nothing of parallelism, mixed precision or serving: DDP/FSDP wrapping and autocast
+live in `train/`, batching of many requests in `serve/`. What it does offer for them is a KV cache
+addressed by (slot, position), which covers plain generation and continuous batching alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class LlamaConfig:
+    """HF `LlamaConfig` fields (the subset this architecture uses), with their HF names."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Llama: bias on q, k, v and o
+    mlp_bias: bool = False
+    model_type: str = "llama"  # "qwen2": bias on q, k, v only (Qwen2's layout)
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    torch_dtype: str = "float32"
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of config.json, kept as they were
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.attention_bias or self.model_type == "qwen2"
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias and self.model_type != "qwen2"
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> LlamaConfig:
+        """From an HF `config.json` dict (Llama or Qwen2). Raises ValueError for what we cannot run."""
+        model_type = d.get("model_type", "llama")
+        if model_type not in ("llama", "qwen2", "mistral"):
+            raise ValueError(f"model_type {model_type!r} is not a Llama-family model (llama, qwen2, mistral)")
+        scaling = d.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise ValueError(f"rope_scaling {scaling!r} is not supported")
+        if model_type == "mistral" and d.get("sliding_window"):
+            # A window at least as long as the context is no window at all.
+            if d["sliding_window"] < d.get("max_position_embeddings", 0):
+                raise ValueError("sliding-window attention is not supported")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
+        if isinstance(kwargs.get("eos_token_id"), list):
+            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+        if isinstance(kwargs.get("torch_dtype"), str) is False:
+            kwargs.pop("torch_dtype", None)
+        kwargs["model_type"] = "qwen2" if model_type == "qwen2" else "llama"
+        kwargs.setdefault("num_key_value_heads", d.get("num_attention_heads", cls.num_attention_heads))
+        extra = {k: v for k, v in d.items() if k not in names}
+        return cls(**kwargs, extra=extra)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The `config.json` content that `transformers.AutoConfig` reads."""
+        d = {k: v for k, v in asdict(self).items() if k != "extra"}
+        d.update({k: v for k, v in self.extra.items() if k not in ("architectures", "model_type")})
+        arch = "Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"
+        d.update(architectures=[arch], model_type=self.model_type, hidden_act="silu", rope_scaling=None)
+        if self.model_type == "qwen2":
+            d.pop("attention_bias")
+            d.pop("mlp_bias")
+            d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers)
+        return d
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings included; the LM head counted once when tied)."""
+        h, i, v, hd = self.hidden_size, self.intermediate_size, self.vocab_size, self.head_dim
+        q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+        attn = h * q + 2 * h * kv + q * h + (q + 2 * kv if self.qkv_bias else 0) + (h if self.o_bias else 0)
+        mlp = 3 * h * i + (2 * i + h if self.mlp_bias else 0)
+        per_layer = attn + mlp + 2 * h
+        return v * h * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * per_layer + h
+
+
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 even under bf16 autocast: the mean of squares overflows/underflows otherwise.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for given positions (HF's "rotate_half" layout: first half pairs with second)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # not a weight: HF doesn't save it
+
+    @torch.no_grad()
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions (B, T) → cos, sin (B, 1, T, head_dim), always fp32 (precision of large positions)
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x * cos.to(x.dtype)) + (rotate_half(x) * sin.to(x.dtype))
+
+
+class KVCache:
+    """Preallocated keys/values for `slots` sequences of up to `max_len` tokens, per layer.
+
+    Shape per layer: (slots, num_key_value_heads, max_len, head_dim). A forward pass writes the new
+    tokens' keys/values at (slot, position) and attends over positions 0..position of its own slot,
+    so sequences of different lengths share one batch (continuous batching) and a slot is reused by
+    simply starting again at position 0.
+    """
+
+    def __init__(self, config: LlamaConfig, slots: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (slots, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.slots, self.max_len = slots, max_len
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        h, hd = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(h, self.n_heads * hd, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(h, self.n_kv * hd, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(h, self.n_kv * hd, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * hd, h, bias=config.o_bias)
+
+    def forward(self, x, cos, sin, positions=None, cache: KVCache | None = None, slots=None, mask=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            # Write this step's keys/values at (slot, position), then read the slot's prefix back.
+            kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]
+            idx = (slots[:, None], slice(None), positions)
+            kc[idx] = k.transpose(1, 2).to(kc.dtype)  # advanced indexing puts (B, T) first
+            vc[idx] = v.transpose(1, 2).to(vc.dtype)
+            length = mask.shape[-1]
+            k, v = kc[slots, :, :length].to(q.dtype), vc[slots, :, :length].to(q.dtype)
+        if self.n_kv != self.n_heads:  # grouped-query attention: each kv head serves n_heads/n_kv queries
+            rep = self.n_heads // self.n_kv
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        h, i, b = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=b)
+        self.up_proj = nn.Linear(h, i, bias=b)
+        self.down_proj = nn.Linear(i, h, bias=b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, layer_idx)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, x, cos, sin, positions=None, cache=None, slots=None, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, slots, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """The trunk (HF's `model.` prefix): embeddings, decoder layers, final norm."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def forward(self, input_ids, positions=None, cache: KVCache | None = None, slots=None):
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        mask = None
+        if cache is not None:
+            if slots is None:
+                slots = torch.arange(B, device=input_ids.device)
+            # Each query sees its own slot's keys at positions ≤ its own (causal, per sequence).
+            length = int(positions.max()) + 1
+            mask = torch.arange(length, device=input_ids.device)[None, None, :] <= positions[:, :, None]
+            mask = mask[:, None]  # (B, 1, T, length), broadcast over heads
+        cos, sin = self.rotary_emb(positions)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, positions, cache, slots, mask)
+        return self.norm(x)
+
+
+class Llama(nn.Module):
+    """Causal LM (HF `LlamaForCausalLM` / `Qwen2ForCausalLM`): trunk + LM head."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init_weights)
+        # Scaled init of the projections that write into the residual stream (GPT-2 / nanoGPT):
+        # keeps the residual's variance from growing with depth.
+        std = config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        slots: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) — or (B, 1, vocab) with `last_only` — and the mean cross-entropy
+        against `targets` (B, T) when given (-100 marks positions without loss)."""
+        h = self.model(input_ids, positions, cache, slots)
+        if last_only:
+            h = h[:, -1:]  # generation needs only the last position: skip the big vocab matmul for the rest
+        logits = self.lm_head(h)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.model.embed_tokens.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·H·Q·T."""
+        c = self.config
+        n = self.num_params(non_embedding=True)
+        return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue each row of `input_ids` (B, T); returns (B, T + new) token ids.
+
+        temperature 0 is greedy. Rows stop growing once they emit `eos_token_id` (padded with it).
+        """
+        B, T = input_ids.shape
+        max_len = self.config.max_position_embeddings
+        if T + max_new_tokens > max_len:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the context ({max_len})")
+        device = input_ids.device
+        out = input_ids
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        cache = KVCache(self.config, B, T + max_new_tokens, device, self.lm_head.weight.dtype) if use_cache else None
+        pos = torch.arange(T, device=device).expand(B, T)
+        step_ids = input_ids
+        for _ in range(max_new_tokens):
+            if use_cache:
+                logits, _ = self(step_ids, positions=pos, cache=cache, last_only=True)
+            else:
+                logits, _ = self(out, last_only=True)
+            next_id = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                next_id = torch.where(done, torch.full_like(next_id, eos_token_id), next_id)
+                done |= next_id == eos_token_id
+            out = torch.cat([out, next_id[:, None]], dim=1)
+            step_ids, pos = next_id[:, None], pos[:, -1:] + 1
+            if eos_token_id is not None and bool(done.all()):
+                break
+        return out
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token id per row of `logits` (B, vocab): greedy at temperature 0, else top-k/top-p sampling."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,1 @@
+"""Serving: continuous-batching engine, sampling, OpenAI-compatible API, chat page."""
