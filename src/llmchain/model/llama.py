@@ -66,9 +66,15 @@ class LlamaConfig:
         model_type = d.get("model_type", "llama")
         if model_type not in ("llama", "qwen2", "mistral"):
             raise ValueError(f"model_type {model_type!r} is not a Llama-family model (llama, qwen2, mistral)")
-        scaling = d.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-            raise ValueError(f"rope_scaling {scaling!r} is not supported")
+        d = dict(d)
+        # transformers ≥ 5 writes `rope_parameters` and `dtype`; 4.x wrote `rope_theta`/`rope_scaling`/`torch_dtype`.
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type")) not in (None, "default"):
+            raise ValueError(f"RoPE scaling {rope!r} is not supported (only the default RoPE)")
+        if "rope_theta" in rope and "rope_theta" not in d:
+            d["rope_theta"] = rope["rope_theta"]
+        if "dtype" in d and "torch_dtype" not in d:
+            d["torch_dtype"] = d["dtype"]
         if model_type == "mistral" and d.get("sliding_window"):
             # A window at least as long as the context is no window at all.
             if d["sliding_window"] < d.get("max_position_embeddings", 0):
@@ -81,7 +87,7 @@ class LlamaConfig:
             kwargs.pop("torch_dtype", None)
         kwargs["model_type"] = "qwen2" if model_type == "qwen2" else "llama"
         kwargs.setdefault("num_key_value_heads", d.get("num_attention_heads", cls.num_attention_heads))
-        extra = {k: v for k, v in d.items() if k not in names}
+        extra = {k: v for k, v in d.items() if k not in names and k not in ("rope_parameters", "dtype", "rope_scaling")}
         return cls(**kwargs, extra=extra)
 
     def to_hf_dict(self) -> dict[str, Any]:
@@ -90,6 +96,8 @@ class LlamaConfig:
         d.update({k: v for k, v in self.extra.items() if k not in ("architectures", "model_type")})
         arch = "Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"
         d.update(architectures=[arch], model_type=self.model_type, hidden_act="silu", rope_scaling=None)
+        d["rope_parameters"] = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        d["dtype"] = self.torch_dtype
         if self.model_type == "qwen2":
             d.pop("attention_bias")
             d.pop("mlp_bias")

@@ -1,0 +1,82 @@
+"""Our Llama and transformers' give the same logits on the same weights, both ways (fp32, 1e-5)."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from llmchain.model.io import load_model, save_model
+from llmchain.model.llama import Llama, LlamaConfig
+from llmchain.model.presets import PRESETS, preset_config
+
+TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, rope_theta=5000.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_our_saved_model_loads_in_transformers_with_same_logits(tmp_path, tie):
+    torch.manual_seed(0)
+    ours = Llama(LlamaConfig(**TINY, tie_word_embeddings=tie)).eval()
+    save_model(ours, tmp_path / "m")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m", torch_dtype=torch.float32).eval()
+    ids = torch.randint(0, 97, (2, 17))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hf_initialised_model_loads_into_ours_with_same_logits(tmp_path, kind):
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(**TINY, attention_bias=False)
+        hf = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen2Config(**TINY, use_sliding_window=False)
+        hf = transformers.Qwen2ForCausalLM(cfg)
+    hf.eval().save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf")
+    assert ours.config.qkv_bias == (kind == "qwen2")
+    ids = torch.randint(0, 97, (2, 19))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids)[0], hf(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_kv_cache_matches_full_forward_per_slot():
+    torch.manual_seed(0)
+    from llmchain.model.llama import KVCache
+
+    m = Llama(LlamaConfig(**TINY)).eval()
+    a, b = torch.randint(0, 97, (1, 9)), torch.randint(0, 97, (1, 5))
+    cache = KVCache(m.config, slots=3, max_len=32)
+    with torch.no_grad():
+        # prefill two sequences of different length into slots 2 and 0, then decode one step together
+        m(a, positions=torch.arange(9)[None], cache=cache, slots=torch.tensor([2]))
+        m(b, positions=torch.arange(5)[None], cache=cache, slots=torch.tensor([0]))
+        nxt = torch.tensor([[3], [4]])
+        step, _ = m(nxt, positions=torch.tensor([[9], [5]]), cache=cache, slots=torch.tensor([2, 0]))
+        full_a = m(torch.cat([a, nxt[:1]], 1))[0][:, -1]
+        full_b = m(torch.cat([b, nxt[1:]], 1))[0][:, -1]
+    torch.testing.assert_close(step[:, -1], torch.cat([full_a, full_b]), atol=1e-5, rtol=0)
+
+
+def test_greedy_generation_with_cache_equals_without():
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(**TINY)).eval()
+    ids = torch.randint(0, 97, (2, 6))
+    with_cache = m.generate(ids, 20, temperature=0)
+    without = m.generate(ids, 20, temperature=0, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_presets_span_1m_to_1b_parameters():
+    counts = {name: preset_config(name, 4096).num_params() for name in PRESETS}
+    assert min(counts.values()) < 1.5e6 and max(counts.values()) > 0.9e9
+    assert preset_config("nano", 4096).num_params() == Llama(preset_config("nano", 4096)).num_params()
+
+
+def test_config_json_is_hf_llama(tmp_path):
+    save_model(Llama(LlamaConfig(**TINY)), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+    assert (tmp_path / "m" / "manifest.json").is_file()
