@@ -1,9 +1,8 @@
 import subprocess
 import sys
 
-from conftest import run_cli
-
 import llmchain
+from conftest import run_cli
 
 
 def test_version():
