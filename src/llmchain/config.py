@@ -76,8 +76,98 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
 # --- data (data prepare) ---------------------------------------------------------------------
 
 # --- tokenizer + pack ------------------------------------------------------------------------
+from typing import Literal  # noqa: E402  (kept inside this section: it is only used here)
+
+from pydantic import Field  # noqa: E402
+
+
+class TokenizerConfig(StageConfig):
+    """`llmchain tokenizer train`: byte-level BPE."""
+
+    vocab_size: int = Field(4096, description="vocabulary incl. 256 bytes + 4 specials")
+    min_frequency: int = Field(2, ge=1, description="a merge must occur at least this often")
+    max_documents: int | None = Field(None, ge=1, description="train on the first N documents only")
+    model_max_length: int = Field(2048, ge=1, description="recorded in tokenizer_config.json")
+
+
+class PackConfig(StageConfig):
+    """`llmchain data pack`: documents → flat token shards (train/val)."""
+
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of documents (or chars) for val")
+    split_by: Literal["documents", "chars"] = Field(
+        "documents", description="documents: every k-th document to val; chars: the last part of each document"
+    )
+    workers: int | None = Field(None, ge=1, description="tokenizer processes (default: CPU count, ≤ 8)")
+    shard_tokens: int = Field(100_000_000, ge=1024, description="tokens per .bin file before starting the next")
+
 
 # --- pretrain --------------------------------------------------------------------------------
+import re as _re  # noqa: E402
+from typing import Literal as _Literal  # noqa: E402
+
+from pydantic import Field as _Field  # noqa: E402
+from pydantic import field_validator  # noqa: E402
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from 300, "300", "90s", "5m", "1.5h" or "1h30m"; ValueError otherwise."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    text = str(value).strip().lower()
+    if _re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise ValueError(f"{value!r} is not a duration (examples: 300, 90s, 5m, 1h30m)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+class TrainConfig(StageConfig):
+    """Knobs of the one training loop (`llmchain.train.loop.fit`), shared by pretraining and fine-tuning."""
+
+    seed: int = _Field(1337, description="data order and init are pure functions of (seed, step, rank)")
+    max_steps: int | None = _Field(None, ge=1, description="optimizer steps (the LR schedule spans them)")
+    max_time: float | None = _Field(None, gt=0, description="wall-time budget in seconds or 90s/5m/1h")
+    batch_size: int = _Field(16, ge=1, description="sequences per micro-batch per process")
+    grad_accum: int = _Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = _Field(1e-3, gt=0, description="peak learning rate")
+    min_lr: float | None = _Field(None, ge=0, description="LR at the end of the cosine (default lr/10)")
+    warmup_steps: int = _Field(100, ge=0, description="linear warmup from 0 to lr")
+    weight_decay: float = _Field(0.1, ge=0, description="AdamW decay, applied to matrices only")
+    beta1: float = _Field(0.9, ge=0, lt=1)
+    beta2: float = _Field(0.95, ge=0, lt=1)
+    grad_clip: float = _Field(1.0, ge=0, description="clip the global grad norm to this (0: off)")
+    precision: _Literal["auto", "bf16", "fp16", "fp32"] = _Field(
+        "auto", description="autocast dtype; auto: bf16 where the device runs it faster than fp32"
+    )
+    compile: bool = _Field(False, description="torch.compile the model (never forced)")
+    device: str = _Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+    strategy: _Literal["ddp", "fsdp"] = _Field("ddp", description="under torchrun: DDP or FSDP2 (fully_shard)")
+    eval_every: int = _Field(200, ge=0, description="steps between evals (0: only at the end)")
+    eval_batches: int = _Field(20, ge=1, description="micro-batches per periodic eval")
+    save_every: int = _Field(500, ge=0, description="steps between checkpoints (0: only at the end/interrupt)")
+    keep_checkpoints: int = _Field(2, ge=1, description="newest checkpoints kept")
+    log_every: int = _Field(10, ge=1, description="steps between progress/metrics lines")
+    resume: str | None = _Field(None, description="auto (newest complete checkpoint), or a checkpoint dir")
+    threads: int | None = _Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        return parse_duration(v)
+
+
+class PretrainConfig(TrainConfig):
+    """`llmchain pretrain`: a Llama-family model from scratch on token shards."""
+
+    data: str = _Field(..., description="token shards dir (train-*.bin, val-*.bin, shards.json)")
+    out: str = _Field(..., description="run dir (runs/NAME): config.yaml, metrics.jsonl, tb/, checkpoints/, final/")
+    preset: str = _Field("micro", description="model size (llmchain presets)")
+    model: dict[str, Any] = _Field(default_factory=dict, description="overrides of the preset's config fields")
+    seq_len: int | None = _Field(None, ge=2, description="tokens per sequence (default: min(512, context))")
+    tokenizer: str | None = _Field(None, description="tokenizer dir copied into checkpoints/final (default: from shards)")
+    init_from: str | None = _Field(None, description="start from this model dir instead of random weights")
+
 
 # --- finetune --------------------------------------------------------------------------------
 
