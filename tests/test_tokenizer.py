@@ -40,7 +40,9 @@ def tok_dir(tmp_path_factory, shared_data):
 def test_round_trip_is_exact_for_any_text(tok_dir):
     tok = load_tokenizer(tok_dir)
     rng = random.Random(0)
-    random_texts = [bytes(rng.randrange(256) for _ in range(200)).decode("utf-8", errors="replace") for _ in range(20)]
+    random_texts = [
+        bytes(rng.randrange(256) for _ in range(200)).decode("utf-8", errors="replace") for _ in range(20)
+    ]
     random_texts += ["".join(chr(rng.randrange(0x20000)) for _ in range(100)).encode("utf-8", "replace").decode()
                      for _ in range(20)]  # fmt: skip
     for text in SAMPLES + random_texts:

@@ -109,7 +109,9 @@ def train_tokenizer(
     if min_frequency < 1:
         raise UserError(f"--min-frequency {min_frequency} must be ≥ 1")
     if not Path(docs_path).exists():  # checked here, before the trainer starts drawing its progress bar
-        raise UserError(f"{docs_path}: no such file or directory (documents: a prepared dir, .jsonl(.gz) or .txt)")
+        raise UserError(
+            f"{docs_path}: no such file or directory (documents: a prepared dir, .jsonl(.gz) or .txt)"
+        )
     stats = {"documents": 0, "characters": 0}
 
     def texts() -> Iterator[str]:
@@ -177,7 +179,12 @@ def save_tokenizer_files(tok: Any, out_dir: Path, *, model_max_length: int = 204
     atomic_write_json(out_dir / "tokenizer_config.json", config)
     atomic_write_json(
         out_dir / "special_tokens_map.json",
-        {"bos_token": EOS, "eos_token": EOS, "pad_token": PAD, "additional_special_tokens": [IM_START, IM_END]},
+        {
+            "bos_token": EOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "additional_special_tokens": [IM_START, IM_END],
+        },
     )
 
 
@@ -186,7 +193,9 @@ def check_tokenizer_dir(tokenizer_dir: str | os.PathLike) -> Path:
     path = Path(tokenizer_dir)
     if not (path / "tokenizer.json").is_file():
         what = "no such directory" if not path.exists() else "no tokenizer.json in it"
-        raise UserError(f"{path}: not a tokenizer directory ({what}); train one with `llmchain tokenizer train`")
+        raise UserError(
+            f"{path}: not a tokenizer directory ({what}); train one with `llmchain tokenizer train`"
+        )
     return path
 
 

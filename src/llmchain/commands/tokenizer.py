@@ -29,10 +29,16 @@ def _summary(title: str, rows: dict[str, object]) -> None:
 
 @tokenizer_app.command("train")
 def tokenizer_train(
-    docs: Path = typer.Argument(..., help="Documents: a prepared dir (`llmchain data prepare`), .jsonl(.gz) or .txt."),
+    docs: Path = typer.Argument(
+        ..., help="Documents: a prepared dir (`llmchain data prepare`), .jsonl(.gz) or .txt."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output tokenizer dir (replaced atomically)."),
-    vocab_size: int | None = typer.Option(None, "--vocab-size", help="Vocabulary size (default 4096; ≥ 260)."),
-    min_frequency: int | None = typer.Option(None, "--min-frequency", help="Minimum count of a merge (default 2)."),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", help="Vocabulary size (default 4096; ≥ 260)."
+    ),
+    min_frequency: int | None = typer.Option(
+        None, "--min-frequency", help="Minimum count of a merge (default 2)."
+    ),
     max_documents: int | None = typer.Option(None, "--max-documents", help="Train on the first N documents."),
     config: Path | None = typer.Option(None, "--config", help="YAML with TokenizerConfig fields; flags win."),
 ) -> None:
@@ -54,13 +60,21 @@ def tokenizer_train(
 
 def data_pack(
     docs: Path = typer.Argument(..., help="Documents: a prepared dir, .jsonl(.gz) or .txt."),
-    tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="Tokenizer dir (`llmchain tokenizer train`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output shards dir (replaced atomically)."),
-    val_fraction: float | None = typer.Option(None, "--val-fraction", help="Share held out for val (default 0.1)."),
-    split_by: str | None = typer.Option(
-        None, "--split-by", help="documents (default): every k-th document to val; chars: last part of each text."
+    tokenizer: Path = typer.Option(
+        ..., "--tokenizer", "-t", help="Tokenizer dir (`llmchain tokenizer train`)."
     ),
-    workers: int | None = typer.Option(None, "--workers", help="Tokenizer processes (default: CPU count, ≤ 8)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output shards dir (replaced atomically)."),
+    val_fraction: float | None = typer.Option(
+        None, "--val-fraction", help="Share held out for val (default 0.1)."
+    ),
+    split_by: str | None = typer.Option(
+        None,
+        "--split-by",
+        help="documents (default): every k-th document to val; chars: last part of each text.",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Tokenizer processes (default: CPU count, ≤ 8)."
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML with PackConfig fields; flags win."),
 ) -> None:
     """Tokenize DOCS into flat uint16/uint32 token shards (train/val) + shards.json (nanoGPT's format)."""
@@ -86,7 +100,9 @@ def generate(
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="Tokens to generate at most."),
     temperature: float = typer.Option(0.8, "--temperature", help="0 = greedy."),
     top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k most likely tokens."),
-    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling: smallest set with this mass."),
+    top_p: float | None = typer.Option(
+        None, "--top-p", help="Nucleus sampling: smallest set with this mass."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed: same seed → same text."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template as a user turn."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps ..."),
@@ -110,13 +126,15 @@ def generate(
     ids = tok.encode(prompt, add_special_tokens=False) or [tok.eos_token_id]  # empty prompt: start a document
     room = lm.config.max_position_embeddings - max_new_tokens
     if len(ids) > room:
-        raise UserError(f"prompt is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} the model's "
-                        f"context ({lm.config.max_position_embeddings}) leaves room for {max(room, 0)}")
+        raise UserError(
+            f"prompt is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} the model's "
+            f"context ({lm.config.max_position_embeddings}) leaves room for {max(room, 0)}"
+        )
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     stop = tok.convert_tokens_to_ids("<|im_end|>") if chat else tok.eos_token_id
     out = lm.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature, top_k=top_k,
                       top_p=top_p, eos_token_id=stop, generator=gen)  # fmt: skip
-    new = [t for t in out[0, len(ids):].tolist() if t != stop]
+    new = [t for t in out[0, len(ids) :].tolist() if t != stop]
     typer.echo(tok.decode(new, skip_special_tokens=False))
 
 
