@@ -176,3 +176,20 @@ class PretrainConfig(TrainConfig):
 # --- serve -----------------------------------------------------------------------------------
 
 # --- recipe ----------------------------------------------------------------------------------
+
+
+class RecipeStageConfig(StageConfig):
+    """One stage of a recipe: what it is, which earlier outputs (or files) it takes, its config."""
+
+    type: str | None = None  # the kind of stage (data, tokenizer, pack, ...); default: the stage's name
+    inputs: dict[str, str] = {}  # role → the name of an earlier stage, or a path (relative to the recipe)
+    config: dict[str, Any] = {}  # that stage's config (the same fields as its CLI's --config YAML)
+    description: str | None = None
+
+
+class RecipeConfig(StageConfig):
+    """A recipe file (`llmchain run RECIPE`): named stages, run in dependency order into runs/NAME/STAGE/."""
+
+    name: str  # the run dir is runs/NAME
+    description: str = ""
+    stages: dict[str, RecipeStageConfig]
