@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 data_app = typer.Typer(help="Raw text → clean, deduplicated documents; documents → token shards.", no_args_is_help=True)
@@ -9,3 +11,62 @@ data_app = typer.Typer(help="Raw text → clean, deduplicated documents; documen
 
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def prepare(
+    inputs: list[str] = typer.Argument(..., help="Files, folders (recursed) or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (documents/, rejected/, stats.json)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="data.yaml: steps, thresholds, readers."),
+    workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default 1)."),
+    executor: str | None = typer.Option(None, "--executor", help="local or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Existing Ray cluster (default: start one)."),
+    steps: str | None = typer.Option(None, "--steps", help="Comma-separated step names, in order."),
+    text_field: str | None = typer.Option(None, "--text-field", help="JSONL/parquet field with the text."),
+    columns: str | None = typer.Option(None, "--columns", help="CSV/TSV column(s) with the text, comma-separated."),
+    no_header: bool = typer.Option(False, "--no-header", help="CSV/TSV files have no header row."),
+    text_unit: str | None = typer.Option(None, "--text-unit", help=".txt/.md: one document per file|paragraph|line."),
+    shard_mb: float | None = typer.Option(None, "--shard-mb", help="Shard size for large line-based files."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable record (exit code 2)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Read, clean, filter, redact and deduplicate raw text into OUT/documents/part-*.jsonl.gz."""
+    from llmchain.config import DataConfig, load_config
+    from llmchain.data.pipeline import Pipeline
+
+    reader: dict = {}
+    if config is not None:
+        from llmchain.config import read_yaml
+
+        reader = dict(read_yaml(config).get("reader") or {})
+    for key, value in (("text_field", text_field), ("text_unit", text_unit)):
+        if value is not None:
+            reader[key] = value
+    if columns is not None:
+        reader["columns"] = [c.strip() for c in columns.split(",") if c.strip()]
+    if no_header:
+        reader["csv_header"] = False
+    cfg = load_config(
+        DataConfig,
+        config,
+        workers=workers,
+        executor=executor,
+        ray_address=ray_address,
+        shard_mb=shard_mb,
+        strict=strict or None,
+        steps=[s.strip() for s in steps.split(",") if s.strip()] if steps else None,
+        reader=reader or None,
+    )
+    pipeline = Pipeline.from_config(cfg)
+    run = lambda progress: pipeline.run(  # noqa: E731
+        inputs, out, workers=cfg.workers, executor=cfg.executor, ray_address=cfg.ray_address,
+        strict=cfg.strict, shard_mb=cfg.shard_mb, config=cfg, progress=progress,
+    )
+    if quiet:
+        run(None)
+        return
+    from llmchain.data.report import print_summary, progress_bar
+
+    with progress_bar() as progress:
+        stats = run(progress)
+    print_summary(stats, out)
