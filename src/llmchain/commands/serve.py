@@ -1,0 +1,118 @@
+"""`llmchain serve MODEL_DIR` (OpenAI-compatible server + chat page) and `llmchain chat MODEL_DIR` (terminal chat)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from llmchain.errors import UserError
+
+
+def _check_dir(model_dir: Path) -> None:
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: not a model directory (no config.json)")
+
+
+def serve(
+    model_dir: Path = typer.Argument(..., help="An HF-format model dir (ours or any local Llama-family dir)."),
+    host: str = typer.Option(None, help="Interface to bind [127.0.0.1]; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(None, help="Port [8000]."),
+    api_key: str = typer.Option(None, "--api-key", envvar="LLMCHAIN_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    served_model_name: str = typer.Option(None, help="Model name clients use [the dir's name]."),
+    max_batch_size: int = typer.Option(None, help="Sequences decoded together (KV-cache slots) [16]."),
+    max_queue: int = typer.Option(None, help="Waiting requests beyond this get 503 + Retry-After [256]."),
+    max_model_len: int = typer.Option(None, help="Context length (prompt + output) [the model's]."),
+    chat_template: Path = typer.Option(None, help="A Jinja chat template file replacing the tokenizer's."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
+) -> None:
+    """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""
+    import uvicorn
+
+    from llmchain.config import ServeConfig, load_config
+    from llmchain.serve.api import ServeOptions, create_app
+
+    _check_dir(model_dir)
+    cfg = load_config(ServeConfig, config, host=host, port=port, api_key=api_key, served_model_name=served_model_name,
+                      max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
+                      chat_template=str(chat_template) if chat_template else None)  # fmt: skip
+    if cfg.chat_template and not Path(cfg.chat_template).is_file():
+        raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
+    opts = ServeOptions(model_dir=str(model_dir), served_model_name=cfg.served_model_name, api_key=cfg.api_key,
+                        max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue, max_model_len=cfg.max_model_len,
+                        chat_template=cfg.chat_template, max_body_bytes=cfg.max_body_bytes, device=cfg.device)  # fmt: skip
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
+        typer.echo(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it", err=True)
+    typer.echo(f"serving {model_dir} at http://{cfg.host}:{cfg.port}  (chat page: /, API: /v1, docs: /docs)")
+    uvicorn.run(create_app(opts), host=cfg.host, port=cfg.port, log_level="info")
+
+
+def chat(
+    model_dir: Path = typer.Argument(..., help="An HF-format model dir with a chat template."),
+    system: str = typer.Option(None, help="System prompt."),
+    temperature: float = typer.Option(0.7, min=0.0, help="Sampling temperature (0 = greedy)."),
+    max_tokens: int = typer.Option(256, min=1, help="Most tokens per reply."),
+    chat_template: Path = typer.Option(None, help="A Jinja chat template file replacing the tokenizer's."),
+    seed: int = typer.Option(None, help="Seed for reproducible replies."),
+) -> None:
+    """Chat with a model in the terminal (the same conversation the web page has). /reset, /exit."""
+    from transformers import AutoTokenizer
+
+    from llmchain.model.io import load_model
+    from llmchain.serve.engine import Engine
+    from llmchain.serve.sampling import SamplingParams
+
+    _check_dir(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if chat_template:
+        if not chat_template.is_file():
+            raise UserError(f"--chat-template: file not found: {chat_template}")
+        tok.chat_template = chat_template.read_text(encoding="utf-8")
+    if not tok.chat_template:
+        raise UserError(f"{model_dir} has no chat template (tokenizer_config.json 'chat_template'); "
+                        "pass --chat-template FILE")  # fmt: skip
+    model = load_model(model_dir)
+    vocab = tok.get_vocab()
+    eos = {tok.eos_token_id, model.config.eos_token_id} | {vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab}
+    engine = Engine(model, tok, max_batch_size=1, eos_token_ids=[e for e in eos if e is not None]).start()
+    history: list[dict[str, str]] = []
+    typer.echo(f"chatting with {model_dir} — /reset starts over, /exit (or Ctrl-D) quits")
+    try:
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                break
+            if line in ("/exit", "/quit"):
+                break
+            if line == "/reset":
+                history.clear()
+                continue
+            if not line:
+                continue
+            history.append({"role": "user", "content": line})
+            msgs = ([{"role": "system", "content": system}] if system else []) + history
+            ids = tok.encode(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                             add_special_tokens=False)  # fmt: skip
+            if len(ids) >= engine.max_model_len:
+                typer.echo(f"(the conversation no longer fits the context of {engine.max_model_len}; /reset)")
+                history.pop()
+                continue
+            handle = engine.submit(ids, SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed))
+            reply = []
+            typer.echo("model> ", nl=False)
+            try:
+                for ev in handle.iter_events():
+                    reply.append(ev.text)
+                    typer.echo(ev.text, nl=False)
+            except KeyboardInterrupt:  # stop this reply, keep the conversation
+                engine.cancel(handle)
+            typer.echo()
+            history.append({"role": "assistant", "content": "".join(reply)})
+    finally:
+        engine.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("chat")(chat)

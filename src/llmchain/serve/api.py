@@ -1,0 +1,481 @@
+"""The OpenAI-compatible HTTP server (FastAPI): completions, chat, SSE streaming, auth, limits, metrics, chat page.
+
+`create_app(ServeOptions(...))` loads the model in the background (GET /health answers 503 until
+it is ready) and runs an `Engine`. Errors use OpenAI's shape. Clients that go away — streaming or
+not — have their sequences cancelled so their KV slots are freed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmchain.serve.engine import EngineOverloaded, Event, PromptTooLong, RequestHandle
+from llmchain.serve.protocol import APIError, ChatCompletionRequest, ClassifyRequest, CompletionRequest
+
+log = logging.getLogger("llmchain.serve")
+STATIC = Path(__file__).parent / "static"
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+
+
+@dataclass
+class ServeOptions:
+    model_dir: str
+    served_model_name: str | None = None
+    api_key: str | None = None
+    max_batch_size: int = 16
+    max_queue: int = 256
+    max_model_len: int | None = None
+    chat_template: str | None = None  # a file whose text replaces the tokenizer's chat template
+    max_body_bytes: int = 1 << 20
+    device: str = "cpu"
+
+
+class State:
+    """What the endpoints share: the loaded engine (or why it is not there yet)."""
+
+    def __init__(self, opts: ServeOptions):
+        from llmchain.serve.metrics import ServeMetrics
+
+        self.opts = opts
+        self.name = opts.served_model_name or Path(opts.model_dir).resolve().name
+        self.engine = self.tokenizer = self.classifier = None
+        self.load_error: str | None = None
+        self.created = int(time.time())
+        self.metrics = ServeMetrics(self.name)
+        self.token_text: dict[int, str] = {}  # token id → its text, for logprobs
+
+    def load(self) -> None:
+        try:
+            self._load()
+        except Exception as e:  # shown by /health and in the log; the process keeps answering 503
+            log.exception("loading %s failed", self.opts.model_dir)
+            self.load_error = str(e)
+
+    def _load(self) -> None:
+        cfg = json.loads((Path(self.opts.model_dir) / "config.json").read_text(encoding="utf-8"))
+        if cfg.get("id2label") and any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
+            from llmchain.model.classifier import load_classifier
+
+            self.classifier = load_classifier(self.opts.model_dir)
+            return
+        from transformers import AutoTokenizer
+
+        from llmchain.model.io import load_model
+        from llmchain.serve.engine import Engine
+
+        tok = AutoTokenizer.from_pretrained(self.opts.model_dir)
+        if self.opts.chat_template:
+            tok.chat_template = Path(self.opts.chat_template).read_text(encoding="utf-8")
+        model = load_model(self.opts.model_dir, device=self.opts.device)
+        eos = {tok.eos_token_id, model.config.eos_token_id}
+        gen = Path(self.opts.model_dir) / "generation_config.json"
+        if gen.is_file():
+            g = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+            eos.update(g if isinstance(g, list) else [g])
+        vocab = tok.get_vocab()
+        eos.update(vocab[t] for t in END_OF_TURN if t in vocab)
+        engine = Engine(model, tok, max_batch_size=self.opts.max_batch_size, max_queue=self.opts.max_queue,
+                        max_model_len=self.opts.max_model_len, eos_token_ids=[e for e in eos if e is not None],
+                        metrics=self.metrics)  # fmt: skip
+        self.metrics.gauges = lambda: {
+            "num_requests_running": engine.num_running,
+            "num_requests_waiting": engine.num_waiting,
+            "kv_cache_usage_perc": engine.slots_used / engine.max_batch_size,
+            "kv_slots_used": engine.slots_used,
+            "kv_slots_total": engine.max_batch_size,
+        }
+        self.tokenizer, self.engine = tok, engine.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None or self.classifier is not None
+
+    def check(self, model: str | None, kind: str = "generate") -> None:
+        if self.load_error:
+            raise APIError(503, f"the model failed to load: {self.load_error}", code="model_load_failed")
+        if not self.ready:
+            raise APIError(503, "the model is still loading; retry shortly", code="loading")
+        if self.engine is not None and self.engine.error is not None:
+            raise APIError(503, f"the engine has failed: {self.engine.error}", code="engine_failed")
+        if model is not None and model not in (self.name, self.opts.model_dir):
+            raise APIError(404, f"the model {model!r} does not exist; this server serves {self.name!r}",
+                           "model", "model_not_found")  # fmt: skip
+        if kind == "generate" and self.engine is None:
+            raise APIError(400, f"{self.name!r} is a classifier: use POST /v1/classify", "model")
+        if kind == "classify" and self.classifier is None:
+            raise APIError(400, f"{self.name!r} is not a classifier (needs id2label and a "
+                                "*ForSequenceClassification architecture)", "model")  # fmt: skip
+
+
+def _error(e: APIError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if e.status in (429, 503) else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+class Guard:
+    """Pure-ASGI gate in front of the app: request body size limit and the Bearer API key on /v1/*."""
+
+    def __init__(self, app, max_body: int, api_key: str | None):
+        self.app, self.max_body, self.api_key = app, max_body, api_key
+
+    async def _reply(self, scope, receive, send, e: APIError) -> None:
+        await _error(e)(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.api_key and scope["path"].startswith("/v1/"):
+            auth = headers.get("authorization", "")
+            token = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                return await self._reply(scope, receive, send, APIError(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                                        code="invalid_api_key"))  # fmt: skip
+        length = headers.get("content-length")
+        too_big = APIError(413, f"request body larger than {self.max_body} bytes", code="request_too_large")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body:
+                return await self._reply(scope, receive, send, too_big)
+            return await self.app(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, total, more = [], 0, True  # chunked upload: read it here, within the limit, then replay
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_body:
+                return await self._reply(scope, receive, send, too_big)
+            more = msg.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
+    """The ASGI app (FastAPI behind the size/auth guard). The model loads when the app starts."""
+    from contextlib import asynccontextmanager
+
+    state = State(opts)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if load_in_background:
+            threading.Thread(target=state.load, daemon=True, name="llmchain-load").start()
+        else:
+            state.load()
+        yield
+        if state.engine is not None:
+            state.engine.stop()
+
+    app = FastAPI(title="llmchain", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible API of an llmchain model.")  # fmt: skip
+    app.state.serve = state
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        return _error(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        return _error(APIError(400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}",
+                               loc[0] if loc else None))  # fmt: skip
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e: StarletteHTTPException):
+        return _error(APIError(e.status_code, str(e.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):
+        log.exception("unexpected error")
+        return JSONResponse({"error": {"message": f"internal error: {e}", "type": "server_error",
+                                       "param": None, "code": None}}, status_code=500)  # fmt: skip
+
+    @app.get("/health")
+    async def health():
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        if not state.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        if state.engine is not None and state.engine.error is not None:
+            return JSONResponse({"status": "failed", "error": str(state.engine.error)}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        card = {"id": state.name, "object": "model", "created": state.created, "owned_by": "llmchain",
+                "root": opts.model_dir}  # fmt: skip
+        if state.engine is not None:
+            card["max_model_len"] = state.engine.max_model_len
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        state.check(body.model)
+        prompts = _prompt_ids(state, body.prompt)
+        params = _params(body, body.max_tokens, body.logprobs)
+        texts = [state.tokenizer.decode(p) if body.echo else "" for p in prompts]
+        return await _respond(state, request, "text_completion", prompts, params, body, echo=texts)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request):
+        state.check(body.model)
+        tok = state.tokenizer
+        if not tok.chat_template:
+            raise APIError(400, f"the model dir {opts.model_dir} has no chat template (tokenizer_config.json "
+                                "'chat_template'): use /v1/completions, or start the server with "
+                                "--chat-template FILE", "messages", "no_chat_template")  # fmt: skip
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # the template rejects the conversation (e.g. role order)
+            raise APIError(400, f"the chat template rejected the messages: {e}", "messages") from None
+        prompt = tok.encode(text, add_special_tokens=False)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        params = _params(body, body.max_completion_tokens or body.max_tokens, top)
+        return await _respond(state, request, "chat.completion", [prompt], params, body)
+
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest):
+        state.check(body.model, kind="classify")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or len(texts) > 256:
+            raise APIError(400, "input must hold 1 to 256 texts", "input")
+        preds = await asyncio.to_thread(state.classifier.predict, texts)
+        data = [{"index": i, "label": p["label"], "scores": p["scores"]} for i, p in enumerate(preds)]
+        return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "model": state.name, "data": data}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return Guard(app, opts.max_body_bytes, opts.api_key)
+
+
+def _prompt_ids(state: State, prompt) -> list[list[int]]:
+    tok = state.tokenizer
+    if isinstance(prompt, str):
+        prompts = [tok.encode(prompt)]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [list(prompt)]
+    elif prompt and all(isinstance(p, str) for p in prompt):
+        prompts = [tok.encode(p) for p in prompt]
+    else:
+        prompts = [list(p) for p in prompt]
+    if not prompts or len(prompts) > 64 or any(not p for p in prompts):
+        raise APIError(400, "prompt must be 1 to 64 non-empty prompts", "prompt")
+    return prompts
+
+
+def _params(body, max_tokens, logprobs):
+    try:
+        return body.sampling(max_tokens, logprobs)
+    except ValueError as e:
+        raise APIError(400, str(e), str(e).split()[0]) from None
+
+
+async def _respond(state: State, request: Request, kind: str, prompts, params, body, echo=None):
+    engine, loop = state.engine, asyncio.get_running_loop()
+    handles: list[RequestHandle] = []
+    try:
+        for p in prompts:
+            handles.append(engine.submit(p, params, loop))
+    except (EngineOverloaded, PromptTooLong, ValueError) as e:
+        for h in handles:
+            engine.cancel(h)
+        if isinstance(e, EngineOverloaded):
+            raise APIError(503, f"server overloaded: {e}", code="overloaded") from None
+        if isinstance(e, PromptTooLong):
+            raise APIError(413, str(e), "prompt" if kind == "text_completion" else "messages",
+                           "context_length_exceeded") from None  # fmt: skip
+        raise APIError(400, str(e)) from None
+    fmt = Formatter(state, kind, params, handles, echo or [""] * len(handles))
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_stream(engine, handles, fmt, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+    collect = asyncio.ensure_future(_collect(handles))
+    try:
+        while not collect.done():
+            await asyncio.wait({collect}, timeout=0.25)
+            if not collect.done() and await request.is_disconnected():
+                collect.cancel()
+                break
+    finally:
+        if not collect.done() or collect.cancelled():
+            for h in handles:
+                engine.cancel(h)
+    if collect.cancelled():
+        return JSONResponse({}, status_code=499)  # nobody is listening any more
+    return fmt.full(collect.result())
+
+
+async def _collect(handles: list[RequestHandle]) -> list[list[Event]]:
+    async def one(h):
+        return [e async for e in h.events()]
+
+    return list(await asyncio.gather(*(one(h) for h in handles)))
+
+
+async def _merged(handles: list[RequestHandle]):
+    """(prompt index, Event) from all handles as they come."""
+    q: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i, h):
+        async for e in h.events():
+            q.put_nowait((i, e))
+        q.put_nowait(None)
+
+    tasks = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        left = len(tasks)
+        while left:
+            item = await q.get()
+            if item is None:
+                left -= 1
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _stream(engine, handles, fmt: Formatter, include_usage: bool):
+    try:
+        for chunk in fmt.first_chunks():
+            yield _sse(chunk)
+        async for i, e in _merged(handles):
+            chunk = fmt.chunk(i, e)
+            if chunk is not None:
+                yield _sse(chunk)
+        if include_usage:
+            yield _sse(fmt.usage_chunk())
+        yield "data: [DONE]\n\n"
+    finally:  # normal end, or the client went away (the generator is closed/cancelled)
+        for h in handles:
+            engine.cancel(h)
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class Formatter:
+    """Builds OpenAI-shaped responses and stream chunks for `text_completion` or `chat.completion`."""
+
+    def __init__(self, state: State, kind: str, params, handles, echo: list[str]):
+        self.state, self.kind, self.params, self.handles, self.echo = state, kind, params, handles, echo
+        self.chat = kind == "chat.completion"
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.started: set[int] = set()
+        self.n = params.n
+
+    def _token(self, tid: int) -> str:
+        cache = self.state.token_text
+        if tid not in cache:
+            cache[tid] = self.state.tokenizer.decode([tid], skip_special_tokens=False)
+        return cache[tid]
+
+    def _logprobs(self, lps: list[dict] | None, offset: int = 0):
+        if lps is None or self.params.logprobs is None:
+            return None
+        if self.chat:
+            return {"content": [{"token": self._token(x["id"]), "logprob": x["logprob"],
+                                 "bytes": list(self._token(x["id"]).encode()),
+                                 "top_logprobs": [{"token": self._token(t), "logprob": lp,
+                                                   "bytes": list(self._token(t).encode())} for t, lp in x["top"]]}
+                                for x in lps]}  # fmt: skip
+        return {"tokens": [self._token(x["id"]) for x in lps], "token_logprobs": [x["logprob"] for x in lps],
+                "top_logprobs": [{self._token(t): lp for t, lp in x["top"]} for x in lps],
+                "text_offset": [offset] * len(lps)}  # fmt: skip
+
+    def usage(self) -> dict[str, int]:
+        p = sum(h.stats.prompt_tokens for h in self.handles)
+        c = sum(h.stats.completion_tokens for h in self.handles)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def full(self, per_handle: list[list[Event]]) -> dict[str, Any]:
+        choices = []
+        for i, events in enumerate(per_handle):
+            for j in range(self.n):
+                evs = [e for e in events if e.index == j]
+                text = self.echo[i] + "".join(e.text for e in evs)
+                reason = next((e.finish_reason for e in evs if e.finish_reason), None)
+                lps = [x for e in evs if e.logprobs for x in e.logprobs] if self.params.logprobs is not None else None
+                merged = self._logprobs(lps)
+                if self.chat:
+                    choices.append({"index": i * self.n + j, "message": {"role": "assistant", "content": text},
+                                    "logprobs": merged, "finish_reason": reason})  # fmt: skip
+                else:
+                    choices.append({"index": i * self.n + j, "text": text, "logprobs": merged,
+                                    "finish_reason": reason})  # fmt: skip
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.state.name,
+                "choices": choices, "usage": self.usage(), "timings": self.handles[0].stats.timings()}  # fmt: skip
+
+    def _wrap(self, choice: dict) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.state.name, "choices": [choice]}
+
+    def first_chunks(self) -> list[dict]:
+        out = []
+        for i in range(len(self.handles)):
+            for j in range(self.n):
+                if self.chat:
+                    out.append(self._wrap({"index": i * self.n + j, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}))  # fmt: skip
+                elif self.echo[i]:
+                    out.append(self._wrap({"index": i * self.n + j, "text": self.echo[i], "logprobs": None,
+                                           "finish_reason": None}))  # fmt: skip
+        return out
+
+    def chunk(self, i: int, e: Event) -> dict | None:
+        if not e.text and e.finish_reason is None and self.params.logprobs is None:
+            return None  # a token that produced no visible text yet (e.g. half a UTF-8 character)
+        index = i * self.n + e.index
+        lps = self._logprobs(e.logprobs)
+        if self.chat:
+            delta = {"content": e.text} if e.text else {}
+            choice = {"index": index, "delta": delta, "logprobs": lps, "finish_reason": e.finish_reason}
+        else:
+            choice = {"index": index, "text": e.text, "logprobs": lps, "finish_reason": e.finish_reason}
+        out = self._wrap(choice)
+        if e.finish_reason is not None:
+            out["timings"] = self.handles[i].stats.timings()
+        return out
+
+    def usage_chunk(self) -> dict:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.state.name, "choices": [],
+                "usage": self.usage()}  # fmt: skip

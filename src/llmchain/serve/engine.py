@@ -1,0 +1,425 @@
+"""The serving engine: a request queue, KV-cache slots and one scheduler thread doing continuous batching.
+
+Every step the scheduler (1) drops cancelled sequences, (2) admits waiting requests into free
+slots — each prompt is prefilled on its own — and (3) decodes one token for every running sequence
+in ONE batched forward. A finished or cancelled sequence frees its slot at once.
+
+Batch invariance (a request's tokens never depend on its neighbours): CPU matmul kernels pick
+different summation orders for different row counts (M = 1 takes a GEMV path), and attention's
+softmax reduces differently when the key length has a ragged tail. So the decode forward pads the
+rows to a multiple of 16 and the key length to a multiple of 64 — with those, every row's result is
+bit-identical whatever the batch (tests/test_serve_engine.py checks it). Prefill runs one request
+at a time, so it is invariant by construction. With `max_batch_size=1` no padding is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmchain.serve.sampling import (
+    IncrementalDetokenizer,
+    Sampler,
+    SamplingParams,
+    StopStringFilter,
+    token_logprobs,
+)
+
+log = logging.getLogger("llmchain.serve")
+ROW_PAD, KEY_PAD = 16, 64
+
+
+class EngineOverloaded(Exception):
+    """The waiting queue is full: answer 503 with Retry-After."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the context (max_model_len)."""
+
+
+@dataclass
+class Event:
+    """One step of one choice: a text delta (maybe empty), its token ids, logprobs, and the finish reason."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[str, Any]] | None = None  # per token: {"id", "logprob", "top": [(id, logprob)]}
+    finish_reason: str | None = None
+
+
+@dataclass
+class RequestStats:
+    arrival: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def timings(self) -> dict[str, float]:
+        """llama.cpp-style timings: prompt (prefill) and generation speeds."""
+        t0, t1 = self.admitted or self.arrival, self.first_token or self.arrival
+        t2 = self.finished or time.perf_counter()
+        prompt_ms, gen_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        gen_n = max(self.completion_tokens - 1, 0)  # the first token came out of the prefill
+        return {
+            "prompt_n": self.prompt_tokens,
+            "prompt_ms": round(prompt_ms, 3),
+            "prompt_per_second": round(self.prompt_tokens / prompt_ms * 1e3, 2) if prompt_ms > 0 else 0.0,
+            "predicted_n": self.completion_tokens,
+            "predicted_ms": round(gen_ms, 3),
+            "predicted_per_second": round(gen_n / gen_ms * 1e3, 2) if gen_ms > 0 else 0.0,
+        }
+
+
+class RequestHandle:
+    """The caller's side of a request: iterate its events (async or sync), or cancel it."""
+
+    _ids = itertools.count()
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop | None):
+        self.id = next(self._ids)
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.stats = RequestStats(prompt_tokens=len(prompt_ids))
+        self.cancelled = False
+        self._loop = loop
+        self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop else queue.Queue()
+        self._open = params.n  # choices not finished yet
+
+    def _emit(self, item: Event | None) -> None:
+        if self._loop is None:
+            self._queue.put(item)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self.cancelled = True
+
+    async def events(self):
+        """Async iterator of Events until every choice has finished."""
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    def iter_events(self, timeout: float | None = None):
+        """Blocking iterator of Events (for callers without an event loop, e.g. `llmchain chat`)."""
+        while True:
+            item = self._queue.get(timeout=timeout)
+            if item is None:
+                return
+            yield item
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step. Safe to call any time, from any thread."""
+        self.cancelled = True
+
+
+@dataclass
+class _Seq:
+    handle: RequestHandle
+    index: int
+    slot: int
+    sampler: Sampler
+    detok: IncrementalDetokenizer
+    stopper: StopStringFilter
+    max_new: int
+    pos: int = 0  # where the next fed token goes in the cache
+    last_token: int = 0
+    generated: int = 0
+    last_time: float = 0.0
+    stop_ids: set[int] = field(default_factory=set)
+
+
+class Engine:
+    """Continuous-batching generation over one `Llama` and its tokenizer, on a background thread.
+
+    `submit()` is thread-safe and returns at once; it raises EngineOverloaded when `max_queue`
+    requests are already waiting and PromptTooLong when the prompt leaves no room to generate.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch_size: int = 16,
+        max_queue: int = 256,
+        max_model_len: int | None = None,
+        max_prefill_tokens: int = 4096,
+        eos_token_ids: list[int] | None = None,
+        metrics=None,
+    ):
+        from llmchain.model.llama import KVCache
+
+        self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
+        self.config = model.config
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
+                                 self.config.max_position_embeddings)  # fmt: skip
+        self.max_prefill_tokens = max_prefill_tokens
+        self.eos_ids = set(eos_token_ids or [])
+        dtype = next(model.parameters()).dtype
+        device = next(model.parameters()).device
+        cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
+        self.cache = KVCache(self.config, max_batch_size, cache_len, device, dtype)
+        self.device = device
+        self.free_slots: list[int] = list(range(max_batch_size))[::-1]
+        self.waiting: deque[RequestHandle] = deque()
+        self.running: list[_Seq] = []
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # ---- public -------------------------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="llmchain-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop | None = None
+    ) -> RequestHandle:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= self.max_model_len:
+            raise PromptTooLong(
+                f"the prompt has {len(prompt_ids)} tokens but the context is {self.max_model_len} "
+                f"(max_model_len); shorten the prompt"
+            )
+        if max(prompt_ids) >= self.config.vocab_size or min(prompt_ids) < 0:
+            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
+        if params.n > self.max_batch_size:
+            raise ValueError(f"n={params.n} exceeds the server's max batch size ({self.max_batch_size})")
+        handle = RequestHandle(list(prompt_ids), params, loop)
+        with self._cv:
+            if self.error is not None:
+                raise RuntimeError(f"the engine has failed: {self.error}")
+            if len(self.waiting) >= self.max_queue:
+                raise EngineOverloaded(f"{len(self.waiting)} requests are waiting (max_queue); retry later")
+            self.waiting.append(handle)
+            self._cv.notify_all()
+        return handle
+
+    def cancel(self, handle: RequestHandle) -> None:
+        handle.cancel()
+        with self._cv:
+            self._cv.notify_all()
+
+    @property
+    def num_running(self) -> int:
+        return len({s.handle.id for s in self.running})
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def slots_used(self) -> int:
+        return self.max_batch_size - len(self.free_slots)
+
+    # ---- the scheduler loop -------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cv:
+                        while not (self._stop or self.waiting or self.running):
+                            self._cv.wait()
+                        if self._stop:
+                            break
+                    self.step()
+        except BaseException as e:  # keep the server answering (503s), and say why
+            log.exception("engine failed")
+            self.error = e
+            for s in self.running:
+                s.handle._emit(None)
+            for h in self.waiting:
+                h._emit(None)
+
+    def step(self) -> None:
+        """One scheduler iteration: reap cancelled, admit (prefill), decode one token for all."""
+        self._reap_cancelled()
+        self._admit()
+        if self.running:
+            self._decode()
+
+    def _reap_cancelled(self) -> None:
+        with self._cv:
+            for h in [h for h in self.waiting if h.cancelled]:
+                self.waiting.remove(h)
+                self._finish_request(h, "abort")
+        for s in [s for s in self.running if s.handle.cancelled]:
+            self._finish_seq(s, "abort", emit=False)
+
+    def _admit(self) -> None:
+        budget = self.max_prefill_tokens
+        while True:
+            with self._cv:
+                if not self.waiting or len(self.free_slots) < self.waiting[0].params.n:
+                    return
+                h = self.waiting[0]
+                if budget < len(h.prompt_ids) and budget < self.max_prefill_tokens:
+                    return  # this step's prefill budget is spent (one prompt always goes through)
+                self.waiting.popleft()
+                slots = [self.free_slots.pop() for _ in range(h.params.n)]
+            budget -= len(h.prompt_ids)
+            self._prefill(h, slots)
+
+    def _prefill(self, h: RequestHandle, slots: list[int]) -> None:
+        h.stats.admitted = now = time.perf_counter()
+        if self.metrics:
+            self.metrics.on_admitted(now - h.stats.arrival, len(h.prompt_ids))
+        T = len(h.prompt_ids)
+        ids = torch.tensor([h.prompt_ids], device=self.device)
+        pos = torch.arange(T, device=self.device)[None]
+        logits, _ = self.model(ids, positions=pos, cache=self.cache,
+                               slots=torch.tensor(slots[:1], device=self.device), last_only=True)  # fmt: skip
+        for k, v in zip(self.cache.k, self.cache.v, strict=True):  # n > 1: every choice starts from the same prompt cache
+            for s in slots[1:]:
+                k[s, :, :T] = k[slots[0], :, :T]
+                v[s, :, :T] = v[slots[0], :, :T]
+        row = logits[0, -1].float()
+        max_new = self.max_model_len - T
+        if h.params.max_tokens is not None:
+            max_new = min(max_new, h.params.max_tokens)
+        stop_ids = set() if h.params.ignore_eos else set(self.eos_ids)
+        stop_ids.update(h.params.stop_token_ids)
+        for i, slot in enumerate(slots):
+            seq = _Seq(h, i, slot, Sampler(h.params, h.prompt_ids, self.config.vocab_size, seed_offset=i),
+                       IncrementalDetokenizer(self.tokenizer), StopStringFilter(h.params.stop), max_new, pos=T,
+                       stop_ids=stop_ids)  # fmt: skip
+            self.running.append(seq)
+            self._accept(seq, seq.sampler.sample(row), row)
+
+    def _decode(self) -> None:
+        seqs = list(self.running)
+        B = len(seqs)
+        tokens = torch.tensor([s.last_token for s in seqs], device=self.device)
+        positions = torch.tensor([s.pos for s in seqs], device=self.device)
+        slots = torch.tensor([s.slot for s in seqs], device=self.device)
+        rows = B if self.max_batch_size == 1 else -(-B // ROW_PAD) * ROW_PAD
+        logits = decode_logits(self.model, self.cache, tokens, positions, slots, rows)
+        greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
+        picks: dict[int, int] = {}
+        if greedy:
+            picks = dict(zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True))
+        for i, s in enumerate(seqs):
+            s.pos += 1
+            tok = picks[i] if i in picks else s.sampler.sample(logits[i])
+            self._accept(s, tok, logits[i])
+
+    # ---- per-token bookkeeping ----------------------------------------------------------------
+    def _accept(self, s: _Seq, tok: int, row: torch.Tensor) -> None:
+        h, now = s.handle, time.perf_counter()
+        s.generated += 1
+        s.last_token = tok
+        h.stats.completion_tokens += 1
+        s.sampler.observe(tok)
+        if self.metrics:
+            if h.stats.first_token is None:
+                self.metrics.on_first_token(now - h.stats.arrival)
+            else:
+                self.metrics.on_token(now - s.last_time if s.generated > 1 else None)
+        if h.stats.first_token is None:
+            h.stats.first_token = now
+        s.last_time = now
+        lp = None
+        if h.params.logprobs is not None:
+            lp_tok, top = token_logprobs(row, tok, h.params.logprobs)
+            lp = [{"id": tok, "logprob": lp_tok, "top": top}]
+        reason = None
+        if tok in s.stop_ids:  # end of sequence: its own text is not part of the output
+            text, stopped = s.stopper.push(s.detok.flush())
+            text += "" if stopped else s.stopper.flush()
+            reason = "stop"
+        else:
+            text, stopped = s.stopper.push(s.detok.push(tok))
+            if stopped:
+                reason = "stop"
+            elif s.generated >= s.max_new:  # out of budget: release what was held back
+                more, stopped = s.stopper.push(s.detok.flush())
+                text += more + ("" if stopped else s.stopper.flush())
+                reason = "stop" if stopped else "length"
+        h._emit(Event(s.index, text, [tok], lp, reason))
+        if reason:
+            self._finish_seq(s, reason)
+
+    def _finish_seq(self, s: _Seq, reason: str, emit: bool = True) -> None:
+        self.running.remove(s)
+        with self._cv:
+            self.free_slots.append(s.slot)
+        if not emit:
+            s.handle._emit(Event(s.index, "", [], None, reason))
+        if self.metrics:
+            self.metrics.on_seq_finished(reason)
+        s.handle._open -= 1
+        if s.handle._open == 0:
+            self._finish_request(s.handle, None)
+
+    def _finish_request(self, h: RequestHandle, reason: str | None) -> None:
+        h.stats.finished = time.perf_counter()
+        if reason is not None and self.metrics:  # never admitted: count it here
+            self.metrics.on_seq_finished(reason)
+        if self.metrics:
+            self.metrics.on_request_finished(h.stats.finished - h.stats.arrival)
+        h._emit(None)
+
+
+def decode_logits(model, cache, tokens, positions, slots, rows: int) -> torch.Tensor:
+    """Next-token logits (B, vocab) for B sequences, each fed one token at its own (slot, position).
+
+    The same computation as `Llama.forward` with a cache, arranged to be batch-invariant: the
+    linear layers see `rows` rows (padding after the B real ones) and attention sees a key length
+    rounded up to a multiple of 64 (masked), so no row's result depends on how many others there are.
+    """
+    from llmchain.model.llama import apply_rotary
+
+    m, B = model.model, tokens.shape[0]
+    pad = rows - B
+    ids = F.pad(tokens, (0, pad))[:, None]  # (rows, 1)
+    pos = F.pad(positions, (0, pad))[:, None]
+    L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
+    mask = (torch.arange(L, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+    cos, sin = m.rotary_emb(pos)
+    x = m.embed_tokens(ids)  # (rows, 1, hidden)
+    for layer in m.layers:
+        a = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = a.q_proj(h).view(rows, 1, a.n_heads, a.head_dim).transpose(1, 2)
+        k = a.k_proj(h).view(rows, 1, a.n_kv, a.head_dim).transpose(1, 2)
+        v = a.v_proj(h).view(rows, 1, a.n_kv, a.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin)[:B], apply_rotary(k, cos, sin)[:B]
+        kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
+        kc[slots, :, positions] = k[:, :, 0].to(kc.dtype)
+        vc[slots, :, positions] = v[:B, :, 0].to(vc.dtype)
+        keys, values = kc[slots, :, :L].to(q.dtype), vc[slots, :, :L].to(q.dtype)
+        if a.n_kv != a.n_heads:
+            rep = a.n_heads // a.n_kv
+            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, heads, 1, hd)
+        y = F.pad(y.transpose(1, 2).reshape(B, 1, a.n_heads * a.head_dim), (0, 0, 0, 0, 0, pad))
+        x = x + a.o_proj(y)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return model.lm_head(m.norm(x))[:B, 0].float()

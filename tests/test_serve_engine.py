@@ -1,0 +1,124 @@
+"""The continuous-batching engine: batch-invariant decoding, slots, cancellation, queue bound, n > 1."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from llmchain.model.llama import KVCache, Llama, LlamaConfig
+from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong, decode_logits
+from llmchain.serve.sampling import SamplingParams
+from serve_fixtures import cached_model_dir
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, shared_data):
+    from transformers import AutoTokenizer
+
+    from llmchain.model.io import load_model
+
+    d = cached_model_dir(tmp_path_factory, shared_data)
+    tok = AutoTokenizer.from_pretrained(d)
+    eng = Engine(load_model(d), tok, max_batch_size=8, max_queue=16, eos_token_ids=[tok.eos_token_id]).start()
+    yield eng
+    eng.stop()
+
+
+def _prefilled(model, cache, prompts):
+    for slot, p in enumerate(prompts):
+        ids = torch.tensor([p])
+        model(ids, positions=torch.arange(len(p))[None], cache=cache, slots=torch.tensor([slot]))
+
+
+@torch.inference_mode()
+def test_decode_rows_are_bit_identical_whatever_the_batch():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    model = Llama(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in (3, 17, 40, 64, 65, 100, 9, 1, 33, 70)]
+    cache = KVCache(cfg, len(prompts), 256)
+    _prefilled(model, cache, prompts)
+    B = len(prompts)
+    tokens = torch.randint(0, 1000, (B,), generator=g)
+    positions = torch.tensor([len(p) for p in prompts])
+    slots = torch.arange(B)
+    batched = decode_logits(model, cache, tokens, positions, slots, rows=16)
+    # the reference path (Llama.forward with the cache) agrees to float precision...
+    ref, _ = model(tokens[:, None], positions=positions[:, None], cache=cache, slots=slots)
+    torch.testing.assert_close(batched, ref[:, 0].float(), rtol=1e-4, atol=1e-4)
+    # ...and each row alone, or in another mix, gives exactly the same bits
+    for i in range(B):
+        alone = decode_logits(model, cache, tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], rows=16)
+        assert torch.equal(alone[0], batched[i]), f"row {i} differs alone"
+    sub = [7, 2, 5]
+    mixed = decode_logits(model, cache, tokens[sub], positions[sub], slots[sub], rows=16)
+    assert torch.equal(mixed, batched[sub])
+
+
+def _text(handle) -> tuple[str, list[int]]:
+    text, ids = [], []
+    for e in handle.iter_events(timeout=60):
+        text.append(e.text)
+        ids += e.token_ids
+    return "".join(text), ids
+
+
+def test_greedy_outputs_do_not_depend_on_the_batch(engine):
+    tok = engine.tokenizer
+    prompts = ["First Citizen:", "Before we proceed", "You are all resolved", "ROMEO:", "What say you?",
+               "Speak, speak.", "O, she doth", "Good morrow", "Let us kill him", "a", "the king"]  # fmt: skip
+    greedy = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    alone = [_text(engine.submit(tok.encode(p), greedy)) for p in prompts]
+    handles = []
+    for p in prompts:  # more requests than slots: the later ones join as earlier ones finish
+        handles.append(engine.submit(tok.encode(p), greedy))
+        if len(handles) == 4:
+            time.sleep(0.05)
+    together = [_text(h) for h in handles[:4]]
+    assert together + [_text(h) for h in handles[4:]] == alone
+    assert len({t for t, _ in alone}) > 5  # the random model's continuations really differ
+
+
+def test_seeded_sampling_is_reproducible_and_n_choices_differ(engine):
+    ids = engine.tokenizer.encode("To be, or not to be")
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=42, n=3, ignore_eos=True)
+
+    def run():
+        out = {0: [], 1: [], 2: []}
+        for e in engine.submit(ids, params).iter_events(timeout=60):
+            out[e.index] += e.token_ids
+        return out
+
+    a, b = run(), run()
+    assert a == b and all(len(v) == 12 for v in a.values())
+    assert len({tuple(v) for v in a.values()}) > 1
+
+
+def test_cancel_frees_the_slot_and_the_queue_is_bounded(engine):
+    ids = engine.tokenizer.encode("Now is the winter")
+    long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+    handles = [engine.submit(ids, long) for _ in range(8)]  # fills every slot...
+    deadline = time.time() + 30
+    while engine.slots_used < 8 and time.time() < deadline:
+        time.sleep(0.01)
+    more = [engine.submit(ids, long) for _ in range(16)]  # ...and then the queue
+    with pytest.raises(EngineOverloaded):
+        engine.submit(ids, long)
+    for h in handles + more:
+        engine.cancel(h)
+    deadline = time.time() + 30
+    while (engine.slots_used or engine.num_waiting) and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.slots_used == 0 and engine.num_waiting == 0
+    events = list(handles[0].iter_events(timeout=10))
+    assert events[-1].finish_reason == "abort"
+    assert _text(engine.submit(ids, SamplingParams(max_tokens=3, temperature=0)))[1]  # still serving
+
+
+def test_prompt_longer_than_the_context_is_refused(engine):
+    with pytest.raises(PromptTooLong, match="max_model_len"):
+        engine.submit([1] * engine.max_model_len, SamplingParams())

@@ -1,0 +1,93 @@
+"""Sampling, stop strings and incremental detokenizing: the per-sequence pieces of the serve engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmchain.serve.sampling import IncrementalDetokenizer, Sampler, SamplingParams, StopStringFilter
+
+
+def run_stop(stops, pieces):
+    f = StopStringFilter(stops)
+    out, stopped = [], False
+    for p in pieces:
+        text, stopped = f.push(p)
+        out.append(text)
+        if stopped:
+            break
+    if not stopped:
+        out.append(f.flush())
+    return "".join(out), stopped, out
+
+
+def test_stop_string_split_across_tokens_is_found_and_never_emitted():
+    text, stopped, chunks = run_stop(["\nUser:"], ["Hello", " there", "\nUs", "er", ": more"])
+    assert stopped and text == "Hello there"
+    assert all("\n" not in c for c in chunks)  # the partial "\nUs" was held back, never shown
+
+
+def test_partial_stop_that_does_not_complete_is_released():
+    text, stopped, _ = run_stop(["STOP"], ["ab", "ST", "OK", " done"])
+    assert not stopped and text == "abSTOK done"
+
+
+def test_earliest_of_several_stops_wins_and_stop_inside_one_token():
+    text, stopped, _ = run_stop(["xyz", "b c"], ["a b cxyz"])
+    assert stopped and text == "a "
+
+
+def test_text_without_stops_streams_unchanged():
+    assert run_stop([], ["a", "b"])[0] == "ab"
+
+
+class _BytesTok:
+    """A tokenizer whose tokens are single bytes (so characters can span tokens)."""
+
+    def decode(self, ids, **kw):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_detokenizer_waits_for_complete_utf8_characters():
+    d = IncrementalDetokenizer(_BytesTok())
+    ids = list("héllo 世界".encode())
+    deltas = [d.push(i) for i in ids] + [d.flush()]
+    assert "".join(deltas) == "héllo 世界"
+    assert all("\ufffd" not in x for x in deltas)
+
+
+def test_sampler_greedy_topk1_and_seeds():
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(1))
+    best = int(logits.argmax())
+    assert Sampler(SamplingParams(temperature=0), [], 50).sample(logits) == best
+    assert Sampler(SamplingParams(temperature=1.5, top_k=1), [], 50).sample(logits) == best
+    draws = lambda seed: [Sampler(SamplingParams(seed=seed), [], 50).sample(logits) for _ in range(5)]  # noqa: E731
+    assert draws(7) == draws(7)
+    s = Sampler(SamplingParams(seed=3), [], 50)
+    assert len({s.sample(logits) for _ in range(50)}) > 3  # temperature 1 over 50 tokens really samples
+
+
+def test_top_p_and_min_p_keep_only_the_head():
+    logits = torch.tensor([5.0, 4.9, 0.0, -1.0, -2.0])
+    for params in (SamplingParams(top_p=0.5, seed=0), SamplingParams(min_p=0.5, seed=0)):
+        s = Sampler(params, [], 5)
+        assert {s.sample(logits) for _ in range(200)} <= {0, 1}
+
+
+def test_penalties_steer_away_from_seen_tokens():
+    logits = torch.tensor([2.0, 1.9, 0.0])
+    rep = Sampler(SamplingParams(temperature=0, repetition_penalty=2.0), [0], 3)
+    assert rep.sample(logits) == 1  # token 0 is in the prompt: 2.0/2 < 1.9
+    freq = Sampler(SamplingParams(temperature=0, frequency_penalty=1.0), [], 3)
+    freq.observe(0)
+    assert freq.sample(logits) == 1
+    pres = Sampler(SamplingParams(temperature=0, presence_penalty=0.5), [], 3)
+    pres.observe(1)
+    assert pres.sample(logits) == 0
+
+
+@pytest.mark.parametrize("field,value", [("temperature", -1), ("top_p", 0), ("n", 0), ("logprobs", 30),
+                                         ("stop", [""]), ("max_tokens", 0)])  # fmt: skip
+def test_invalid_params_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value}).validate()
