@@ -1,0 +1,220 @@
+"""Language-model metrics: loss (nats/token), perplexity and bits-per-byte.
+
+bits-per-byte = total nats / ln 2 / total UTF-8 bytes of the evaluated text. Unlike perplexity it does
+not depend on the tokenizer, so models with different vocabularies (and character-level baselines,
+where a byte is a character for ASCII text) compare on one scale.
+
+The text is cut into consecutive windows of `seq_len` predicted tokens; every token is predicted
+exactly once, with the tokens before it in its window as context (the first window starts after the
+document separator, EOS, so the first real token is predicted too).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llmchain.errors import UserError
+
+SHARDS_INFO = "shards.json"
+
+
+# --- token shards (the format of llmchain.data.pack: flat uint16/uint32 + shards.json) ----------
+
+
+def read_shards_info(shards_dir: str | Path) -> dict[str, Any]:
+    """`shards.json` of a shards dir; UserError naming the dir when it is missing or unreadable."""
+    path = Path(shards_dir) / SHARDS_INFO
+    if not path.is_file():
+        raise UserError(f"{shards_dir}: not a token-shards dir (no {SHARDS_INFO}); make one with `llmchain data pack`")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None
+    if info.get("dtype") not in ("uint16", "uint32"):
+        raise UserError(f"{path}: field 'dtype' must be uint16 or uint32, got {info.get('dtype')!r}")
+    return info
+
+
+def split_info(info: dict[str, Any], split: str) -> dict[str, Any]:
+    """The per-split entry (tokens, documents, bytes, files) of a shards.json, {} when absent."""
+    splits = info.get("splits", info)
+    entry = splits.get(split) if isinstance(splits, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def open_split(shards_dir: str | Path, split: str) -> list[np.ndarray]:
+    """Memory-mapped token arrays of one split ("train"/"val"), in file order; [] when it has none."""
+    shards_dir = Path(shards_dir)
+    info = read_shards_info(shards_dir)
+    files = split_info(info, split).get("files") or sorted(p.name for p in shards_dir.glob(f"{split}-*.bin"))
+    arrays = []
+    for name in files:
+        name = name["path"] if isinstance(name, dict) else name
+        p = shards_dir / Path(name).name
+        if not p.is_file():
+            raise UserError(f"{shards_dir / SHARDS_INFO}: lists {name}, which is missing")
+        if p.stat().st_size:
+            arrays.append(np.memmap(p, dtype=np.dtype(info["dtype"]), mode="r"))
+    return arrays
+
+
+# --- the metric ---------------------------------------------------------------------------------
+
+
+def windows(tokens: np.ndarray, seq_len: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive windows of `seq_len` predicted tokens: window k covers
+    tokens[start:end] and predicts tokens[start+1:end]; consecutive windows overlap by one token."""
+    n = len(tokens)
+    return [(s, min(s + seq_len + 1, n)) for s in range(0, max(n - 1, 0), seq_len)]
+
+
+def loss_sums(model: torch.nn.Module, tokens: np.ndarray, spans: list[tuple[int, int]], batch_size: int,
+              device: torch.device, autocast=None, progress=None) -> tuple[float, int]:
+    """(sum of next-token nats, tokens predicted) of `model` over the windows `spans` of `tokens`."""
+    import contextlib
+
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for i in range(0, len(spans), batch_size):
+        chunk = spans[i:i + batch_size]
+        width = max(e - s for s, e in chunk) - 1
+        x = torch.zeros(len(chunk), width, dtype=torch.long)
+        y = torch.full((len(chunk), width), -100, dtype=torch.long)
+        for r, (s, e) in enumerate(chunk):
+            w = torch.from_numpy(np.asarray(tokens[s:e], dtype=np.int64))
+            x[r, : len(w) - 1], y[r, : len(w) - 1] = w[:-1], w[1:]
+        x, y = x.to(device), y.to(device)
+        with autocast or contextlib.nullcontext():
+            out = model(x)
+        logits = out[0] if isinstance(out, tuple) else getattr(out, "logits", out)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+        count += int((y != -100).sum())
+        if progress is not None:
+            progress(len(chunk))
+    return float(total), count
+
+
+def metrics_from(nats: float, tokens: int, n_bytes: float) -> dict[str, float]:
+    loss = nats / max(tokens, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_byte": nats / math.log(2) / n_bytes if n_bytes else float("nan"),
+    }
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _text_tokens(model_dir: Path, text_file: Path, max_tokens: int | None) -> tuple[np.ndarray, int, bool]:
+    """[EOS] + tokens of the file, and the UTF-8 bytes those tokens cover (exact)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_dir}: has no usable tokenizer files to encode {text_file} ({e})") from None
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{text_file}: not UTF-8 text") from None
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    start = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
+    n_bytes = len(text.encode("utf-8"))
+    if max_tokens is not None and len(ids) > max_tokens:
+        ids = ids[:max_tokens]
+        n_bytes = len(tok.decode(ids).encode("utf-8"))
+    ids = ([start] if start is not None else []) + ids
+    return np.asarray(ids, dtype=np.int64), n_bytes, True
+
+
+def _shard_tokens(shards_dir: Path, max_tokens: int | None, eos: int | None) -> tuple[np.ndarray, float, bool]:
+    """[EOS] + the val split's tokens, and their UTF-8 bytes (from shards.json; scaled when truncated)."""
+    info = read_shards_info(shards_dir)
+    val = split_info(info, "val")
+    arrays = open_split(shards_dir, "val")
+    if not arrays:
+        raise UserError(f"{shards_dir}: the val split is empty; pack with a val fraction > 0")
+    tokens = np.concatenate([np.asarray(a) for a in arrays]).astype(np.int64)
+    n_bytes, exact = float(val.get("bytes") or 0), True
+    if not n_bytes:
+        raise UserError(f"{shards_dir / SHARDS_INFO}: no UTF-8 byte count for the val split (field 'bytes')")
+    if max_tokens is not None and len(tokens) > max_tokens:
+        n_bytes, exact = n_bytes * max_tokens / len(tokens), False
+        tokens = tokens[:max_tokens]
+    if eos is not None and tokens[0] != eos:
+        tokens = np.concatenate([[eos], tokens])
+    return tokens, n_bytes, exact
+
+
+def evaluate_lm(
+    model_dir: str | Path,
+    data: str | Path,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    max_tokens: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Loss, perplexity and bits-per-byte of the model in `model_dir` on `data`.
+
+    `data` is a token-shards dir (its val split; bytes from shards.json) or a UTF-8 text file (encoded
+    with the model dir's tokenizer). `seq_len` defaults to the model's context (≤ 1024); `max_tokens`
+    evaluates only the first N tokens (bytes then exact for text files, proportional for shards).
+    Returns dict(loss, perplexity, bits_per_byte, tokens, bytes, bytes_exact, seq_len). Raises
+    UserError for a missing/unusable model dir or data.
+    """
+    from llmchain.model.io import load_model, read_config
+
+    model_dir, data = Path(model_dir), Path(data)
+    if not data.exists():
+        raise UserError(f"{data}: no such file or directory")
+    config = read_config(model_dir)
+    seq_len = seq_len or min(config.max_position_embeddings, 1024)
+    if seq_len > config.max_position_embeddings:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's context ({config.max_position_embeddings})")
+    if data.is_dir():
+        eos = config.eos_token_id if config.eos_token_id is not None else config.bos_token_id
+        tokens, n_bytes, exact = _shard_tokens(data, max_tokens, eos)
+    else:
+        tokens, n_bytes, exact = _text_tokens(model_dir, data, max_tokens)
+    if len(tokens) < 2:
+        raise UserError(f"{data}: too little text to evaluate (needs at least one token)")
+    if int(tokens.max()) >= config.vocab_size:
+        raise UserError(f"{data}: token id {int(tokens.max())} ≥ the model's vocab ({config.vocab_size}); "
+                        "the data was made with another tokenizer")  # fmt: skip
+    dev = _pick_device(device)
+    model = load_model(model_dir, device=dev)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device_type=dev.type, dtype=dtype) if dtype is not None else None
+    spans = windows(tokens, seq_len)
+    update = None
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("eval", total=len(spans))
+        bar.start()
+
+        def update(n: int) -> None:
+            bar.advance(task, n)
+
+    try:
+        with torch.no_grad():
+            nats, count = loss_sums(model, tokens, spans, batch_size, dev, autocast, update)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return {**metrics_from(nats, count, n_bytes), "tokens": count, "bytes": int(round(n_bytes)),
+            "bytes_exact": exact, "seq_len": seq_len}  # fmt: skip
