@@ -87,10 +87,13 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
 class NearDedup(GlobalStep):
     """MinHash LSH near-duplicate removal; keeps the first document of each cluster.
 
-    `bands × rows` hashes per signature. With the defaults a pair is a candidate with probability
-    1 − (1 − J^rows)^bands: ≥ 0.99 at Jaccard 0.6 (≈ 5 % of words changed at random in 5-gram
-    shingles), ≈ 0.5 at 0.45, ≈ 0.02 at 0.25. `verify_jaccard` computes the exact shingle Jaccard of
-    every candidate pair and links only those ≥ `jaccard_threshold`.
+    `bands × rows` hashes per signature; a pair becomes a candidate with probability
+    1 − (1 − J^rows)^bands. Defaults: 112 hashes like datatrove/FineWeb, but banded 28 × 4 instead
+    of 14 × 8: changing 5 % of the words at random leaves a 5-gram Jaccard of only ≈ 0.6, which
+    14 × 8 (threshold ≈ 0.72) finds less than half the time and 28 × 4 ≥ 97 % of the time
+    (P = 0.98 at J = 0.6, 0.84 at 0.5, 0.10 at 0.25). `bands: 14, rows: 8` gives the datatrove
+    behaviour. `verify_jaccard` computes the exact shingle Jaccard of every candidate pair and
+    links only those ≥ `jaccard_threshold`.
     """
 
     name = "near_dedup"
@@ -98,8 +101,8 @@ class NearDedup(GlobalStep):
     def __init__(
         self,
         ngram: int = 5,
-        bands: int = 14,
-        rows: int = 8,
+        bands: int = 28,
+        rows: int = 4,
         seed: int = 1,
         verify_jaccard: bool = False,
         jaccard_threshold: float = 0.5,
@@ -107,11 +110,13 @@ class NearDedup(GlobalStep):
         super().__init__()
         self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
         self.verify_jaccard, self.jaccard_threshold = verify_jaccard, jaccard_threshold
-        rng = np.random.RandomState(seed)
-        n = bands * rows
-        # a odd and b in [0, 2^32): a·h + b < 2^64 for 32-bit h, so uint64 arithmetic is exact
-        self._a = (rng.randint(1, 1 << 31, size=n, dtype=np.int64).astype(np.uint64) << np.uint64(1)) | np.uint64(1)
-        self._b = rng.randint(0, 1 << 32, size=n, dtype=np.int64).astype(np.uint64)
+        # the permutations of datasketch.MinHash(num_perm, seed): same generator, same order
+        gen = np.random.RandomState(seed)
+        perms = [
+            (gen.randint(1, _PRIME, dtype=np.uint64), gen.randint(0, _PRIME, dtype=np.uint64))
+            for _ in range(bands * rows)
+        ]
+        self._a, self._b = np.array(perms, dtype=np.uint64).T
 
     @property
     def num_perm(self) -> int:
@@ -121,8 +126,10 @@ class NearDedup(GlobalStep):
         """The MinHash signature (uint32 × bands·rows) of a set of 32-bit shingle hashes."""
         if len(shingles) == 0:
             return np.full(self.num_perm, 0xFFFFFFFF, dtype=np.uint32)
-        phv = (np.outer(shingles, self._a) + self._b) % _PRIME
-        return (phv.min(axis=0) & _MASK32).astype(np.uint32)
+        # datasketch's universal hash: (a·h + b) mod (2^61 − 1), products wrapping at 2^64
+        with np.errstate(over="ignore"):
+            phv = ((np.outer(shingles, self._a) + self._b) % _PRIME) & _MASK32
+        return phv.min(axis=0).astype(np.uint32)
 
     def signature(self, doc: Document) -> np.ndarray:
         return self.minhash(shingle_hashes(doc.text, self.ngram))

@@ -102,8 +102,9 @@ class GopherQualityFilter(Filter):
             if ell / len(lines) > self.max_ellipsis_lines_ratio:
                 return False, "gopher_too_many_end_ellipsis"
         if self.min_alpha_words_ratio is not None:
-            alpha = sum(map(bool, map(_ALPHA_RE.search, ws)))
-            if alpha / n_all < self.min_alpha_words_ratio:
+            # punctuation split off as its own token (CJK, jieba) is not a word, as in whitespace splitting
+            alpha = sum(map(bool, map(_ALPHA_RE.search, content)))
+            if alpha / max(n, 1) < self.min_alpha_words_ratio:
                 return False, "gopher_below_alpha_ratio"
         if self.min_stop_words:
             if cjk:
@@ -354,7 +355,7 @@ class LanguageFilter(Filter):
         if self._identifier is None:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-            self._identifier = LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+            self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         lang, score = self._identifier.classify(doc.text.replace("\n", " "))
         doc.meta["language"], doc.meta["language_score"] = lang, round(float(score), 4)
         if self.languages and lang not in self.languages:

@@ -12,7 +12,9 @@ import re
 
 # CJK unified ideographs (+ext A, compatibility), kana, hangul syllables
 CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_WORD_RE = re.compile(rf"[{CJK_CHARS}]|[^\s{CJK_CHARS}]+")
+# CJK punctuation (。，、「」…) and full-width symbols are one-character tokens too
+CJK_PUNCT = "\u3001-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\u2026\u2014\u201c\u201d\u2018\u2019"
+_WORD_RE = re.compile(rf"[{CJK_CHARS}{CJK_PUNCT}]|[^\s{CJK_CHARS}{CJK_PUNCT}]+")
 _CJK_RE = re.compile(rf"[{CJK_CHARS}]")
 _NON_SPACE_RE = re.compile(r"\S")
 
