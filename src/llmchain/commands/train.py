@@ -6,6 +6,14 @@ from pathlib import Path
 
 import typer
 
+from llmchain.errors import UserError
+
+
+class Interrupted(UserError):
+    """A run stopped by SIGTERM/Ctrl-C after saving a checkpoint (exit code 130, like an interrupted shell job)."""
+
+    exit_code = 130
+
 _DISTRIBUTED = "torchrun --nproc-per-node N -m llmchain pretrain ... runs it on N processes (DDP; --strategy fsdp: FSDP2)."
 
 
@@ -56,8 +64,10 @@ def pretrain_command(
         result = run_pretrain(cfg, quiet=quiet)
     finally:
         teardown_runtime()
-    if result.final is None and not result.fit.completed:
-        raise typer.Exit(130)
+    if not result.fit.completed:
+        # Stopped by a signal after checkpointing. (typer.Exit(130) would come back as 0 through cli.main.)
+        raise Interrupted(f"stopped by {result.fit.stopped_by} at step {result.fit.step} (checkpoint "
+                           f"{result.fit.checkpoint}); continue with --resume auto")
     if result.final is not None and not quiet:
         _summary(result)
 
