@@ -1,0 +1,118 @@
+"""`llmchain.eval.lm.evaluate_lm`: loss, perplexity and bits-per-byte on a text file or token shards.
+
+A model whose logits are all equal predicts uniformly, so its loss is exactly ln(vocab) per token and
+its bits-per-byte is tokens · log2(vocab) / bytes — an exact check of the accounting. A random model's
+loss is checked against one forward pass over the whole text.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmchain.errors import UserError
+from llmchain.eval.lm import evaluate_lm, windows
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory) -> dict[str, Path]:
+    """A BPE tokenizer and shards of 30k characters of tinyshakespeare, plus its val text as a file."""
+    from llmchain.data.pack import pack_documents
+    from llmchain.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("lm")
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:30_000]
+    (root / "all.txt").write_text(text, encoding="utf-8")
+    cut = int(len(text) * 0.9)
+    (root / "val.txt").write_text(text[cut:], encoding="utf-8")
+    train_tokenizer(root / "all.txt", 300, root / "tok")
+    pack_documents(root / "all.txt", root / "tok", root / "shards", val_fraction=0.1, split_by="chars", workers=1)
+    return {"tok": root / "tok", "shards": root / "shards", "val": root / "val.txt", "root": root}
+
+
+def _model_dir(corpus, name: str, uniform: bool) -> Path:
+    from llmchain.model.io import save_model
+    from llmchain.model.llama import Llama
+    from llmchain.model.presets import preset_config
+    from llmchain.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(corpus["tok"])
+    torch.manual_seed(0)
+    model = Llama(preset_config("nano", len(tok), max_position_embeddings=64, eos_token_id=tok.eos_token_id))
+    if uniform:
+        torch.nn.init.zeros_(model.lm_head.weight)  # tied to the embeddings: all logits 0
+    return save_model(model, corpus["root"] / name, tokenizer_dir=corpus["tok"])
+
+
+def test_uniform_model_gives_exact_loss_and_bits_per_byte(corpus):
+    model_dir = _model_dir(corpus, "uniform", uniform=True)
+    text = corpus["val"].read_text(encoding="utf-8")
+    r = evaluate_lm(model_dir, corpus["val"], seq_len=48, batch_size=3)
+    from llmchain.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(corpus["tok"])
+    n_tokens = len(tok(text, add_special_tokens=False)["input_ids"])
+    vocab = len(tok)
+    assert r["tokens"] == n_tokens  # every token of the text predicted exactly once
+    assert r["bytes"] == len(text.encode("utf-8"))
+    assert r["loss"] == pytest.approx(math.log(vocab), rel=1e-6)
+    assert r["perplexity"] == pytest.approx(vocab, rel=1e-5)
+    assert r["bits_per_byte"] == pytest.approx(n_tokens * math.log2(vocab) / r["bytes"], rel=1e-6)
+
+
+def test_loss_matches_one_forward_pass(corpus):
+    from llmchain.model.io import load_model
+    from llmchain.tokenizer import load_tokenizer
+
+    model_dir = _model_dir(corpus, "random", uniform=False)
+    tok = load_tokenizer(corpus["tok"])
+    ids = [tok.eos_token_id] + tok("To be, or not to be: that is the question.", add_special_tokens=False)["input_ids"]
+    (corpus["root"] / "line.txt").write_text("To be, or not to be: that is the question.", encoding="utf-8")
+    r = evaluate_lm(model_dir, corpus["root"] / "line.txt", seq_len=64)
+    x = torch.tensor([ids])
+    _, loss = load_model(model_dir)(x[:, :-1], targets=x[:, 1:])
+    assert r["tokens"] == len(ids) - 1
+    assert r["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    # shorter windows: each token still predicted once, with less context
+    short = evaluate_lm(model_dir, corpus["root"] / "line.txt", seq_len=4)
+    assert short["tokens"] == r["tokens"] and short["loss"] != pytest.approx(r["loss"], rel=1e-6)
+
+
+def test_shards_and_text_file_agree(corpus):
+    model_dir = _model_dir(corpus, "uniform2", uniform=True)
+    on_shards = evaluate_lm(model_dir, corpus["shards"], seq_len=32)
+    on_text = evaluate_lm(model_dir, corpus["val"], seq_len=32)
+    # the val split is the same text; its shards also count the EOS before the document
+    assert on_shards["bytes"] == on_text["bytes"]
+    assert abs(on_shards["tokens"] - on_text["tokens"]) <= 1
+    assert on_shards["bits_per_byte"] == pytest.approx(on_text["bits_per_byte"], rel=0.01)
+
+
+def test_max_tokens(corpus):
+    model_dir = _model_dir(corpus, "uniform3", uniform=True)
+    r = evaluate_lm(model_dir, corpus["val"], max_tokens=50, seq_len=16)
+    assert r["tokens"] == 50 and r["bytes_exact"] and 0 < r["bytes"] < 400
+
+
+def test_windows_cover_each_token_once():
+    tokens = np.arange(11)
+    spans = windows(tokens, 4)
+    predicted = [t for s, e in spans for t in range(s + 1, e)]
+    assert predicted == list(range(1, 11))
+
+
+def test_errors_name_the_problem(corpus, tmp_path):
+    model_dir = _model_dir(corpus, "uniform4", uniform=True)
+    with pytest.raises(UserError, match="no such file"):
+        evaluate_lm(model_dir, tmp_path / "missing.txt")
+    with pytest.raises(UserError, match="not a model directory"):
+        evaluate_lm(tmp_path, corpus["val"])
+    with pytest.raises(UserError, match="context"):
+        evaluate_lm(model_dir, corpus["val"], seq_len=10_000)
+    (tmp_path / "notshards").mkdir()
+    with pytest.raises(UserError, match="shards"):
+        evaluate_lm(model_dir, tmp_path / "notshards")
