@@ -8,7 +8,13 @@ import pytest
 
 from llmchain.config import DataConfig
 from llmchain.data.clean import CleanText
-from llmchain.data.filters import C4LineFilter, GopherQualityFilter, GopherRepetitionFilter, LanguageFilter, LengthFilter
+from llmchain.data.filters import (
+    C4LineFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    LanguageFilter,
+    LengthFilter,
+)
 from llmchain.data.steps import Document, build_steps
 from llmchain.data.text import words
 

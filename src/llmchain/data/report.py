@@ -24,14 +24,23 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
     columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     tasks: dict[str, Any] = {}
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    bar = Progress(*columns, console=Console(stderr=True))
 
-        def update(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
+    def update(phase: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()  # started on the first report, so an early error prints nothing else
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
 
+    try:
         yield update
+    except BaseException:
+        bar.live.transient = True  # an error message then stands on its own line
+        raise
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def print_summary(stats: dict[str, Any], out: str | Path) -> None:
