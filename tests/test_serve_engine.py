@@ -21,7 +21,8 @@ def engine(tmp_path_factory, shared_data):
 
     d = cached_model_dir(tmp_path_factory, shared_data)
     tok = AutoTokenizer.from_pretrained(d)
-    eng = Engine(load_model(d), tok, max_batch_size=8, max_queue=16, eos_token_ids=[tok.eos_token_id]).start()
+    eng = Engine(load_model(d), tok, max_batch_size=8, max_queue=16, eos_token_ids=[tok.eos_token_id],
+                 threads=1).start()
     yield eng
     eng.stop()
 

@@ -43,6 +43,7 @@ class ServeOptions:
     chat_template: str | None = None  # a file whose text replaces the tokenizer's chat template
     max_body_bytes: int = 1 << 20
     device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads; 1 avoids OpenMP stalls on a busy machine
 
 
 class State:
@@ -91,7 +92,7 @@ class State:
         eos.update(vocab[t] for t in END_OF_TURN if t in vocab)
         engine = Engine(model, tok, max_batch_size=self.opts.max_batch_size, max_queue=self.opts.max_queue,
                         max_model_len=self.opts.max_model_len, eos_token_ids=[e for e in eos if e is not None],
-                        metrics=self.metrics)  # fmt: skip
+                        metrics=self.metrics, threads=self.opts.threads)  # fmt: skip
         self.metrics.gauges = lambda: {
             "num_requests_running": engine.num_running,
             "num_requests_waiting": engine.num_waiting,
@@ -326,17 +327,19 @@ async def _respond(state: State, request: Request, kind: str, prompts, params, b
         return StreamingResponse(_stream(engine, handles, fmt, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
     collect = asyncio.ensure_future(_collect(handles))
+    gone = False
     try:
         while not collect.done():
             await asyncio.wait({collect}, timeout=0.25)
             if not collect.done() and await request.is_disconnected():
-                collect.cancel()
+                gone = True
                 break
     finally:
-        if not collect.done() or collect.cancelled():
+        if gone or not collect.done():  # the client left (or we were cancelled): stop generating
+            collect.cancel()
             for h in handles:
                 engine.cancel(h)
-    if collect.cancelled():
+    if gone:
         return JSONResponse({}, status_code=499)  # nobody is listening any more
     return fmt.full(collect.result())
 

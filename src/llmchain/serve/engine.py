@@ -162,6 +162,7 @@ class Engine:
         max_prefill_tokens: int = 4096,
         eos_token_ids: list[int] | None = None,
         metrics=None,
+        threads: int | None = None,
     ):
         from llmchain.model.llama import KVCache
 
@@ -184,9 +185,13 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.threads, self._prev_threads = threads, None
 
     # ---- public -------------------------------------------------------------------------------
     def start(self) -> Engine:
+        if self.threads:  # process-wide in PyTorch; restored by stop()
+            self._prev_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
         self._thread = threading.Thread(target=self._loop, name="llmchain-engine", daemon=True)
         self._thread.start()
         return self
@@ -197,6 +202,8 @@ class Engine:
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._prev_threads:
+            torch.set_num_threads(self._prev_threads)
 
     def submit(
         self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop | None = None
@@ -311,7 +318,7 @@ class Engine:
                        IncrementalDetokenizer(self.tokenizer), StopStringFilter(h.params.stop), max_new, pos=T,
                        stop_ids=stop_ids)  # fmt: skip
             self.running.append(seq)
-            self._accept(seq, seq.sampler.sample(row), row)
+            self._safely(seq, lambda seq=seq: self._accept(seq, seq.sampler.sample(row), row))
 
     def _decode(self) -> None:
         seqs = list(self.running)
@@ -327,8 +334,17 @@ class Engine:
             picks = dict(zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True))
         for i, s in enumerate(seqs):
             s.pos += 1
-            tok = picks[i] if i in picks else s.sampler.sample(logits[i])
-            self._accept(s, tok, logits[i])
+            self._safely(s, lambda s=s, i=i: self._accept(s, picks[i] if i in picks else s.sampler.sample(logits[i]),
+                                                         logits[i]))  # fmt: skip
+
+    def _safely(self, s: _Seq, fn) -> None:
+        # One request's bad luck (a sampling error) must not take the engine — and everyone else — down.
+        try:
+            fn()
+        except Exception:
+            log.exception("request %d failed; aborting it", s.handle.id)
+            if s in self.running:
+                self._finish_seq(s, "abort", emit=False)
 
     # ---- per-token bookkeeping ----------------------------------------------------------------
     def _accept(self, s: _Seq, tok: int, row: torch.Tensor) -> None:

@@ -54,7 +54,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < 1e-5  # below this, logits / temperature overflows: same as greedy (vLLM)
 
     @property
     def plain_greedy(self) -> bool:
@@ -113,6 +113,8 @@ class Sampler:
             probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
         if p.min_p > 0:
             probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            return int(logits.argmax())  # extreme penalties/temperature left no distribution: fall back to greedy
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
