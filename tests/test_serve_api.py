@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-from serve_fixtures import LiveServer, cached_model_dir
 
 from llmchain.serve.api import ServeOptions, create_app
+from serve_fixtures import LiveServer, cached_model_dir
 
 KEY = "sk-test-key"
 PROMPTS = ["First Citizen:", "Before we proceed any further,", "You are all resolved", "ROMEO:", "What say you?",
@@ -175,7 +174,6 @@ def test_schemathesis_finds_no_server_errors(server):
     schema = schemathesis.openapi.from_dict(raw)
     headers = {"Authorization": f"Bearer {KEY}"}
     failures: list[str] = []
-    lock = threading.Lock()
     for result in schema.get_all_operations():
         op = result.ok()
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
@@ -193,8 +191,7 @@ def test_schemathesis_finds_no_server_errors(server):
                         case.body["n"] = 2
                 r = case.call(base_url=server.url, headers=headers, timeout=60)
                 if r.status_code >= 500:
-                    with lock:
-                        failures.append(f"{op.label} {mode.name}: {r.status_code} {r.text[:200]}")
+                    failures.append(f"{case.operation.label}: {r.status_code} {r.text[:200]}")
 
             try:
                 check()

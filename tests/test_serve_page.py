@@ -1,0 +1,63 @@
+"""The chat page in headless Chromium (Debian's): send a message, see a streamed reply, stop a long one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from serve_fixtures import LiveServer, cached_model_dir
+
+from llmchain.serve.api import ServeOptions, create_app
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but Chromium is missing at {CHROMIUM} (.ci/run installs Debian's chromium)")
+        pytest.skip(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shared_data):
+    d = cached_model_dir(tmp_path_factory, shared_data)
+    with LiveServer(create_app(ServeOptions(model_dir=str(d), max_batch_size=4, threads=1))) as srv:
+        yield srv
+
+
+def test_chat_page_streams_a_reply_and_stops(server, browser):
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('model').textContent === 'model'")
+    page.click("#settings summary")  # open the settings panel
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "20")
+    page.fill("#system", "You are terse.")
+    page.fill("#input", "Good morrow, sir")
+    page.click("#send")
+    page.wait_for_selector(".msg.assistant[data-streaming='false']", timeout=60_000)
+    reply = page.inner_text(".msg.assistant .content")
+    assert page.inner_text(".msg.user .content") == "Good morrow, sir"
+    assert reply.strip() and "error" not in page.get_attribute(".msg.assistant", "class")
+    assert "tokens" in page.inner_text("#status")
+    # second turn, long: stop it mid-stream
+    page.fill("#max_tokens", "480")
+    page.fill("#input", "Tell me more")
+    page.click("#send")
+    page.wait_for_function("document.querySelectorAll('.msg.assistant .content')[1].textContent.length > 0")
+    page.click("#stop")
+    page.wait_for_function("document.querySelectorAll('.msg.assistant[data-streaming=false]').length === 2")
+    assert page.inner_text("#status") == "stopped"
+    assert len(page.query_selector_all(".msg")) == 4
+    page.close()
