@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import run_cli
-from serve_fixtures import CHATML, LiveServer, cached_model_dir
 
+from conftest import run_cli
 from llmchain.serve.api import ServeOptions, create_app
+from serve_fixtures import CHATML, LiveServer, cached_model_dir
 
 
 @pytest.fixture(scope="module")

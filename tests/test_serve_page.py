@@ -6,9 +6,9 @@ import os
 import shutil
 
 import pytest
-from serve_fixtures import LiveServer, cached_model_dir
 
 from llmchain.serve.api import ServeOptions, create_app
+from serve_fixtures import LiveServer, cached_model_dir
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
