@@ -175,6 +175,22 @@ class PretrainConfig(TrainConfig):
 
 # --- serve -----------------------------------------------------------------------------------
 
+
+class ServeConfig(StageConfig):
+    """`llmchain serve`: the OpenAI-compatible server (flags override a YAML file's fields)."""
+
+    host: str = "127.0.0.1"  # loopback by default: exposing a server is an explicit choice
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = None
+    served_model_name: str | None = None
+    max_batch_size: int = Field(16, ge=1, le=1024)  # KV-cache slots = sequences decoded together
+    max_queue: int = Field(256, ge=0)  # waiting requests beyond this get 503 + Retry-After
+    max_model_len: int | None = Field(None, ge=2)  # default: the model's max_position_embeddings
+    chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    device: str = "cpu"
+
+
 # --- recipe ----------------------------------------------------------------------------------
 
 
