@@ -1,0 +1,171 @@
+"""`llmchain eval lm|classify|generate` and `llmchain report`: thin — parse, call, print a table.
+
+Each eval writes OUT/report.json (+ PNGs, manifest.json); by default OUT is RUN/eval/KIND for a run's
+model, so `llmchain report RUN` finds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+eval_app = typer.Typer(help="Evaluate a model beside classical baselines (n-gram, Naive Bayes, TF-IDF+LR, lead).",
+                       no_args_is_help=True)  # fmt: skip
+
+
+def print_report(report: dict[str, Any], out: Path, extra: str = "") -> None:
+    """The systems × metrics table (model bold, baselines dim) and where the report went."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmchain.eval.cardtext import METRIC_NAMES, fmt
+
+    cols = report.get("columns", [])
+    table = Table(title=f"{report.get('task', report['kind'])}: {report.get('n', '?')} "
+                        f"{'bytes' if report['kind'] == 'eval-lm' else 'examples'}", title_justify="left")  # fmt: skip
+    table.add_column("system")
+    for c in cols:
+        table.add_column(METRIC_NAMES.get(c, c), justify="right")
+    for s in report["systems"]:
+        style = "dim" if s.get("baseline") else "bold"
+        table.add_row(s.get("title", s["name"]), *[fmt(s.get(c)).replace("_", "") for c in cols], style=style)
+    console = Console()
+    console.print(table)
+    for note in report.get("notes", []) + report.get("warnings", []):
+        console.print(f"note: {note}")
+    if extra:
+        console.print(extra)
+    console.print(f"report: {out / 'report.json'}")
+
+
+@eval_app.command("lm")
+def eval_lm(
+    data: Path = typer.Option(..., "--data", "-d", help="Token-shards dir (val split) or a UTF-8 text file."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model dir (omit: baselines only)."),
+    baseline: str = typer.Option("ngram", "--baseline", help="ngram (default) or none."),
+    order: list[int] | None = typer.Option(None, "--order", help="n-gram order(s), repeatable (default 3 and 5)."),
+    train_text: Path | None = typer.Option(
+        None, "--train-text", help="Text the n-gram is fitted on (default: the shards' train split)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Windows per forward pass (default 8)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: model context ≤ 1024)."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Evaluate only the first N tokens."),
+    device: str | None = typer.Option(None, "--device", help="auto (default), cpu, cuda, mps."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: RUN/eval/lm or ./eval/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with EvalLMConfig fields; flags win."),
+) -> None:
+    """Loss, perplexity and bits-per-byte of MODEL on DATA, beside Kneser-Ney n-gram models on bytes."""
+    from llmchain.config import EvalLMConfig, load_config
+    from llmchain.errors import UserError
+    from llmchain.eval.io import default_out_dir
+    from llmchain.eval.language_model import run_lm_eval, summary_line
+
+    if baseline not in ("ngram", "none"):
+        raise UserError(f"--baseline {baseline!r}: choose ngram or none")
+    cfg = load_config(EvalLMConfig, config, orders=order or None, batch_size=batch_size, seq_len=seq_len,
+                      max_tokens=max_tokens, device=device)  # fmt: skip
+    if model is None and baseline == "none":
+        raise UserError("nothing to evaluate: give --model, or keep the n-gram baseline")
+    out = out or default_out_dir(model, "lm")
+    report, out = run_lm_eval(out, data=data, model_dir=model, orders=tuple(cfg.orders) if baseline == "ngram" else (),
+                              train_text=train_text, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                              max_tokens=cfg.max_tokens, device=cfg.device)  # fmt: skip
+    print_report(report, out, summary_line(report))
+
+
+@eval_app.command("classify")
+def eval_classify(
+    train: Path = typer.Option(..., "--train", help="Labelled train file (.tsv/.csv/.jsonl) for the baselines."),
+    test: Path = typer.Option(..., "--test", help="Labelled test file, same format."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Classifier dir (omit: baselines only)."),
+    text_column: str | None = typer.Option(None, "--text-column", help="Text column (default: text/sentence/...)."),
+    label_column: str | None = typer.Option(None, "--label-column", help="Label column (default: label/...)."),
+    zh: str | None = typer.Option(None, "--zh", help="Chinese for the baselines: auto (chars), char, jieba."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Texts per model batch (default 32)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: RUN/eval/classify or ./eval/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with EvalClassifyConfig fields; flags win."),
+) -> None:
+    """Accuracy, macro/per-class P/R/F1 and confusion of MODEL beside Naive Bayes and TF-IDF + LR."""
+    from llmchain.config import EvalClassifyConfig, load_config
+    from llmchain.eval.classify import run_classify_eval
+    from llmchain.eval.io import default_out_dir
+
+    cfg = load_config(EvalClassifyConfig, config, text_column=text_column, label_column=label_column, zh=zh,
+                      batch_size=batch_size)  # fmt: skip
+    out = out or default_out_dir(model, "classify")
+    report, out = run_classify_eval(out, train=train, test=test, model_dir=model, text_column=cfg.text_column,
+                                    label_column=cfg.label_column, zh=cfg.zh, batch_size=cfg.batch_size,
+                                    seed=cfg.seed)  # fmt: skip
+    print_report(report, out)
+
+
+@eval_app.command("generate")
+def eval_generate(
+    data: Path = typer.Option(..., "--data", "-d", help="Prompt/reference pairs: .jsonl/.json/.tsv/.csv, or a "
+                                                        "text file of prompts with --references."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Causal model dir to generate with."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Score these outputs (one a line, or "
+                                                                        ".jsonl 'prediction') instead of a model."),
+    references: list[str] | None = typer.Option(None, "--references", help="Line-aligned reference file(s) for a "
+                                                                            "plain-text --data; repeatable."),
+    train: Path | None = typer.Option(None, "--train", help="Training pairs for the nearest-reference baseline."),
+    prompt_field: str | None = typer.Option(None, "--prompt-field", help="Prompt column/field."),
+    reference_field: str | None = typer.Option(None, "--reference-field", help="Reference column/field."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Tokens per output (default 64)."),
+    temperature: float | None = typer.Option(None, "--temperature", help="0 = greedy (default)."),
+    chat_template: bool | None = typer.Option(None, "--chat-template/--no-chat-template",
+                                              help="Wrap prompts in the tokenizer's chat template (default: if any)."),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Cut outputs at this string; repeatable."),
+    limit: int | None = typer.Option(None, "--limit", help="Score only the first N examples."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: RUN/eval/generate or ./eval/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with EvalGenerateConfig fields; flags win."),
+) -> None:
+    """BLEU, chrF, ROUGE-1/2/L and exact match of MODEL's outputs (or --predictions) beside copy baselines."""
+    from llmchain.config import EvalGenerateConfig, load_config
+    from llmchain.errors import UserError
+    from llmchain.eval.generate import run_generate_eval
+    from llmchain.eval.io import default_out_dir
+
+    cfg = load_config(EvalGenerateConfig, config, prompt_field=prompt_field, reference_field=reference_field,
+                      max_new_tokens=max_new_tokens, temperature=temperature, chat_template=chat_template,
+                      stop=stop or None, limit=limit)  # fmt: skip
+    if model is None and predictions is None:
+        raise UserError("give --model (generate and score) or --predictions (score a file of outputs)")
+    out = out or default_out_dir(model, "generate")
+    gen = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "chat_template": cfg.chat_template,
+           "stop": cfg.stop, "seed": cfg.seed, "device": cfg.device} if model is not None else {}  # fmt: skip
+    report, out = run_generate_eval(out, data=data, model_dir=model, predictions=predictions, train=train,
+                                    prompt_field=cfg.prompt_field, reference_field=cfg.reference_field,
+                                    reference_files=references or None, limit=cfg.limit, samples=cfg.samples,
+                                    **gen)  # fmt: skip
+    print_report(report, out)
+
+
+def report(
+    path: Path = typer.Argument(..., help="A run dir (runs/NAME) or a model dir."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Card dir (default: RUN/report or MODEL-report)."),
+    evals: list[Path] | None = typer.Option(None, "--eval", help="Also include this eval report dir; repeatable."),
+    samples: int | None = typer.Option(None, "--samples", help="Sample generations in the card (default 3; 0 none)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with ReportConfig fields; flags win."),
+) -> None:
+    """Write a model card (report.md, report.html, PNGs) from the manifests along the chain."""
+    from rich.console import Console
+
+    from llmchain.config import ReportConfig, load_config
+    from llmchain.eval.report import build_card
+
+    cfg = load_config(ReportConfig, config, samples=samples)
+    out_dir, facts = build_card(path, out, cfg, extra_evals=evals or None)
+    console = Console()
+    found = {k: "found" if facts[k].get("found", True) else "missing" for k in ("model", "data", "tokenizer", "shards")}
+    found["training run"] = "found" if facts["training"]["run"] else "missing"
+    found["eval reports"] = str(len(facts["evals"]))
+    console.print("model card: " + ", ".join(f"{k} {v}" for k, v in found.items()))
+    console.print(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
+    app.command("report")(report)

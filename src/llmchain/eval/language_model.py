@@ -1,0 +1,220 @@
+"""`llmchain eval lm`: the model's loss, perplexity and bits-per-byte beside byte-level n-gram models.
+
+The model side is `llmchain.eval.lm.evaluate_lm`. The baselines are interpolated modified
+Kneser-Ney n-gram models on UTF-8 bytes (orders 3 and 5 by default), fitted on the training split
+and scored on exactly the evaluated text, in bits per byte — a unit that compares models with
+different tokenizers, and models with classical methods.
+
+Where the training text comes from:
+- data = a token-shards dir: its train split, decoded back to text with the tokenizer that made it
+  (byte-level BPE decodes losslessly); the evaluated text is the decoded val split;
+- data = a text file: `--train-text FILE`, or else the train split of the shards the model was
+  trained on (found through the model's manifest.json). Neither → an error asking for --train-text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmchain.artifacts import read_manifest, sha256_file
+from llmchain.errors import UserError
+from llmchain.eval.baselines import ngram_bits_per_byte
+from llmchain.eval.io import write_report
+
+COLUMNS = ["bits_per_byte", "loss", "perplexity"]
+DEFAULT_ORDERS = (3, 5)
+
+
+def _shards_json(shards_dir: Path) -> dict[str, Any]:
+    from llmchain.eval.lm import read_shards_info
+
+    return read_shards_info(shards_dir)
+
+
+def shards_tokenizer(shards_dir: Path, model_dir: Path | None = None) -> Path:
+    """The tokenizer dir that made `shards_dir`: the model's (when its tokenizer.json hash matches
+    shards.json's tokenizer_sha256) or the one recorded in the shards' manifest.json."""
+    info = _shards_json(shards_dir)
+    want = info.get("tokenizer_sha256")
+    candidates = []
+    if model_dir is not None:
+        candidates.append(model_dir)
+    recorded = ((read_manifest(shards_dir) or {}).get("inputs") or {}).get("tokenizer") or {}
+    if recorded.get("path"):
+        candidates.append(Path(recorded["path"]))
+    for c in candidates:
+        tj = c / "tokenizer.json"
+        if tj.is_file() and (want is None or sha256_file(tj) == want):
+            return c
+    raise UserError(f"{shards_dir}: cannot find the tokenizer these shards were made with (needed to decode the "
+                    "train split for the n-gram baseline); pass a text file with --train-text instead")  # fmt: skip
+
+
+def decode_split(shards_dir: Path, split: str, tokenizer_dir: Path, max_tokens: int | None = None) -> list[str]:
+    """The documents of one split as text (EOS-separated token runs decoded with the tokenizer)."""
+    from tokenizers import Tokenizer
+
+    from llmchain.eval.lm import open_split
+
+    info = _shards_json(shards_dir)
+    eos = info.get("eos_token_id")
+    arrays = open_split(shards_dir, split)
+    if not arrays:
+        return []
+    tokens = np.concatenate([np.asarray(a) for a in arrays])
+    if max_tokens is not None:
+        tokens = tokens[: max_tokens + 1]  # + the leading EOS, as evaluate_lm counts predicted tokens
+    cuts = np.flatnonzero(tokens == eos) if eos is not None else np.zeros(0, dtype=np.int64)
+    pieces = [p for p in np.split(tokens, cuts) if p.size]
+    docs = [p[1:] if eos is not None and p[0] == eos else p for p in pieces]
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    return tok.decode_batch([d.tolist() for d in docs], skip_special_tokens=False)
+
+
+def check_model_data(model_dir: Path, data: Path) -> None:
+    """UserError when the shards were made with another tokenizer than the model's (hash or vocab)."""
+    from llmchain.model.io import read_config
+
+    config = read_config(model_dir)
+    if not data.is_dir():
+        return
+    info = _shards_json(data)
+    vocab = info.get("vocab_size")
+    if isinstance(vocab, int) and vocab > config.vocab_size:
+        raise UserError(f"{data}: shards use a {vocab}-token vocabulary but {model_dir} has {config.vocab_size}; "
+                        "the model and the data were made with different tokenizers")  # fmt: skip
+    want, tj = info.get("tokenizer_sha256"), model_dir / "tokenizer.json"
+    if want and tj.is_file() and sha256_file(tj) != want:
+        raise UserError(f"{data}: shards were made with another tokenizer than {model_dir}'s (tokenizer.json "
+                        "hashes differ); pack the data with the model's tokenizer")  # fmt: skip
+
+
+def model_training_shards(model_dir: Path) -> Path | None:
+    """The shards dir a model was trained on, from its manifest (or its run's config.yaml)."""
+    inputs = (read_manifest(model_dir) or {}).get("inputs") or {}
+    for entry in inputs.values():
+        p = Path(entry.get("path", "")) if isinstance(entry, dict) else None
+        if p is not None and (p / "shards.json").is_file():
+            return p
+    return None
+
+
+def evaluate_language_model(
+    data: str | os.PathLike,
+    model_dir: str | os.PathLike | None = None,
+    orders: tuple[int, ...] | list[int] = DEFAULT_ORDERS,
+    train_text: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    max_tokens: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score the model (if any) and byte-level n-gram baselines (one per order; none for `orders=()`).
+
+    Returns the report dict; report["systems"][i] has name, title, baseline, bits_per_byte and, for
+    the model, loss/perplexity/tokens. Raises UserError for missing inputs, a tokenizer/model mismatch,
+    or a text file without a known training text.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise UserError(f"{data}: no such file or directory (give a token-shards dir or a text file)")
+    if data.is_dir() and not (data / "shards.json").is_file():
+        raise UserError(f"{data}: not a token-shards dir (no shards.json); make one with `llmchain data pack`")
+    mdir = Path(model_dir) if model_dir is not None else None
+    if mdir is not None and not mdir.is_dir():
+        raise UserError(f"{mdir}: no such model directory")
+    if train_text is not None and not Path(train_text).is_file():
+        raise UserError(f"{train_text}: no such file (--train-text)")
+    systems: list[dict[str, Any]] = []
+    eval_bytes = None
+    if mdir is not None:
+        from llmchain.eval.lm import evaluate_lm
+
+        check_model_data(mdir, data)
+        m = evaluate_lm(mdir, data, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, device=device)
+        eval_bytes = m["bytes"]
+        systems.append({"name": "model", "title": f"model ({mdir.name})", "baseline": False, **m})
+    source = None
+    if orders:
+        if data.is_dir():
+            tok_dir = shards_tokenizer(data, mdir)
+            eval_docs = decode_split(data, "val", tok_dir, max_tokens)
+            if train_text is not None:
+                train_docs, source = [_read_text(Path(train_text))], str(Path(train_text).resolve())
+            else:
+                train_docs, source = decode_split(data, "train", tok_dir), f"{data.resolve()} (train split)"
+        else:
+            text = _read_text(data)
+            if eval_bytes is not None and max_tokens is not None:
+                text = text.encode("utf-8")[:eval_bytes].decode("utf-8", errors="ignore")
+            eval_docs = [text]
+            if train_text is not None:
+                train_docs, source = [_read_text(Path(train_text))], str(Path(train_text).resolve())
+            else:
+                shards = model_training_shards(mdir) if mdir is not None else None
+                if shards is None:
+                    raise UserError(f"{data}: the n-gram baseline needs a training text; pass --train-text FILE "
+                                    "(or --baseline none)")  # fmt: skip
+                tok_dir = shards_tokenizer(shards, mdir)
+                train_docs, source = decode_split(shards, "train", tok_dir), f"{shards} (train split)"
+        for order in orders:
+            r = ngram_bits_per_byte(train_docs, eval_docs, order=order)
+            systems.append({"name": f"ngram{order}", "title": f"{order}-gram, bytes (Kneser-Ney)", "baseline": True,
+                            **r})  # fmt: skip
+    notes = []
+    if mdir is not None and orders and systems[0].get("bytes") != systems[1].get("bytes"):
+        notes.append(f"the model scored {systems[0].get('bytes')} bytes, the baselines {systems[1].get('bytes')} "
+                     "(decoded text); bits-per-byte still compares, the texts differ slightly")  # fmt: skip
+    return {
+        "kind": "eval-lm",
+        "task": "language modelling",
+        "model": str(mdir.resolve()) if mdir is not None else None,
+        "data": str(data.resolve()),
+        "train_text": source,
+        "n": systems[0].get("bytes") if systems else None,
+        "columns": COLUMNS,
+        "primary": "bits_per_byte",
+        "higher_is_better": False,
+        "config": {"orders": list(orders), "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens},
+        "systems": systems,
+        "notes": notes,
+    }
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+
+
+def run_lm_eval(out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, Any], Path]:
+    """`evaluate_language_model(**kwargs)` + write OUT/report.json and a bits-per-byte bar chart."""
+    from llmchain.eval import plots
+
+    report = evaluate_language_model(**kwargs)
+
+    def draw(tmp: Path) -> list[str]:
+        return [plots.bars(tmp / "bits_per_byte.png", report["systems"], "bits_per_byte",
+                           "bits per byte (lower is better)")]  # fmt: skip
+
+    inputs = {"model": report["model"], "data": report["data"], "train_text": kwargs.get("train_text")}
+    return report, write_report(out_dir, report, inputs, draw)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line: model bpb vs the best baseline, for the CLI and logs."""
+    sys_ = {s["name"]: s for s in report["systems"]}
+    base = [s for s in report["systems"] if s.get("baseline")]
+    if "model" not in sys_ or not base:
+        return ""
+    best = min(base, key=lambda s: s["bits_per_byte"])
+    diff = best["bits_per_byte"] - sys_["model"]["bits_per_byte"]
+    verdict = "beats" if diff > 0 else "does not beat"
+    return f"model {sys_['model']['bits_per_byte']:.4f} bpb {verdict} the best baseline ({best['title']}, " \
+           f"{best['bits_per_byte']:.4f}) by {abs(diff):.4f} bits/byte"
+
