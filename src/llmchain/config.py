@@ -172,6 +172,57 @@ class PretrainConfig(TrainConfig):
 # --- finetune --------------------------------------------------------------------------------
 
 # --- eval ------------------------------------------------------------------------------------
+from typing import Literal as _EvalLiteral  # noqa: E402  (kept inside this section)
+
+from pydantic import Field as _EvalField  # noqa: E402
+
+
+class EvalLMConfig(StageConfig):
+    """`llmchain eval lm`: model loss/perplexity/bits-per-byte beside byte-level n-gram baselines."""
+
+    orders: list[int] = _EvalField([3, 5], description="n-gram baseline orders (Kneser-Ney on bytes); [] for none")
+    batch_size: int = _EvalField(8, ge=1, description="windows per forward pass")
+    seq_len: int | None = _EvalField(None, ge=2, description="tokens per window (default: the model's context, ≤ 1024)")
+    max_tokens: int | None = _EvalField(None, ge=1, description="evaluate only the first N tokens")
+    device: str = _EvalField("auto", description="auto, cpu, cuda, mps")
+
+
+class EvalClassifyConfig(StageConfig):
+    """`llmchain eval classify`: a classifier beside Naive Bayes and TF-IDF + logistic regression."""
+
+    text_column: str | None = _EvalField(None, description="text column/field (default: text, sentence, review, ...)")
+    label_column: str | None = _EvalField(None, description="label column/field (default: label, class, ...)")
+    zh: _EvalLiteral["auto", "char", "jieba"] = _EvalField("auto", description="how baselines split Chinese text")
+    batch_size: int = _EvalField(32, ge=1, description="texts per model batch")
+    seed: int = 0
+
+
+class EvalGenerateConfig(StageConfig):
+    """`llmchain eval generate`: generated text vs references (BLEU, chrF, ROUGE, exact match)."""
+
+    prompt_field: str | None = _EvalField(None, description="prompt column/field (default: prompt, source, ...)")
+    reference_field: str | None = _EvalField(None, description="reference column/field (default: reference(s), ...)")
+    max_new_tokens: int = _EvalField(64, ge=1, description="tokens generated per prompt")
+    temperature: float = _EvalField(0.0, ge=0, description="0 = greedy")
+    chat_template: bool | None = _EvalField(None, description="wrap prompts in the chat template (default: if any)")
+    stop: list[str] = _EvalField(default_factory=list, description="cut outputs at these strings")
+    limit: int | None = _EvalField(None, ge=1, description="score only the first N examples")
+    samples: int = _EvalField(5, ge=0, description="examples shown in the report")
+    seed: int = 0
+    device: str = "cpu"
+
+
+class ReportConfig(StageConfig):
+    """`llmchain report`: the model card of a run or model dir."""
+
+    samples: int = _EvalField(3, ge=0, description="sample generations in the card (0: none)")
+    sample_tokens: int = _EvalField(80, ge=1, description="tokens per sample generation")
+    prompts: list[str] = _EvalField(default_factory=list, description="sample prompts (default: starts of val text)")
+    temperature: float = _EvalField(0.8, ge=0, description="sampling temperature of the samples (0 = greedy)")
+    seed: int = 0
+    intended_use: str | None = _EvalField(None, description="your statement of intended use (default: a generic one)")
+    limitations: str | None = _EvalField(None, description="your statement of limitations (added to the measured ones)")
+
 
 # --- serve -----------------------------------------------------------------------------------
 
