@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -60,7 +61,7 @@ class StageType:
     run: Callable[[StageContext], dict[str, Any] | None]
     inputs: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
-    output: str = ""
+    output: str | Callable[[dict[str, Any]], str] = ""  # may depend on the config (e.g. the fine-tuning task)
     check: Callable[[dict[str, Any]], None] | None = None
     code: tuple[str, ...] = ()
     help: str = ""
@@ -123,8 +124,11 @@ def resolve_recipe_path(ref: str | os.PathLike) -> Path:
     raise UserError(f"recipe {str(ref)!r}: no such file and not a built-in recipe ({', '.join(builtins)})")
 
 
-def load_recipe(ref: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    """Read and check a recipe (a built-in name or a YAML path); `overrides` are "STAGE.KEY=VALUE".
+def load_recipe(
+    ref: str | os.PathLike, overrides: list[str] | None = None, inputs: list[str] | None = None
+) -> Recipe:
+    """Read and check a recipe (a built-in name or a YAML path); `overrides` are "STAGE.KEY=VALUE"
+    config changes, `inputs` are "STAGE.ROLE=PATH" input changes (PATH relative to the current dir).
 
     Every mistake — unknown stage kind, unknown or missing input, a cycle, a bad config field — is a
     ConfigError/UserError with one line naming the file, the stage and the field.
@@ -135,7 +139,34 @@ def load_recipe(ref: str | os.PathLike, overrides: list[str] | None = None) -> R
     data = read_yaml(path)
     for item in overrides or []:
         _apply_override(data, item, str(path))
+    for item in inputs or []:
+        _apply_input(data, item, str(path))
     return parse_recipe(data, source=str(path), base_dir=path.parent)
+
+
+def _apply_input(data: dict[str, Any], item: str, source: str) -> None:
+    key, sep, value = item.partition("=")
+    stage, dot, role = key.strip().partition(".")
+    stages = data.get("stages")
+    if not sep or not dot or not role or not value:
+        raise UserError(f"--input {item!r}: expected STAGE.ROLE=PATH (e.g. finetune.model=runs/quickstart/pretrain/final)")
+    if not isinstance(stages, dict) or stage not in stages:
+        raise UserError(f"--input {item!r}: {source} has no stage {stage!r}")
+    stages[stage].setdefault("inputs", {})[role] = value if value in stages else str(Path(value).resolve())
+
+
+def expand_vars(text: str) -> str:
+    """`${VAR}` and `${VAR:-default}` from the environment; UserError naming an unset variable."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise UserError(f"environment variable {name} is not set")
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", sub, text)
 
 
 def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
@@ -191,7 +222,11 @@ def parse_recipe(data: dict[str, Any], *, source: str, base_dir: Path) -> Recipe
                 inputs[role] = ref
                 depends.append(ref)
             else:
-                p = Path(ref).expanduser()
+                try:
+                    p = Path(expand_vars(ref)).expanduser()
+                except UserError as e:
+                    raise ConfigError(f"{source}: stage {name!r}: input {role!r}: {ref!r}: {e} (set it, or pass "
+                                      f"--input {name}.{role}=PATH)") from None  # fmt: skip
                 p = p if p.is_absolute() else base_dir / p
                 if not p.exists():
                     raise ConfigError(f"{source}: stage {name!r}: input {role!r}: {ref!r} is neither a stage of "
@@ -305,7 +340,8 @@ class Runner:
 
     def output_of(self, name: str) -> Path:
         stage = self.recipe.stage(name)
-        return self.out_dir(stage) / stage.type.output if stage.type.output else self.out_dir(stage)
+        sub = stage.type.output(stage.config) if callable(stage.type.output) else stage.type.output
+        return self.out_dir(stage) / sub if sub else self.out_dir(stage)
 
     def stamp_path(self, stage: Stage) -> Path:
         return self.run_dir / STAMP_DIR / f"{stage.name}.json"
@@ -447,8 +483,9 @@ def run_recipe(
     force: bool = False,
     dry_run: bool = False,
     overrides: list[str] | None = None,
+    inputs: list[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[Runner, list[StageStatus]]:
     """Load the recipe `ref` and run (or, with `dry_run`, only plan) it. Returns the runner and the plan."""
-    runner = Runner(load_recipe(ref, overrides), runs_dir, log)
+    runner = Runner(load_recipe(ref, overrides, inputs), runs_dir, log)
     return runner, runner.plan(only, start, force) if dry_run else runner.run(only, start, force)

@@ -97,7 +97,111 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     return {"params": f"{result.params / 1e6:.2f}M", "steps": result.fit.step, **ev}
 
 
+# ------------------------------------------------------------------------------------ fine-tuning
+
+
+def _task(config: dict[str, Any], default: str, allowed: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    c = dict(config)
+    task = c.pop("task", default)
+    if task not in allowed:
+        raise ConfigError(f"config field 'task': {task!r} is not one of {', '.join(allowed)}")
+    return task, c
+
+
+def _finetune_filled(ctx_inputs: dict[str, Any], task: str) -> dict[str, Any]:
+    filled = {k: str(v) for k, v in ctx_inputs.items()}
+    if task == "sft":
+        filled["data"] = filled.pop("train")
+        if "val" in filled:
+            filled["val_data"] = filled.pop("val")
+        filled.pop("test", None)
+    return filled
+
+
+def run_finetune(ctx: StageContext) -> dict[str, Any]:
+    """task classify → llmchain.train.classify (output RUN/best); task sft → llmchain.train.sft (RUN/final)."""
+    task, c = _task(ctx.config, "sft", ("sft", "classify"))
+    filled = {**_finetune_filled(ctx.inputs, task), "out": str(ctx.out_dir)}
+    if task == "classify":
+        from llmchain.train.classify import finetune_classifier
+        from llmchain.train.distributed import teardown_runtime
+
+        try:
+            summary = finetune_classifier(_cfg("ClassifyConfig", c, **filled))
+        finally:
+            teardown_runtime()
+        best = summary.get("best_val") or {}
+        test = summary.get("test") or {}
+        return {"epochs": summary.get("epochs_run"), "val accuracy": _r(best.get("accuracy")),
+                "test accuracy": _r(test.get("accuracy"))}  # fmt: skip
+    from llmchain.train import sft
+
+    result = sft.finetune_sft(_cfg("SFTConfig", c, **filled))
+    return {k: v for k, v in (result if isinstance(result, dict) else {}).items() if isinstance(v, (int, float))}
+
+
+def _r(x: Any) -> Any:
+    return round(x, 4) if isinstance(x, float) else x
+
+
+def _check_finetune(config: dict[str, Any]) -> None:
+    task, c = _task(config, "sft", ("sft", "classify"))
+    placeholders = {"out": _ENGINE, "train": _ENGINE} if task == "classify" else {"out": _ENGINE, "data": _ENGINE}
+    if "model" not in c:
+        placeholders["model"] = _ENGINE
+    _check("ClassifyConfig" if task == "classify" else "SFTConfig", **placeholders)(c)
+
+
 # ------------------------------------------------------------------------------------ evaluation
+
+
+def run_eval(ctx: StageContext) -> dict[str, Any]:
+    """task lm (default): bits per byte beside n-gram baselines; classify; generate. Writes report.json."""
+    task, c = _task(ctx.config, "lm", ("lm", "classify", "generate"))
+    ins = {k: str(v) for k, v in ctx.inputs.items()}
+    if task == "lm":
+        from llmchain.eval.language_model import run_lm_eval, summary_line
+
+        cfg = _cfg("EvalLMConfig", c)
+        report, _ = run_lm_eval(ctx.out_dir, data=ins["data"], model_dir=ins.get("model"), train_text=ins.get("train"),
+                                orders=tuple(cfg.orders), batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                                max_tokens=cfg.max_tokens, device=cfg.device)  # fmt: skip
+        line = summary_line(report)
+        if line:
+            ctx.log(line)
+        return {s["name"] + " bpb": round(s["bits_per_byte"], 4) for s in report["systems"]}
+    if task == "classify":
+        from llmchain.eval.classify import run_classify_eval
+
+        if "train" not in ins:
+            raise ConfigError(f"stage {ctx.name!r}: eval classify needs input 'train' (for its baselines)")
+        cfg = _cfg("EvalClassifyConfig", c)
+        report, _ = run_classify_eval(ctx.out_dir, train=ins["train"], test=ins["data"], model_dir=ins.get("model"),
+                                      **cfg.model_dump())  # fmt: skip
+        return {s["name"] + " accuracy": round(s["accuracy"], 4) for s in report["systems"]}
+    from llmchain.eval.generate import run_generate_eval
+
+    cfg = _cfg("EvalGenerateConfig", c)
+    report, _ = run_generate_eval(ctx.out_dir, data=ins["data"], model_dir=ins.get("model"), train=ins.get("train"),
+                                  **cfg.model_dump())  # fmt: skip
+    return {s["name"]: s.get(report.get("primary", ""), "") for s in report.get("systems", [])}
+
+
+def _check_eval(config: dict[str, Any]) -> None:
+    task, c = _task(config, "lm", ("lm", "classify", "generate"))
+    _check({"lm": "EvalLMConfig", "classify": "EvalClassifyConfig", "generate": "EvalGenerateConfig"}[task])(c)
+
+
+def run_report(ctx: StageContext) -> dict[str, Any]:
+    """The model card (report.md/.html/.json + PNGs) of the model, with the given eval reports."""
+    from llmchain.eval.report import build_card
+
+    evals = [p for role, p in sorted(ctx.inputs.items()) if role.startswith("eval")]
+    out, facts = build_card(ctx.inputs["model"], ctx.out_dir, config=_cfg("ReportConfig", ctx.config),
+                            extra_evals=evals)  # fmt: skip
+    return {"card": str(out / "report.md"), "evals": len(facts.get("evals") or [])}
+
+
 
 
 def run_generate(ctx: StageContext) -> dict[str, Any]:
@@ -181,6 +285,13 @@ register_stage(StageType("pack", run_pack, inputs=("documents", "tokenizer"), ch
 register_stage(StageType("pretrain", run_pretrain, inputs=("shards",), optional=("tokenizer", "model"), output="final",
                          check=_check("PretrainConfig", data=_ENGINE, out=_ENGINE),
                          code=("llmchain.train", *_MODEL), help="token shards → base model (RUN/final)"))
+register_stage(StageType("finetune", run_finetune, inputs=("train",), optional=("model", "val", "test"),
+                         output=lambda c: "best" if c.get("task") == "classify" else "final", check=_check_finetune,
+                         code=("llmchain.train", "llmchain.model"), help="model + data → fine-tuned model"))
+register_stage(StageType("eval", run_eval, inputs=("data",), optional=("model", "train"), check=_check_eval,
+                         code=("llmchain.eval", *_MODEL), help="model (+ baselines) on data → report.json"))
+register_stage(StageType("report", run_report, inputs=("model",), optional=("eval", "eval2", "eval3"),
+                         check=_check("ReportConfig"), code=("llmchain.eval",), help="model → model card"))
 register_stage(StageType("generate", run_generate, inputs=("model",), check=_check_generate,
                          code=_MODEL, help="model → sample generations (samples.md)"))
 register_stage(StageType("export", run_export, inputs=("model",), check=_check_export,

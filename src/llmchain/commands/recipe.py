@@ -28,8 +28,15 @@ def _print_plan(console, runner, plan, *, title: str) -> None:
         else:
             status = f"[dim]{s.reason}[/]"
         table.add_row(s.stage.name, s.stage.type.name, status, f"{s.seconds:.1f}s" if s.seconds else "",
-                      numbers or str(runner.output_of(s.stage.name)))  # fmt: skip
+                      numbers or _short(runner.output_of(s.stage.name)))  # fmt: skip
     console.print(table)
+
+
+def _short(path: Path) -> str:
+    import os
+
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("../..") else str(path)
 
 
 def run_command(
@@ -40,10 +47,11 @@ def run_command(
     force: bool = typer.Option(False, "--force", help="Re-run every selected stage even when up to date."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Stages write into RUNS_DIR/NAME/STAGE/."),
     overrides: list[str] | None = typer.Option(None, "--set", help="STAGE.KEY=VALUE config override (repeatable)."),
+    inputs: list[str] | None = typer.Option(None, "--input", help="STAGE.ROLE=PATH input override (repeatable)."),
 ) -> None:
     """Run a recipe's stages in order into runs/NAME/STAGE/, skipping those already up to date."""
     run_and_report(recipe, only=only, start=start, dry_run=dry_run, force=force, runs_dir=runs_dir,
-                   overrides=overrides)  # fmt: skip
+                   overrides=overrides, inputs=inputs)  # fmt: skip
 
 
 def run_and_report(recipe: str, *, dry_run: bool = False, **kwargs):
@@ -78,7 +86,8 @@ def recipes_list(ctx: typer.Context) -> None:
         table.add_column(col)
     for name, path in builtin_recipes().items():
         data = read_yaml(path)
-        table.add_row(name, " → ".join(data.get("stages") or {}), str(data.get("description", "")).strip())
+        first = str(data.get("description", "")).strip().split(": ")[0].split(". ")[0]
+        table.add_row(name, " → ".join(data.get("stages") or {}), first)
     _console().print(table)
 
 

@@ -1,0 +1,100 @@
+"""The real stages through the recipe engine: a seconds-long copy of the quickstart chain (same stage
+kinds, tiny sizes), its re-run rules, and the built-in recipes themselves (listed, shown, checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from llmchain.recipe import builtin_recipes, load_recipe, run_recipe
+
+CORPUS = Path(__file__).resolve().parents[1] / "src/llmchain/recipes/corpus/tinyshakespeare.txt"
+
+
+def tiny_recipe(tmp_path: Path, min_chars: int = 1, vocab: int = 320) -> Path:
+    """The quickstart's stages at toy sizes: ~60 KB of Shakespeare, a nano model, a few steps."""
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(CORPUS.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    quick = yaml.safe_load(builtin_recipes()["quickstart"].read_text())
+    st = quick["stages"]
+    st["data"]["inputs"] = {"raw": "corpus.txt"}
+    st["data"]["config"]["length"] = {"min_chars": min_chars}
+    st["tokenizer"]["config"] = {"vocab_size": vocab}
+    st["pretrain"]["config"] = {"preset": "nano", "seq_len": 64, "batch_size": 4, "max_steps": 6, "warmup_steps": 2,
+                                "eval_every": 0, "save_every": 0, "log_every": 2, "threads": 1}  # fmt: skip
+    st["eval"]["config"] = {"task": "lm", "orders": [3], "max_tokens": 2000}
+    st["report"]["config"] = {"samples": 1, "sample_tokens": 8}
+    st["export"]["config"] = {"format": "gguf", "dtype": "f16"}
+    quick["name"] = "tiny"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(quick, sort_keys=False))
+    return path
+
+
+def ran(plan) -> list[str]:
+    return [s.stage.name for s in plan if s.run]
+
+
+@pytest.mark.timeout(300)
+def test_tiny_quickstart_chain_runs_then_reruns_only_what_changed(tmp_path):
+    runs = tmp_path / "runs"
+    everything = ["data", "tokenizer", "pack", "pretrain", "eval", "report", "export"]
+    _, plan = run_recipe(tiny_recipe(tmp_path), runs_dir=runs, log=lambda m: None)
+    assert ran(plan) == everything
+    run = runs / "tiny"
+    assert (run / "pretrain/final/model.safetensors").is_file()
+    report = json.loads((run / "eval/report.json").read_text())
+    assert [s["baseline"] for s in report["systems"]] == [False, True] and report["systems"][1]["order"] == 3
+    assert (run / "report/report.md").is_file() and (run / "export/model-f16.gguf").is_file()
+    assert json.loads((run / "export/manifest.json").read_text())["kind"] == "model-gguf"
+
+    # nothing changed: nothing runs, and the CLI says so
+    code, out, err = run_cli("run", str(tmp_path / "tiny.yaml"), "--runs-dir", str(runs))
+    assert code == 0 and "Nothing to do: all 7 stages" in out, out + err
+
+    # a data filter threshold: data and everything downstream of it
+    _, plan = run_recipe(tiny_recipe(tmp_path, min_chars=200), runs_dir=runs, log=lambda m: None)
+    assert ran(plan) == everything and plan[0].reason == "config changed"
+    # the tokenizer's vocabulary: not data (upstream), everything after the tokenizer
+    _, plan = run_recipe(tiny_recipe(tmp_path, min_chars=200, vocab=300), runs_dir=runs, dry_run=True,
+                         log=lambda m: None)  # fmt: skip
+    assert ran(plan) == everything[1:] and plan[0].reason == "up to date"
+
+
+def test_builtin_recipes_are_listed_shown_and_valid(monkeypatch, tmp_path):
+    assert set(builtin_recipes()) >= {"quickstart", "sentiment", "chat-sft"}
+    code, out, err = run_cli("recipes")
+    assert code == 0 and "quickstart" in out and "sentiment" in out and "chat-sft" in out
+    code, out, err = run_cli("recipes", "show", "quickstart")
+    assert code == 0 and yaml.safe_load(out)["name"] == "quickstart"
+    quick = load_recipe("quickstart")
+    assert [s.name for s in quick.stages] == ["data", "tokenizer", "pack", "pretrain", "eval", "report", "export"]
+    assert quick.stage("pretrain").config["max_time"] == "5m"
+    # the others need data from outside the package: an unset variable is a one-line error naming it
+    monkeypatch.delenv("LLMCHAIN_DATA", raising=False)
+    code, out, err = run_cli("run", "sentiment", "--dry-run", "--runs-dir", str(tmp_path))
+    assert code == 2 and "LLMCHAIN_DATA is not set" in err and "--input finetune.train=PATH" in err
+
+
+def test_builtin_recipes_check_with_real_data(shared_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMCHAIN_DATA", str(shared_data))
+    monkeypatch.setenv("BASE_MODEL", str(tmp_path))  # any existing path passes the input check
+    for name in ("sentiment", "chat-sft"):
+        code, out, err = run_cli("run", name, "--dry-run", "--runs-dir", str(tmp_path / "runs"))
+        assert code == 0 and "never run" in out, err
+    recipe = load_recipe("sentiment", inputs=[f"eval.data={shared_data / 'sst2/dev.tsv'}"])
+    assert recipe.stage("eval").inputs["data"] == str((shared_data / "sst2/dev.tsv").resolve())
+
+
+def test_recipe_stage_config_is_checked_before_anything_runs(tmp_path):
+    path = tiny_recipe(tmp_path)
+    code, out, err = run_cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "pretrain.lrr=1")
+    assert code == 2 and "stage 'pretrain': config: field 'lrr'" in err, err
+    code, out, err = run_cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "export.dtype=q4")
+    assert code == 2 and "stage 'export'" in err and "q4" in err
+    assert not (tmp_path / "runs/tiny/data").exists()
