@@ -127,7 +127,7 @@ def _text_tokens(model_dir: Path, text_file: Path, max_tokens: int | None) -> tu
         text = text_file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{text_file}: not UTF-8 text") from None
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]  # no "longer than max length" warning
     start = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
     n_bytes = len(text.encode("utf-8"))
     if max_tokens is not None and len(ids) > max_tokens:

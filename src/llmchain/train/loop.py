@@ -15,6 +15,8 @@
 - `eval_fn(model, runtime) -> dict[str, float]`: called on EVERY process, in eval mode, under no_grad
   and autocast, every `eval_every` steps and at the end; it splits its work by `runtime.rank` and
   sums with `runtime.all_reduce_sum`. Its dict is logged with split="val".
+- `should_stop(metrics) -> bool` (optional): asked after each periodic eval with its dict; True ends
+  the run there (early stopping; it must answer the same on every process).
 - `save_fn(model, dir)` / `load_fn(model, dir)`: the model part of a checkpoint (default: PEFT adapter
   only, HF `save_pretrained`, our HF-format dir, else `model.safetensors`; see `checkpoint.py`).
   The loop adds `trainer.pt` (optimizer, step, schedule clock, RNG) and `checkpoint.json`.
@@ -72,6 +74,7 @@ class FitResult:
     eval: dict[str, float] = field(default_factory=dict)  # the last eval's metrics
     checkpoint: Path | None = None  # the last checkpoint written
     model: nn.Module | None = None  # the trained, unwrapped model (main process; CPU copy under FSDP)
+    precision: str = "float32"  # the autocast dtype the run used
 
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -192,6 +195,7 @@ def fit(
     model_factory: Callable[[], nn.Module] | None = None,
     flops_per_token: float | None = None,
     quiet: bool = False,
+    should_stop: Callable[[dict[str, float]], bool] | None = None,
 ) -> FitResult:
     """Train `model` on `batches` as `config` says; see the module docstring for the contract."""
     if not config.max_steps and not config.max_time:
@@ -242,6 +246,7 @@ def fit(
     last_eval: dict[str, float] = {}
     last_ckpt: Path | None = None
     stopped_by: str | None = None
+    early_stop = False  # should_stop said so after an eval (e.g. no better val metric for a while)
     t0 = time.perf_counter()
     meter = Throughput()
     loss_sum = torch.zeros((), device=rt.device)
@@ -331,6 +336,11 @@ def fit(
                     last_eval = evaluate() or last_eval
                     if mon is not None:
                         mon.plot()
+                    if should_stop is not None and should_stop(last_eval):
+                        early_stop = True
+                        if mon is not None:
+                            mon.print(f"early stop at step {step}")
+                        break
                 if config.save_every and step % config.save_every == 0 and step != config.max_steps:
                     last_ckpt = save()
         except KeyboardInterrupt:
@@ -342,7 +352,7 @@ def fit(
 
         # The end (steps or time) or a signal: a final eval when the run completed, then a checkpoint.
         completed = stopped_by is None
-        if completed:
+        if completed and not early_stop:  # an early stop has just evaluated this step
             last_eval = evaluate() or last_eval
         if last_ckpt is None or last_ckpt.name != f"step-{step}":
             last_ckpt = save() if step > 0 else last_ckpt
@@ -352,7 +362,8 @@ def fit(
             mon.print(f"stopped by {stopped_by} at step {step}; continue with --resume auto")
         mon.close()
     result_model = _plain_model(wrapped, rt, model_factory)
-    return FitResult(step, completed, stopped_by, tokens_seen, elapsed(), last_eval, last_ckpt, result_model)
+    return FitResult(step, completed, stopped_by, tokens_seen, elapsed(), last_eval, last_ckpt, result_model,
+                     _dtype_name(rt.dtype))
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
