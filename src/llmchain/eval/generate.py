@@ -66,6 +66,8 @@ def read_pairs(
         else:
             prompt = _as_text(row.get(pcol))
         ref = row.get(rcol)
+        if ref is None and reference_field is None:  # rows may mix "reference" and "references"
+            ref = next((row[f] for f in REFERENCE_FIELDS if row.get(f) is not None), None)
         ref_list = [ref] if isinstance(ref, str) else ref
         if not prompt:
             raise DataError(f"{p}:{line}: empty or missing prompt")
