@@ -41,7 +41,9 @@ def ran(plan) -> list[str]:
 
 
 @pytest.mark.timeout(300)
-def test_tiny_quickstart_chain_runs_then_reruns_only_what_changed(tmp_path):
+def test_tiny_quickstart_chain_runs_then_reruns_only_what_changed(tmp_path, monkeypatch):
+    # Pin the code version: other people editing the stage code while this runs must not re-run stages.
+    monkeypatch.setattr("llmchain.recipe.code_version", lambda stage: "pinned")
     runs = tmp_path / "runs"
     everything = ["data", "tokenizer", "pack", "pretrain", "eval", "report", "export"]
     _, plan = run_recipe(tiny_recipe(tmp_path), runs_dir=runs, log=lambda m: None)

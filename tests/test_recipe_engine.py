@@ -209,3 +209,14 @@ def test_runner_records_fingerprint_beside_the_artifact(tmp_path):
     assert stamp["state"] == "done" and set(stamp["inputs"]) == {"raw"} and stamp["code"].startswith("0.")
     runner = Runner(load_recipe(path), runs)
     assert runner.output_of("pretrain") == runs / "toy/pretrain/final"
+
+
+def test_changed_stage_code_reruns_that_stage_and_downstream(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    path = write_recipe(tmp_path)
+    run_recipe(path, runs_dir=runs, log=lambda m: None)
+    real = __import__("llmchain.recipe", fromlist=["code_version"]).code_version
+    monkeypatch.setattr("llmchain.recipe.code_version",
+                        lambda st: real(st) + ("-edited" if st.name == "t_vocab" else ""))  # fmt: skip
+    _, plan = run_recipe(path, runs_dir=runs, dry_run=True, log=lambda m: None)
+    assert ran(plan) == ["tokenizer", "pretrain"] and plan[1].reason == "code changed"

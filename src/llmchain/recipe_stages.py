@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmchain.errors import ConfigError
-from llmchain.recipe import StageContext, StageType, register_stage
+from llmchain.recipe_file import StageContext, StageType, register_stage
 
 _ENGINE = "the recipe sets it"  # placeholder for config fields the engine fills in (paths)
 
