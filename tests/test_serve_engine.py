@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmchain.model.llama import KVCache, Llama, LlamaConfig
-from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong, decode_logits
+from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong, decode_logits, prepare_decode
 from llmchain.serve.sampling import SamplingParams
 from serve_fixtures import cached_model_dir
 
@@ -42,21 +42,22 @@ def test_decode_rows_are_bit_identical_whatever_the_batch():
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in (3, 17, 40, 64, 65, 100, 9, 1, 33, 70)]
     cache = KVCache(cfg, len(prompts), 256)
+    w = prepare_decode(model, 256)
     _prefilled(model, cache, prompts)
     B = len(prompts)
     tokens = torch.randint(0, 1000, (B,), generator=g)
     positions = torch.tensor([len(p) for p in prompts])
     slots = torch.arange(B)
-    batched = decode_logits(model, cache, tokens, positions, slots, rows=16)
+    batched = decode_logits(model, cache, tokens, positions, slots, 16, w)
     # the reference path (Llama.forward with the cache) agrees to float precision...
     ref, _ = model(tokens[:, None], positions=positions[:, None], cache=cache, slots=slots)
     torch.testing.assert_close(batched, ref[:, 0].float(), rtol=1e-4, atol=1e-4)
     # ...and each row alone, or in another mix, gives exactly the same bits
     for i in range(B):
-        alone = decode_logits(model, cache, tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], rows=16)
+        alone = decode_logits(model, cache, tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], 16, w)
         assert torch.equal(alone[0], batched[i]), f"row {i} differs alone"
     sub = [7, 2, 5]
-    mixed = decode_logits(model, cache, tokens[sub], positions[sub], slots[sub], rows=16)
+    mixed = decode_logits(model, cache, tokens[sub], positions[sub], slots[sub], 16, w)
     assert torch.equal(mixed, batched[sub])
 
 

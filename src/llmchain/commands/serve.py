@@ -16,14 +16,15 @@ def _check_dir(model_dir: Path) -> None:
 
 def serve(
     model_dir: Path = typer.Argument(..., help="An HF-format model dir (ours or any local Llama-family dir)."),
-    host: str = typer.Option(None, help="Interface to bind [127.0.0.1]; 0.0.0.0 exposes the server to the network."),
-    port: int = typer.Option(None, help="Port [8000]."),
+    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1); 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(None, help="Port (default 8000)."),
     api_key: str = typer.Option(None, "--api-key", envvar="LLMCHAIN_API_KEY", help="Require 'Authorization: Bearer KEY'."),
-    served_model_name: str = typer.Option(None, help="Model name clients use [the dir's name]."),
-    max_batch_size: int = typer.Option(None, help="Sequences decoded together (KV-cache slots) [16]."),
-    max_queue: int = typer.Option(None, help="Waiting requests beyond this get 503 + Retry-After [256]."),
-    max_model_len: int = typer.Option(None, help="Context length (prompt + output) [the model's]."),
+    served_model_name: str = typer.Option(None, help="Model name clients use (default: the dir name)."),
+    max_batch_size: int = typer.Option(None, help="Sequences decoded together (KV-cache slots; default 16)."),
+    max_queue: int = typer.Option(None, help="Waiting requests beyond this get 503 + Retry-After (default 256)."),
+    max_model_len: int = typer.Option(None, help="Context length (prompt + output; default: the model's)."),
     chat_template: Path = typer.Option(None, help="A Jinja chat template file replacing the tokenizer's."),
+    threads: int = typer.Option(None, min=1, help="torch CPU threads (1 avoids OpenMP stalls on a busy machine)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""
@@ -35,12 +36,13 @@ def serve(
     _check_dir(model_dir)
     cfg = load_config(ServeConfig, config, host=host, port=port, api_key=api_key, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
-                      chat_template=str(chat_template) if chat_template else None)  # fmt: skip
+                      chat_template=str(chat_template) if chat_template else None, threads=threads)  # fmt: skip
     if cfg.chat_template and not Path(cfg.chat_template).is_file():
         raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
     opts = ServeOptions(model_dir=str(model_dir), served_model_name=cfg.served_model_name, api_key=cfg.api_key,
                         max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue, max_model_len=cfg.max_model_len,
-                        chat_template=cfg.chat_template, max_body_bytes=cfg.max_body_bytes, device=cfg.device)  # fmt: skip
+                        chat_template=cfg.chat_template, max_body_bytes=cfg.max_body_bytes, device=cfg.device,
+                        threads=cfg.threads)  # fmt: skip
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         typer.echo(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it", err=True)
     typer.echo(f"serving {model_dir} at http://{cfg.host}:{cfg.port}  (chat page: /, API: /v1, docs: /docs)")

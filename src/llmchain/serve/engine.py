@@ -177,6 +177,7 @@ class Engine:
         device = next(model.parameters()).device
         cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
         self.cache = KVCache(self.config, max_batch_size, cache_len, device, dtype)
+        self.decode_weights = prepare_decode(model, cache_len)
         self.device = device
         self.free_slots: list[int] = list(range(max_batch_size))[::-1]
         self.waiting: deque[RequestHandle] = deque()
@@ -327,7 +328,8 @@ class Engine:
         positions = torch.tensor([s.pos for s in seqs], device=self.device)
         slots = torch.tensor([s.slot for s in seqs], device=self.device)
         rows = B if self.max_batch_size == 1 else -(-B // ROW_PAD) * ROW_PAD
-        logits = decode_logits(self.model, self.cache, tokens, positions, slots, rows)
+        logits = decode_logits(self.model, self.cache, tokens, positions, slots, rows, self.decode_weights,
+                               max(s.pos for s in seqs))
         greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
         picks: dict[int, int] = {}
         if greedy:
@@ -403,39 +405,86 @@ class Engine:
         h._emit(None)
 
 
-def decode_logits(model, cache, tokens, positions, slots, rows: int) -> torch.Tensor:
+@dataclass
+class DecodeWeights:
+    """Per-layer fused projections (q|k|v and gate|up: fewer, larger matmuls) and RoPE tables by position.
+
+    The model's own q/k/v and gate/up weights become views into the fused tensors, so nothing is
+    stored twice and `Llama.forward` (used for prefill) keeps working on the same numbers.
+    """
+
+    qkv: list[tuple[torch.Tensor, torch.Tensor | None]]
+    gate_up: list[tuple[torch.Tensor, torch.Tensor | None]]
+    cos: torch.Tensor  # (max_len, head_dim)
+    sin: torch.Tensor
+
+
+def _fuse(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w = torch.cat([m.weight.detach() for m in linears]).contiguous()
+    b = torch.cat([m.bias.detach() for m in linears]).contiguous() if linears[0].bias is not None else None
+    start = 0
+    for m in linears:
+        n = m.out_features
+        m.weight = torch.nn.Parameter(w[start : start + n], requires_grad=False)
+        if b is not None:
+            m.bias = torch.nn.Parameter(b[start : start + n], requires_grad=False)
+        start += n
+    return w, b
+
+
+@torch.no_grad()
+def prepare_decode(model, max_len: int) -> DecodeWeights:
+    """Fuse `model`'s projections in place (views, no copies kept) and tabulate RoPE up to `max_len`."""
+    qkv, gate_up = [], []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        qkv.append(_fuse([a.q_proj, a.k_proj, a.v_proj]))
+        gate_up.append(_fuse([m.gate_proj, m.up_proj]))
+    # RoPE tables computed here (HF's formula) rather than through the model's rotary module, so the
+    # engine depends only on the inv_freq buffer, not on how the model lays out its tables.
+    inv_freq = model.model.rotary_emb.inv_freq.float()
+    freqs = torch.arange(max_len, device=inv_freq.device).float()[:, None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return DecodeWeights(qkv, gate_up, emb.cos(), emb.sin())
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2  # HF's rotate_half convention: the first half pairs with the second
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def decode_logits(model, cache, tokens, positions, slots, rows: int, w: DecodeWeights,
+                  max_pos: int | None = None) -> torch.Tensor:
     """Next-token logits (B, vocab) for B sequences, each fed one token at its own (slot, position).
 
     The same computation as `Llama.forward` with a cache, arranged to be batch-invariant: the
     linear layers see `rows` rows (padding after the B real ones) and attention sees a key length
     rounded up to a multiple of 64 (masked), so no row's result depends on how many others there are.
     """
-    from llmchain.model.llama import apply_rotary
-
     m, B = model.model, tokens.shape[0]
     pad = rows - B
     ids = F.pad(tokens, (0, pad))[:, None]  # (rows, 1)
-    pos = F.pad(positions, (0, pad))[:, None]
-    L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
+    max_pos = int(positions.max()) if max_pos is None else max_pos
+    L = min(-(-(max_pos + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
     mask = (torch.arange(L, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
-    cos, sin = m.rotary_emb(pos)
+    cos, sin = w.cos[positions][:, None, None], w.sin[positions][:, None, None]  # (B, 1, 1, hd)
     x = m.embed_tokens(ids)  # (rows, 1, hidden)
-    for layer in m.layers:
+    for i, layer in enumerate(m.layers):
         a = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = a.q_proj(h).view(rows, 1, a.n_heads, a.head_dim).transpose(1, 2)
-        k = a.k_proj(h).view(rows, 1, a.n_kv, a.head_dim).transpose(1, 2)
-        v = a.v_proj(h).view(rows, 1, a.n_kv, a.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin)[:B], apply_rotary(k, cos, sin)[:B]
+        nq, nkv = a.n_heads * a.head_dim, a.n_kv * a.head_dim
+        qkv = F.linear(layer.input_layernorm(x), *w.qkv[i])[:B]  # (B, 1, nq + 2 nkv)
+        q = qkv[..., :nq].view(B, 1, a.n_heads, a.head_dim).transpose(1, 2)
+        k = qkv[..., nq : nq + nkv].view(B, 1, a.n_kv, a.head_dim).transpose(1, 2)
+        v = qkv[..., nq + nkv :].view(B, a.n_kv, a.head_dim)
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
         kc[slots, :, positions] = k[:, :, 0].to(kc.dtype)
-        vc[slots, :, positions] = v[:B, :, 0].to(vc.dtype)
-        keys, values = kc[slots, :, :L].to(q.dtype), vc[slots, :, :L].to(q.dtype)
-        if a.n_kv != a.n_heads:
-            rep = a.n_heads // a.n_kv
-            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, heads, 1, hd)
-        y = F.pad(y.transpose(1, 2).reshape(B, 1, a.n_heads * a.head_dim), (0, 0, 0, 0, 0, pad))
+        vc[slots, :, positions] = v.to(vc.dtype)
+        keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=a.n_kv != a.n_heads)
+        y = F.pad(y.transpose(1, 2).reshape(B, 1, nq), (0, 0, 0, 0, 0, pad))
         x = x + a.o_proj(y)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        gate, up = F.linear(layer.post_attention_layernorm(x), *w.gate_up[i]).chunk(2, dim=-1)
+        x = x + layer.mlp.down_proj(F.silu(gate) * up)
     return model.lm_head(m.norm(x))[:B, 0].float()

@@ -1,0 +1,228 @@
+"""Serving benchmark, measured the way vLLM's `benchmark_serving` does it.
+
+For a model of a CPU preset (random weights, as vLLM's "random" dataset: fixed input/output
+lengths with ignore_eos), at each concurrency level it sends `--num-prompts` streaming completion
+requests (at most `concurrency` in flight) and reports TTFT, TPOT, ITL (mean/p50/p99), request
+throughput and output tokens/s against:
+
+  * `llmchain serve` with continuous batching (`--max-batch-size 64`),
+  * the same server with `--max-batch-size 1` (one sequence at a time),
+  * Hugging Face `generate` (greedy, one request at a time, same weights, same thread count).
+
+    flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/serve.py --preset tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+if not CORPUS.is_file():
+    CORPUS = REPO / "src" / "llmchain" / "recipes" / "corpus" / "tinyshakespeare.txt"
+
+
+def build_model(preset: str, vocab: int, out: Path) -> Path:
+    """A tokenizer trained on tinyshakespeare + a random model of `preset`, as an HF dir."""
+    import torch
+
+    from llmchain.model.io import save_model
+    from llmchain.model.llama import Llama
+    from llmchain.model.presets import preset_config
+    from llmchain.tokenizer import train_tokenizer
+
+    if (out / "model" / "config.json").is_file():
+        return out / "model"
+    train_tokenizer(CORPUS, vocab, out / "tokenizer")
+    torch.manual_seed(0)
+    cfg = preset_config(preset, vocab_size=vocab, eos_token_id=0, bos_token_id=0)
+    return save_model(Llama(cfg), out / "model", tokenizer_dir=out / "tokenizer")
+
+
+def prompts(tokenizer_dir: Path, n: int, input_len: int, seed: int = 0) -> list[list[int]]:
+    """`n` prompts of exactly `input_len` tokens, cut from random places of the corpus."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tok.encode(CORPUS.read_text(encoding="utf-8")[:200_000])
+    rng = random.Random(seed)
+    return [ids[(s := rng.randrange(len(ids) - input_len)) : s + input_len] for _ in range(n)]
+
+
+# ---- client (vLLM's metric definitions) --------------------------------------------------------------
+async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], output_len: int) -> dict:
+    body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    t0 = time.perf_counter()
+    times, tokens = [], 0
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk["choices"]:
+                times.append(time.perf_counter())
+    end = time.perf_counter()
+    return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
+            "e2e": end - t0, "tokens": tokens}  # fmt: skip
+
+
+async def run_level(url: str, reqs: list[list[int]], output_len: int, concurrency: int) -> list[dict]:
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def limited(p):
+            async with sem:
+                return await one_request(client, url, p, output_len)
+
+        return await asyncio.gather(*(limited(p) for p in reqs))
+
+
+def summarize(results: list[dict], wall: float) -> dict:
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+    ttft = [r["ttft"] * 1e3 for r in results]
+    tpot = [(r["e2e"] - r["ttft"]) / (r["tokens"] - 1) * 1e3 for r in results if r["tokens"] > 1]
+    itl = [x * 1e3 for r in results for x in r["itl"]]
+    out = sum(r["tokens"] for r in results)
+    return {"req/s": len(results) / wall, "out tok/s": out / wall, "ttft": ttft, "tpot": tpot, "itl": itl,
+            "ttft_mean": statistics.mean(ttft), "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+            "tpot_mean": statistics.mean(tpot), "tpot_p50": pct(tpot, 50), "tpot_p99": pct(tpot, 99),
+            "itl_mean": statistics.mean(itl) if itl else float("nan"), "itl_p50": pct(itl, 50),
+            "itl_p99": pct(itl, 99)}  # fmt: skip
+
+
+def serve_and_measure(model: Path, batch: int, levels: list[int], reqs_for, output_len: int, threads: int) -> dict:
+    port = 18000 + batch
+    cmd = [sys.executable, "-m", "llmchain", "serve", str(model), "--port", str(port), "--max-batch-size",
+           str(batch), "--max-queue", "4096", "--threads", str(threads)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"server {' '.join(cmd)} did not start")
+            time.sleep(0.2)
+        asyncio.run(run_level(base + "/v1/completions", reqs_for(2)[:2], 8, 2))  # warm-up
+        out = {}
+        for c in levels:
+            reqs = reqs_for(c)
+            t = time.perf_counter()
+            results = asyncio.run(run_level(base + "/v1/completions", reqs, output_len, c))
+            out[c] = summarize(results, time.perf_counter() - t)
+            print(f"  batch {batch:>2} concurrency {c:>2}: {out[c]['out tok/s']:8.1f} out tok/s", flush=True)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def hf_generate(model: Path, reqs: list[list[int]], output_len: int, threads: int) -> dict:
+    """HF transformers `generate`, greedy, one request at a time; timings from a streamer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    torch.set_num_threads(threads)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def one(p):
+        clock = Clock()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([p]), max_new_tokens=output_len, min_new_tokens=output_len,
+                              do_sample=False, streamer=clock, pad_token_id=0)  # fmt: skip
+        end = time.perf_counter()
+        times = clock.times[1:]  # the first put() is the prompt
+        return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
+                "e2e": end - t0, "tokens": out.shape[1] - len(p)}  # fmt: skip
+
+    one(reqs[0][:8])  # warm-up
+    t = time.perf_counter()
+    results = [one(p) for p in reqs]
+    return summarize(results, time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--input-len", type=int, default=64)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--prompts-per-level", type=int, default=2, help="num prompts = max(8, this × concurrency)")
+    ap.add_argument("--batch", type=int, default=64, help="--max-batch-size of the continuous-batching server")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for every system (same for all)")
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "llmchain-bench-serve")
+    args = ap.parse_args()
+
+    model = build_model(args.preset, args.vocab, args.work_dir / args.preset)
+    pool = prompts(model, max(8, args.prompts_per_level * max(args.concurrency)), args.input_len)
+
+    def reqs_for(c):
+        return pool[: max(8, args.prompts_per_level * c)]
+
+    load = os.getloadavg()[0]
+    print(f"model: preset {args.preset} ({model}), input {args.input_len} / output {args.output_len} tokens, "
+          f"threads {args.threads}, load average {load:.1f} on {os.cpu_count()} CPUs", flush=True)  # fmt: skip
+    ours = serve_and_measure(model, args.batch, args.concurrency, reqs_for, args.output_len, args.threads)
+    one = serve_and_measure(model, 1, args.concurrency, reqs_for, args.output_len, args.threads)
+    hf = hf_generate(model, reqs_for(1), args.output_len, args.threads)
+
+    head = (f"| system | conc. | req/s | out tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | "
+            f"ITL mean / p50 / p99 ms |")  # fmt: skip
+    print("\n" + head + "\n|---|---:|---:|---:|---:|---:|---:|")
+
+    def row(name, c, m):
+        f = lambda k: f"{m[k + '_mean']:.1f} / {m[k + '_p50']:.1f} / {m[k + '_p99']:.1f}"  # noqa: E731
+        print(f"| {name} | {c} | {m['req/s']:.2f} | {m['out tok/s']:.1f} | {f('ttft')} | {f('tpot')} | {f('itl')} |")
+
+    for c in args.concurrency:
+        row(f"llmchain serve (batch {args.batch})", c, ours[c])
+        row("llmchain serve (batch 1)", c, one[c])
+    row("HF generate (one at a time)", 1, hf)
+    if 16 in args.concurrency:
+        print(f"\ncontinuous batching vs batch 1 at concurrency 16: "
+              f"{ours[16]['out tok/s'] / one[16]['out tok/s']:.1f}x output tokens/s (target ≥ 8x)")  # fmt: skip
+    if 1 in args.concurrency:
+        print(f"single-stream decode (TPOT mean) vs HF generate: {hf['tpot_mean'] / ours[1]['tpot_mean']:.2f}x "
+              f"faster (batch-{args.batch} server), {hf['tpot_mean'] / one[1]['tpot_mean']:.2f}x (batch-1 server) "
+              f"(target ≥ 1.5x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
