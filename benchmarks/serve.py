@@ -203,8 +203,8 @@ def main() -> None:
     one = serve_and_measure(model, 1, args.concurrency, reqs_for, args.output_len, args.threads)
     hf = hf_generate(model, reqs_for(1), args.output_len, args.threads)
 
-    head = (f"| system | conc. | req/s | out tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | "
-            f"ITL mean / p50 / p99 ms |")  # fmt: skip
+    head = ("| system | conc. | req/s | out tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | "
+            "ITL mean / p50 / p99 ms |")  # fmt: skip
     print("\n" + head + "\n|---|---:|---:|---:|---:|---:|---:|")
 
     def row(name, c, m):
