@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from serve_fixtures import LiveServer
 
 from llmchain.serve.api import ServeOptions, create_app
+from serve_fixtures import LiveServer
 
 
 @pytest.fixture(scope="module")
