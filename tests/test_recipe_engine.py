@@ -136,6 +136,8 @@ def test_only_and_from_force_the_selected_stages(tmp_path):
     assert ran(plan) == ["tokenizer"] and plan[1].reason == "forced"
     _, plan = run_recipe(path, runs_dir=runs, start="tokenizer", log=lambda m: None)
     assert ran(plan) == ["tokenizer", "pretrain"]
+    _, plan = run_recipe(path, runs_dir=runs, until="tokenizer", force=True, log=lambda m: None)
+    assert ran(plan) == ["data", "tokenizer"] and plan[2].reason == "not selected"
     code, out, err = run_cli("run", str(path), "--runs-dir", str(runs), "--from", "nope")
     assert code == 2 and "--from nope" in err
 

@@ -183,17 +183,20 @@ class Runner:
     def _same(old: dict[str, Any], fp: dict[str, Any]) -> bool:
         return all(old.get(k) == fp[k] for k in ("type", "config", "code", "inputs"))
 
-    def plan(self, only: str | None = None, start: str | None = None, force: bool = False) -> list[StageStatus]:
+    def plan(
+        self, only: str | None = None, start: str | None = None, force: bool = False, until: str | None = None
+    ) -> list[StageStatus]:
         """What a run would do, stage by stage. `only`: just that stage (forced); `start`: that stage and
-        every later one (forced); earlier ones are then taken as they are."""
+        every later one (forced), earlier ones taken as they are; `until`: no stage after that one."""
         names = [s.name for s in self.recipe.stages]
-        for flag, value in (("--only", only), ("--from", start)):
+        for flag, value in (("--only", only), ("--from", start), ("--until", until)):
             if value is not None and value not in names:
                 raise UserError(f"{flag} {value}: {self.recipe.source} has no such stage ({', '.join(names)})")
         self._will_run = set()
         plan = []
         for i, stage in enumerate(self.recipe.stages):
-            if only is not None and stage.name != only or start is not None and i < names.index(start):
+            if (only is not None and stage.name != only or start is not None and i < names.index(start)
+                    or until is not None and i > names.index(until)):  # fmt: skip
                 plan.append(StageStatus(stage, False, "not selected"))
                 continue
             forced = bool(force or only or start)
@@ -232,9 +235,11 @@ class Runner:
                       output_stat=cache["stat"], summary=status.summary)  # fmt: skip
         atomic_write_json(self.stamp_path(stage), record)
 
-    def run(self, only: str | None = None, start: str | None = None, force: bool = False) -> list[StageStatus]:
+    def run(
+        self, only: str | None = None, start: str | None = None, force: bool = False, until: str | None = None
+    ) -> list[StageStatus]:
         """Run what is out of date; returns every stage's status (ran or not, why, time, summary)."""
-        plan = self.plan(only, start, force)
+        plan = self.plan(only, start, force, until)
         todo = [s for s in plan if s.run]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
@@ -262,6 +267,7 @@ def run_recipe(
     runs_dir: str | os.PathLike = "runs",
     only: str | None = None,
     start: str | None = None,
+    until: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     overrides: list[str] | None = None,
@@ -270,4 +276,5 @@ def run_recipe(
 ) -> tuple[Runner, list[StageStatus]]:
     """Load the recipe `ref` and run (or, with `dry_run`, only plan) it. Returns the runner and the plan."""
     runner = Runner(load_recipe(ref, overrides, inputs), runs_dir, log)
-    return runner, runner.plan(only, start, force) if dry_run else runner.run(only, start, force)
+    selection = {"only": only, "start": start, "until": until, "force": force}
+    return runner, runner.plan(**selection) if dry_run else runner.run(**selection)

@@ -43,6 +43,7 @@ def run_command(
     recipe: str = typer.Argument(..., help="A built-in recipe name (see `llmchain recipes`) or a YAML file."),
     only: str | None = typer.Option(None, "--only", help="Run just this stage (its inputs must exist)."),
     start: str | None = typer.Option(None, "--from", help="Re-run this stage and every stage after it."),
+    until: str | None = typer.Option(None, "--until", help="Stop after this stage (run the part up to it)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run and why; run nothing."),
     force: bool = typer.Option(False, "--force", help="Re-run every selected stage even when up to date."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Stages write into RUNS_DIR/NAME/STAGE/."),
@@ -50,7 +51,7 @@ def run_command(
     inputs: list[str] | None = typer.Option(None, "--input", help="STAGE.ROLE=PATH input override (repeatable)."),
 ) -> None:
     """Run a recipe's stages in order into runs/NAME/STAGE/, skipping those already up to date."""
-    run_and_report(recipe, only=only, start=start, dry_run=dry_run, force=force, runs_dir=runs_dir,
+    run_and_report(recipe, only=only, start=start, until=until, dry_run=dry_run, force=force, runs_dir=runs_dir,
                    overrides=overrides, inputs=inputs)  # fmt: skip
 
 
@@ -108,33 +109,34 @@ def demo_command(
     console.print("[bold]llmchain demo[/]: the quickstart recipe on the Shakespeare corpus that ships with the "
                   "package (about 5 minutes of training on 2 CPU cores).")  # fmt: skip
     runner, _ = run_and_report("quickstart", runs_dir=runs_dir, force=force)
+    def say(text: str) -> None:  # soft wrap: paths and commands stay on one line, ready to copy
+        console.print(text, soft_wrap=True)
+
     card = runner.run_dir / "report" / "report.md"
-    model = runner.output_of("pretrain")
+    model = _short(runner.output_of("pretrain"))
     if card.is_file():
-        console.print(f"\nModel card: [bold]{card}[/]")
-        verdict = _baseline_line(runner.run_dir / "report" / "report.json")
-        if verdict:
-            console.print(verdict)
-    console.print(f"Model:      {model}")
-    console.print("\nServe it and chat with it:")
-    console.print(f"  llmchain serve {model}        # OpenAI-compatible API + web chat on http://127.0.0.1:8000")
-    console.print(f"  llmchain chat {model}         # or chat in this terminal")
-    console.print(f"Export it:  llmchain export {model} --format gguf --dtype q8_0 --out {runner.run_dir}/model.gguf")
+        say(f"\nModel card: [bold]{_short(card)}[/] (also report.html beside it)")
+    verdict = _baseline_line(runner.run_dir / "eval" / "report.json")
+    if verdict:
+        say(f"Validation: {verdict}")
+    gguf = sorted((runner.run_dir / "export").glob("*.gguf"))
+    say(f"Model:      {model}" + (f"   GGUF: {_short(gguf[0])}" if gguf else ""))
+    say("\nServe it and chat with it:")
+    say(f"  llmchain serve {model}    # OpenAI-compatible API + chat page at http://127.0.0.1:8000")
+    say(f"  llmchain chat {model}     # or chat in this terminal")
+    if gguf:
+        say(f"  llama-cli -m {_short(gguf[0])} -p 'ROMEO:' -n 100   # the same model in llama.cpp")
 
 
 def _baseline_line(report_json: Path) -> str | None:
     import json
 
     try:
-        rep = json.loads(report_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        from llmchain.eval.language_model import summary_line
+
+        return summary_line(json.loads(report_json.read_text(encoding="utf-8"))) or None
+    except (OSError, ValueError, KeyError, TypeError, ImportError):
         return None
-    lm = rep.get("lm") if isinstance(rep, dict) else None
-    if not isinstance(lm, dict) or "bits_per_byte" not in lm or "baseline_bits_per_byte" not in lm:
-        return None
-    ours, base = lm["bits_per_byte"], lm["baseline_bits_per_byte"]
-    word = "beats" if ours < base else "does NOT beat"
-    return f"Validation bits per byte: model {ours:.3f} vs n-gram baseline {base:.3f} — the model {word} it."
 
 
 def export_command(
