@@ -108,3 +108,53 @@ def test_recipe_stage_config_is_checked_before_anything_runs(tmp_path):
     code, out, err = run_cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "export.dtype=q4")
     assert code == 2 and "stage 'export'" in err and "q4" in err
     assert not (tmp_path / "runs/quickstart/data").exists()
+
+
+def _head(src: Path, dst: Path, lines: int) -> str:
+    dst.write_text("".join(src.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]), encoding="utf-8")
+    return str(dst)
+
+
+@pytest.mark.timeout(300)
+def test_sentiment_recipe_runs_on_a_slice_of_sst2(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMCHAIN_DATA", str(shared_data))
+    sst = shared_data / "sst2"
+    inputs = [f"finetune.train={_head(sst / 'train.tsv', tmp_path / 'train.tsv', 161)}",
+              f"finetune.val={_head(sst / 'dev.tsv', tmp_path / 'dev.tsv', 41)}",
+              f"eval.data={_head(sst / 'test.tsv', tmp_path / 'test.tsv', 41)}", f"eval.train={tmp_path / 'train.tsv'}"]
+    sets = ["finetune.max_steps=3", "finetune.batch_size=8", "finetune.max_length=32", "finetune.threads=1"]
+    runner, plan = run_recipe("sentiment", runs_dir=tmp_path / "runs", inputs=inputs, overrides=sets, log=lambda m: None)
+    assert ran(plan) == ["finetune", "eval", "report"]
+    report = json.loads((runner.run_dir / "eval/report.json").read_text())
+    assert [s["baseline"] for s in report["systems"]] == [False, True, True]  # model, Naive Bayes, TF-IDF + LR
+    assert all(0 <= s["accuracy"] <= 1 for s in report["systems"])
+    assert (runner.output_of("finetune") / "config.json").is_file() and (runner.run_dir / "report/report.md").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_chat_sft_recipe_runs_on_a_tiny_base_model(shared_data, tmp_path, monkeypatch):
+    import torch
+
+    from llmchain.model.io import save_model
+    from llmchain.model.llama import Llama, LlamaConfig
+    from llmchain.tokenizer import train_tokenizer
+
+    (tmp_path / "text.txt").write_text(CORPUS.read_text(encoding="utf-8")[:30_000])
+    train_tokenizer(tmp_path / "text.txt", 320, tmp_path / "tok")
+    torch.manual_seed(0)
+    base = Llama(LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                             tie_word_embeddings=True, eos_token_id=0, bos_token_id=0, pad_token_id=1))  # fmt: skip
+    save_model(base, tmp_path / "base", tokenizer_dir=tmp_path / "tok")
+    monkeypatch.setenv("LLMCHAIN_DATA", str(shared_data))
+    monkeypatch.setenv("BASE_MODEL", str(tmp_path / "base"))
+    sets = ["finetune.max_steps=3", "finetune.batch_size=4", "finetune.seq_len=128", "finetune.threads=1",
+            "eval.limit=3", "eval.max_new_tokens=8", "report.samples=1", "report.sample_tokens=8"]
+    runner, plan = run_recipe("chat-sft", runs_dir=tmp_path / "runs", overrides=sets, log=lambda m: None)
+    assert ran(plan) == ["finetune", "eval", "report", "export"]
+    assert (runner.output_of("finetune") / "model.safetensors").is_file()
+    gguf = runner.run_dir / "export/model-q8_0.gguf"
+    from llmchain.model.export import read_gguf
+
+    _, _, meta = read_gguf(gguf)
+    assert "<|im_start|>" in meta["tokenizer.chat_template"] and meta["tokenizer.ggml.eot_token_id"] == 3

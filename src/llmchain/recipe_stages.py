@@ -134,10 +134,17 @@ def run_finetune(ctx: StageContext) -> dict[str, Any]:
         test = summary.get("test") or {}
         return {"epochs": summary.get("epochs_run"), "val accuracy": _r(best.get("accuracy")),
                 "test accuracy": _r(test.get("accuracy"))}  # fmt: skip
-    from llmchain.train import sft
+    from llmchain.train.distributed import teardown_runtime
+    from llmchain.train.sft import finetune_sft
 
-    result = sft.finetune_sft(_cfg("SFTConfig", c, **filled))
-    return {k: v for k, v in (result if isinstance(result, dict) else {}).items() if isinstance(v, (int, float))}
+    try:
+        result = finetune_sft(_cfg("SFTConfig", c, **filled))
+    finally:
+        teardown_runtime()
+    if result.final is None:
+        raise KeyboardInterrupt  # stopped by a signal after a checkpoint: the next run resumes it
+    ev = {f"val {k}": _r(v) for k, v in (result.fit.eval or {}).items() if k in ("loss", "bits_per_byte")}
+    return {"examples": result.counts.get("train_examples"), "steps": result.fit.step, **ev}
 
 
 def _r(x: Any) -> Any:
@@ -146,6 +153,9 @@ def _r(x: Any) -> Any:
 
 def _check_finetune(config: dict[str, Any]) -> None:
     task, c = _task(config, "sft", ("sft", "classify"))
+    if task == "sft" and c.get("lora") and c.get("merge") is False:
+        raise ConfigError("config field 'merge': a recipe's sft stage needs merge: true with lora (later stages "
+                          "take the merged model in RUN/final)")  # fmt: skip
     placeholders = {"out": _ENGINE, "train": _ENGINE} if task == "classify" else {"out": _ENGINE, "data": _ENGINE}
     if "model" not in c:
         placeholders["model"] = _ENGINE
