@@ -49,14 +49,16 @@ class Monitor:
                 self.tb = None
         self._progress = None
         if not quiet and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(), transient=False,
+                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+                transient=False,
             )  # fmt: skip
-            total = total_steps if total_steps else None
-            self._task = self._progress.add_task("train", total=total, completed=start_step, stats="")
+            # The bar counts steps, or seconds of the budget for a --max-time run.
+            total = total_steps or max_time
+            self._task = self._progress.add_task("train", total=total, completed=start_step if total_steps else 0,
+                                                 stats=f"step {start_step}")  # fmt: skip
             self._progress.start()
 
     def _truncate(self, start_step: int) -> list[dict[str, Any]]:
@@ -103,11 +105,12 @@ class Monitor:
         stats = f"loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['tokens_per_s']:,.0f} tok/s"
         if r.get("mfu") is not None:
             stats += f"  MFU {100 * r['mfu']:.1f}%"
+        total = f"/{self.total_steps}" if self.total_steps else ""
         if self._progress is not None:
-            self._progress.update(self._task, completed=r["step"], stats=stats)
+            done = r["step"] if self.total_steps else r["elapsed_s"]
+            self._progress.update(self._task, completed=done, stats=f"step {r['step']}{total}  {stats}")
             return
         eta = r.get("eta_s")
-        total = f"/{self.total_steps}" if self.total_steps else ""
         tail = f"  ETA {_fmt_time(eta)}" if eta is not None else ""
         self.print(f"step {r['step']}{total}  {stats}  elapsed {_fmt_time(r['elapsed_s'])}{tail}")
 
