@@ -66,10 +66,15 @@ class CleanText(Mapper):
             if self.remove_control:
                 text = _CONTROL_RE.sub("", text)
         if self.collapse_whitespace:
-            text = _INLINE_SPACE_RE.sub(" ", text)
-            text = _SPACE_BEFORE_NL_RE.sub("\n", text)
-            text = _MANY_NL_RE.sub("\n\n", text)
-            text = "\n".join(line.strip() for line in text.split("\n")) if "\n " in text else text
+            # each regex runs only when its pattern can occur (most texts need none of them)
+            if "  " in text or "\t" in text or not text.isascii():
+                text = _INLINE_SPACE_RE.sub(" ", text)
+            if " \n" in text:
+                text = _SPACE_BEFORE_NL_RE.sub("\n", text)
+            if "\n\n\n" in text:
+                text = _MANY_NL_RE.sub("\n\n", text)
+            if "\n " in text:
+                text = "\n".join(line.strip() for line in text.split("\n"))
         return text.strip()
 
     def apply(self, doc: Document) -> Document:

@@ -3,8 +3,8 @@
 Both run in two phases so that the expensive part is parallel and the corpus-wide part is small:
 
 1. `signature(doc)` runs in the workers, shard by shard: a 64-bit hash of the normalised text, or a
-   MinHash signature (the datasketch scheme: universal hashes `(a·h + b) mod (2^61 − 1)` over
-   shingle hashes, vectorised with numpy; a test checks its Jaccard estimates against datasketch).
+   MinHash signature (multiply-shift hashes over 64-bit shingle hashes, vectorised with numpy; a
+   test checks its Jaccard estimates against datasketch's and against the exact Jaccard).
 2. `select(...)` runs once over all signatures, in corpus order (shard, then position), and keeps
    the first occurrence of every duplicate cluster. LSH banding is vectorised (one sort per band
    with `np.unique` on the raw band bytes, so equal buckets are exact, never hash collisions), and
@@ -25,9 +25,8 @@ import xxhash
 from llmchain.data.steps import Document, GlobalStep
 from llmchain.data.text import normalize_for_hash, words
 
-_PRIME = np.uint64((1 << 61) - 1)
-_MASK32 = np.uint64(0xFFFFFFFF)
-_PUNCT_ONLY = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~，。、；：？！…—·「」『』（）《》“”‘’【】．")
+_PUNCT_TO_SPACE = str.maketrans(dict.fromkeys("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~，。、；：？！…—·「」『』（）《》“”‘’【】．", " "))
+_MULT = np.uint64(0x100000001B3)
 
 #: (keep, reason, duplicate_of) per document of the corpus, in corpus order
 Selection = tuple[np.ndarray, np.ndarray]
@@ -63,24 +62,31 @@ class ExactDedup(GlobalStep):
 
 
 def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """32-bit hashes of the word n-grams of `text` (unique), for MinHash and exact Jaccard."""
-    ws = [w for w in words(text.lower()) if not _PUNCT_ONLY.issuperset(w)]
+    """64-bit hashes of the word n-grams of `text` (unique), for MinHash and exact Jaccard.
+
+    The text is lower-cased and punctuation becomes space first (as datatrove's simplify_text).
+    """
+    ws = words(text.lower().translate(_PUNCT_TO_SPACE))
     if not ws:
         return np.zeros(0, dtype=np.uint64)
-    h = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in ws), dtype=np.uint64, count=len(ws))
-    if len(ws) >= ngram:
-        # combine word hashes into n-gram hashes (polynomial, wrapping uint64 arithmetic)
-        length = len(ws) - ngram + 1
-        g = h[:length].copy()
-        mult = np.uint64(0x100000001B3)
-        with np.errstate(over="ignore"):
+    vocab: dict[str, int] = {}
+    ids = [vocab.setdefault(w, len(vocab)) for w in ws]  # hash each distinct word once
+    uh = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in vocab), dtype=np.uint64, count=len(vocab))
+    h = uh[np.array(ids, dtype=np.intp)]
+    with np.errstate(over="ignore"):
+        if len(ws) >= ngram:
+            # combine word hashes into n-gram hashes (polynomial, wrapping uint64 arithmetic)
+            length = len(ws) - ngram + 1
+            g = h[:length].copy()
             for k in range(1, ngram):
-                g = g * mult + h[k : k + length]
-        h = g
-    else:
-        with np.errstate(over="ignore"):
-            h = np.array([np.bitwise_xor.reduce(h * np.uint64(0x9E3779B97F4A7C15))], dtype=np.uint64)
-    h = (h >> np.uint64(32)) ^ (h & _MASK32)
+                g = g * _MULT + h[k : k + length]
+            h = g
+        else:
+            h = np.array([np.bitwise_xor.reduce(h * _MULT)], dtype=np.uint64)
+        # final mix so that n-gram hashes are uniform in all 64 bits
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(29)
     return np.unique(h)
 
 
@@ -110,26 +116,26 @@ class NearDedup(GlobalStep):
         super().__init__()
         self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
         self.verify_jaccard, self.jaccard_threshold = verify_jaccard, jaccard_threshold
-        # the permutations of datasketch.MinHash(num_perm, seed): same generator, same order
+        # multiply-shift hashing (a odd): h ↦ (a·h + b) mod 2^64 — no modulo by a prime, so the
+        # signature costs one multiply-add per shingle and hash (4× faster than datasketch's
+        # (a·h + b) mod (2^61 − 1), with the same Jaccard estimates; see the tests)
         gen = np.random.RandomState(seed)
-        perms = [
-            (gen.randint(1, _PRIME, dtype=np.uint64), gen.randint(0, _PRIME, dtype=np.uint64))
-            for _ in range(bands * rows)
-        ]
-        self._a, self._b = np.array(perms, dtype=np.uint64).T
+        n = bands * rows
+        self._a = gen.randint(0, 1 << 62, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+        self._b = gen.randint(0, 1 << 62, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(4)
 
     @property
     def num_perm(self) -> int:
         return self.bands * self.rows
 
     def minhash(self, shingles: np.ndarray) -> np.ndarray:
-        """The MinHash signature (uint32 × bands·rows) of a set of 32-bit shingle hashes."""
+        """The MinHash signature (uint32 × bands·rows: top bits of each minimum) of a set of shingle hashes."""
         if len(shingles) == 0:
             return np.full(self.num_perm, 0xFFFFFFFF, dtype=np.uint32)
-        # datasketch's universal hash: (a·h + b) mod (2^61 − 1), products wrapping at 2^64
         with np.errstate(over="ignore"):
-            phv = ((np.outer(shingles, self._a) + self._b) % _PRIME) & _MASK32
-        return phv.min(axis=0).astype(np.uint32)
+            phv = np.multiply.outer(shingles, self._a)
+            phv += self._b
+        return (phv.min(axis=0) >> np.uint64(32)).astype(np.uint32)
 
     def signature(self, doc: Document) -> np.ndarray:
         return self.minhash(shingle_hashes(doc.text, self.ngram))

@@ -10,8 +10,7 @@ their Chinese counterparts when a document is mostly CJK.
 from __future__ import annotations
 
 import re
-
-import numpy as np
+from collections import Counter
 
 from llmchain.data.steps import Document, Filter
 from llmchain.data.text import CJK_CHARS, STOP_WORDS_EN, STOP_WORDS_ZH, TERMINAL_PUNCT, is_cjk, words
@@ -129,60 +128,30 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
     return dup, dup_chars
 
 
-class _Ngrams:
-    """The words of a document as integer ids, with vectorised n-gram hashes and char lengths."""
+def _top_chars(ws: list[str], n: int) -> int:
+    """Characters of the most frequent n-gram times its count (first seen wins ties); 0 if none repeats."""
+    counts = Counter(zip(*(ws[i:] for i in range(n)), strict=False))
+    gram, count = max(counts.items(), key=lambda kv: kv[1])  # max keeps the first of equal counts
+    return sum(map(len, gram)) * count if count > 1 else 0
 
-    _MULT = np.uint64(0x9E3779B97F4A7C15)
 
-    def __init__(self, ws: list[str]) -> None:
-        vocab: dict[str, int] = {}
-        self.ws = ws
-        self.ids = np.array([vocab.setdefault(w, len(vocab)) for w in ws], dtype=np.uint64)
-        self.cum = np.concatenate([[0], np.cumsum(np.fromiter(map(len, ws), dtype=np.int64, count=len(ws)))])
-
-    def grams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(hash per n-gram position, characters per n-gram position)."""
-        length = len(self.ids) - n + 1
-        g = self.ids[:length].copy()
-        with np.errstate(over="ignore"):
-            for k in range(1, n):
-                g = g * self._MULT + self.ids[k : k + length] + np.uint64(k)
-        return g, self.cum[n : n + length] - self.cum[:length]
-
-    def top_chars(self, n: int) -> int:
-        """Characters of the most frequent n-gram times its count (first seen wins ties), 0 if none repeats."""
-        g, chars = self.grams(n)
-        _, first, inverse, counts = np.unique(g, return_index=True, return_inverse=True, return_counts=True)
-        best = counts.max()
-        if best < 2:
-            return 0
-        top = first[counts == best].min()
-        return int(chars[top]) * int(best)
-
-    def dup_chars(self, n: int, limit: float) -> int:
-        """Characters in repeated n-grams, counted as Gopher does (non-overlapping, greedy).
-
-        The greedy count never exceeds the characters of all positions whose n-gram occurred
-        earlier; when that bound is within `limit` the exact (Python) walk is skipped.
-        """
-        g, chars = self.grams(n)
-        _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
-        repeated = first[inverse] != np.arange(len(g))
-        if not repeated.any():
-            return -1  # nothing repeats: no longer n-gram can repeat either
-        if chars[repeated].sum() <= limit:
-            return 0
-        seen: set[int] = set()
-        total, i, end = 0, 0, len(g)
-        gl = g.tolist()
-        while i < end:
-            if gl[i] in seen:
-                total += int(chars[i])
-                i += n
-            else:
-                seen.add(gl[i])
-                i += 1
-        return total
+def _dup_chars(ws: list[str], n: int) -> int:
+    """Characters in repeated n-grams, counted as Gopher does (non-overlapping, greedy); -1 when no
+    n-gram repeats at all (then no longer n-gram repeats either)."""
+    grams = list(zip(*(ws[i:] for i in range(n)), strict=False))
+    if len(set(grams)) == len(grams):
+        return -1
+    seen: set[tuple[str, ...]] = set()
+    total, i, end = 0, 0, len(grams)
+    while i < end:
+        gram = grams[i]
+        if gram in seen:
+            total += sum(map(len, gram))
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return total
 
 
 class GopherRepetitionFilter(Filter):
@@ -232,23 +201,23 @@ class GopherRepetitionFilter(Filter):
             return False, "dup_line_frac"
         if self.dup_line_char_frac is not None and dup_chars / n_chars > self.dup_line_char_frac:
             return False, "dup_line_char_frac"
-        ng = _Ngrams(words(text, self.segmenter))
+        ws = words(text, self.segmenter)
         top_n_grams, dup_n_grams = self.top_n_grams, self.dup_n_grams
         if self.segmenter == "char" and is_cjk(text):
             top_n_grams, dup_n_grams = self._cjk_top, self._cjk_dup
         # if no n-gram repeats, no longer one does: stop at the first n without repeats
         for n, frac in sorted(top_n_grams):
-            if len(ng.ws) < n:
+            if len(ws) < n:
                 break
-            top = ng.top_chars(n)
+            top = _top_chars(ws, n)
             if top / n_chars > frac:
                 return False, f"top_{n}_gram"
             if top == 0:
                 break
         for n, frac in sorted(dup_n_grams):
-            if len(ng.ws) < n:
+            if len(ws) < n:
                 break
-            dup = ng.dup_chars(n, frac * n_chars)
+            dup = _dup_chars(ws, n)
             if dup < 0:
                 break
             if dup / n_chars > frac:
@@ -259,7 +228,8 @@ class GopherRepetitionFilter(Filter):
 _CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 # a sentence ends at . ! ? before a space, the line end, a quote or a CJK character; 。！？ always end one
 _SENTENCE_END_RE = re.compile(rf"[.!?]+(?=\s|$|[\"'”’」』)）{CJK_CHARS}])|[。！？．]+")
-_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_POLICY_RE = re.compile("terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies")
+_HAS_CJK_RE = re.compile(f"[{CJK_CHARS}]")
 
 
 class C4LineFilter(Filter):
@@ -305,16 +275,19 @@ class C4LineFilter(Filter):
                 if kept and kept[-1]:
                     kept.append("")  # keep paragraph breaks
                 continue
-            ws = words(line)
-            if self.max_word_length > 0 and any(len(w) > self.max_word_length for w in ws):
+            parts = line.split()
+            if len(line) > self.max_word_length > 0 and max(map(len, words(line))) > self.max_word_length:
                 removed += 1
                 continue
-            if self.remove_citations:
+            if self.remove_citations and "[" in line:
                 line = _CITATION_RE.sub("", line)
             if self.filter_no_terminal_punct and (line[-1] not in TERMINAL_PUNCT or line.endswith("...")):
                 removed += 1
                 continue
-            if len(ws) < self.min_words_per_line:
+            # whitespace words are a lower bound of words(); count CJK characters only when needed
+            if len(parts) < self.min_words_per_line and (
+                not _HAS_CJK_RE.search(line) or len(words(line)) < self.min_words_per_line
+            ):
                 removed += 1
                 continue
             lower = line.lower()
@@ -325,7 +298,7 @@ class C4LineFilter(Filter):
                 continue
             if self.filter_curly_bracket and "{" in line:
                 return False, "curly_bracket"
-            if self.filter_policy and any(p in lower for p in _POLICY):
+            if self.filter_policy and _POLICY_RE.search(lower):
                 removed += 1
                 continue
             # a line without sentence punctuation still counts as one sentence (as in C4's splitter)
