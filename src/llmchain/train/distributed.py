@@ -161,11 +161,12 @@ def choose_cpu_precision(model: nn.Module, loss_fn, batch: dict[str, torch.Tenso
 def setup_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None) -> Runtime:
     """Join torchrun's process group when launched by it, pick the device and autocast dtype.
 
-    Idempotent: a second call returns the first runtime. Raises ConfigError for an unusable device
-    or precision.
+    A second call with the same arguments returns the same runtime (the process group is joined once
+    per process; `teardown_runtime` leaves it). Raises ConfigError for an unusable device or precision.
     """
     global _RUNTIME
-    if _RUNTIME is not None:
+    key = (device, precision, threads)
+    if _RUNTIME is not None and _RUNTIME.info.get("key") == key:
         return _RUNTIME
     if threads:
         torch.set_num_threads(threads)
@@ -179,7 +180,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: int | 
         backend = "nccl" if dev.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
     dtype, peaks = _pick_dtype(precision, dev)
-    info = {"backend": "nccl" if dev.type == "cuda" else "gloo", "precision": precision}
+    info = {"backend": "nccl" if dev.type == "cuda" else "gloo", "precision": precision, "key": key}
     _RUNTIME = Runtime(dev, rank, world, local_rank, dtype, peaks, info)
     return _RUNTIME
 
