@@ -291,6 +291,78 @@ class PretrainConfig(TrainConfig):
 
 # --- finetune --------------------------------------------------------------------------------
 
+class ClassifyConfig(TrainConfig):
+    """`llmchain finetune classify`: a text classifier from an HF encoder dir (or `minilm`) or our decoder.
+
+    Trains through the shared loop; one epoch = one pass over the training rows in length buckets.
+    """
+
+    model: str = _Field(..., description="HF encoder dir, our decoder model dir, or 'minilm' (bundled MiniLM-L6)")
+    train: str = _Field(..., description="CSV, TSV or JSONL with a text and a label column")
+    val: str | None = _Field(None, description="validation file (default: val_fraction of train, stratified)")
+    test: str | None = _Field(None, description="optional test file, scored once with the best model")
+    out: str = _Field(..., description="run dir: metrics.jsonl, confusion-epoch-N.png, best/ (classifier dir)")
+    text_column: str | None = _Field(None, description="default: text, sentence, review, content, ...")
+    label_column: str | None = _Field(None, description="default: label, labels, class, category, target")
+    val_fraction: float = _Field(0.1, gt=0, lt=1, description="held out of train when no val file is given")
+    epochs: int = _Field(3, ge=1, description="passes over the training data (max_steps overrides)")
+    max_length: int = _Field(128, ge=2, description="tokens per text; longer texts are truncated")
+    class_weights: bool = _Field(False, description="weight the loss by inverse class frequency")
+    patience: int = _Field(2, ge=0, description="stop after this many evals without a better val macro-F1 (0: off)")
+    strict: bool = _Field(False, description="a malformed row is an error instead of being rejected")
+    eval_batch_size: int = _Field(128, ge=1)
+    # Defaults that suit fine-tuning a pretrained encoder (BERT-style) rather than pretraining.
+    lr: float = _Field(5e-5, gt=0, description="peak learning rate")
+    min_lr: float | None = _Field(0.0, ge=0, description="LR at the end of the schedule")
+    batch_size: int = _Field(32, ge=1, description="texts per micro-batch per process")
+    warmup_steps: int | None = _Field(None, ge=0, description="default: 6% of the steps")
+    weight_decay: float = _Field(0.01, ge=0)
+    beta2: float = _Field(0.999, ge=0, lt=1)
+    eval_every: int = _Field(0, ge=0, description="steps between evals (0: once per epoch)")
+    save_every: int = _Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
+    log_every: int = _Field(20, ge=1)
+    seed: int = _Field(0)
+
+
+class SFTConfig(TrainConfig):
+    """`llmchain finetune sft`: chat/instruction fine-tuning of our decoder, full or LoRA (PEFT)."""
+
+    model: str = _Field(..., description="base model dir (HF format, with tokenizer + chat_template)")
+    data: str = _Field(..., description="JSONL/JSON: OpenAI messages, Alpaca or prompt/completion records")
+    out: str = _Field(..., description="run dir: metrics.jsonl, samples/, checkpoints/, adapter/, final/")
+    format: _Literal["auto", "messages", "alpaca", "prompt_completion"] = _Field(
+        "auto", description="record format (auto: detected from the first record's fields)"
+    )
+    val_data: str | None = _Field(None, description="validation file (default: val_fraction of data)")
+    val_fraction: float = _Field(0.1, ge=0, lt=1, description="examples held out when no val_data is given")
+    seq_len: int = _Field(512, ge=8, description="max tokens per example (and per packed row)")
+    too_long: _Literal["truncate", "drop"] = _Field("truncate", description="what to do with longer examples")
+    pack: bool = _Field(False, description="pack several examples per row (attention stays within each)")
+    system_prompt: str | None = _Field(None, description="system message added to records that have none")
+    epochs: float = _Field(3.0, gt=0, description="passes over the data (max_steps/max_time override)")
+    lora: bool = _Field(False, description="train LoRA adapters (PEFT) instead of all weights")
+    lora_r: int = _Field(8, ge=1)
+    lora_alpha: float = _Field(16.0, gt=0)
+    lora_dropout: float = _Field(0.05, ge=0, lt=1)
+    lora_targets: list[str] = _Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get adapters",
+    )
+    merge: bool = _Field(True, description="LoRA: also write the merged model to final/")
+    samples: int = _Field(3, ge=0, description="validation prompts to generate for after each eval")
+    sample_tokens: int = _Field(64, ge=1, description="max new tokens per sample generation")
+    strict: bool = _Field(False, description="a malformed record is an error instead of being rejected")
+    # Defaults for fine-tuning (smaller LR, short warmup, eval every epoch-ish).
+    lr: float = _Field(2e-5, gt=0, description="peak LR (LoRA runs usually want ~1e-4..1e-3)")
+    min_lr: float | None = _Field(0.0, ge=0)
+    batch_size: int = _Field(8, ge=1)
+    warmup_steps: int | None = _Field(None, ge=0, description="default: 3% of the steps")
+    weight_decay: float = _Field(0.0, ge=0)
+    eval_every: int = _Field(0, ge=0, description="steps between evals (0: once per epoch)")
+    save_every: int = _Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
+    seed: int = _Field(0)
+
+
 # --- eval ------------------------------------------------------------------------------------
 from typing import Literal as _EvalLiteral  # noqa: E402  (kept inside this section)
 
