@@ -128,9 +128,13 @@ def run_datatrove(corpus: Path, out: Path, workers: int) -> int:
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    cfg = MinhashConfig()  # 5-grams, 14 buckets × 8 hashes
+    from datatrove.utils.hashing import HashConfig
+
+    # 5-grams, 14 buckets × 8 hashes (the defaults); sha1 shingle hashes because datatrove's default
+    # xxhash path passes str, which xxhash ≥ 3.5 no longer accepts
+    cfg = MinhashConfig(hash_config=HashConfig(hash_fc="sha1", precision=64))
     logs = out / "logs"
-    common = {"workers": workers, "skip_completed": False}
+    common = {"workers": workers, "skip_completed": os.environ.get("BENCH_RESUME") == "1"}
     filtered, sigs, buckets, remove = (out / n for n in ("filtered", "signatures", "buckets", "remove_ids"))
     stages = [
         LocalPipelineExecutor(pipeline=[

@@ -112,6 +112,10 @@ def test_missing_input_and_bad_config_are_one_line_errors(tmp_path):
     (tmp_path / "a.txt").write_text("some text here")
     code, _, err = run_cli("data", "prepare", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), "-c", str(cfg))
     assert code == 2 and "put dedup steps last" in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    code, _, err = run_cli("data", "prepare", str(tmp_path / "a.txt"), "--out", str(tmp_path / "mine"))
+    assert code == 2 and "not an output of `data prepare`" in err and (tmp_path / "mine" / "thesis.txt").exists()
     cfg.write_text("length: {min_chars: -1, typo: 3}\n")
     code, _, err = run_cli("data", "prepare", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), "-c", str(cfg))
     assert code == 2 and "length.typo" in err

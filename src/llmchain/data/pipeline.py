@@ -35,7 +35,7 @@ from llmchain.data.executor import make_executor
 from llmchain.data.readers import ReaderOptions, Rejection, read_shard
 from llmchain.data.sources import Shard, discover, plan_shards, total_bytes
 from llmchain.data.steps import Document, GlobalStep, Step, StepStats, check_order, step_from_spec
-from llmchain.errors import DataError
+from llmchain.errors import DataError, UserError
 
 WORK = ".work"
 
@@ -292,6 +292,8 @@ class Pipeline:
 
     def _prepare_work_dir(self, out: Path, work: Path, shards: list[Shard], specs: list[dict]) -> None:
         """Keep the work dir (resume) only if it was made by the same inputs, plan and steps."""
+        if out.exists() and any(out.iterdir()) and not (work.exists() or (out / "manifest.json").exists()):
+            raise UserError(f"{out} exists and is not an output of `data prepare`; choose a new or empty --out")
         key = {"steps": specs, "reader": asdict(self.reader), "shards": [s.to_json() for s in shards],
                "sizes": [_size(s.path) for s in shards]}
         fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
