@@ -127,7 +127,6 @@ def run_datatrove(corpus: Path, out: Path, workers: int) -> int:
     from datatrove.pipeline.formatters import FTFYFormatter, PIIFormatter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
-
     from datatrove.utils.hashing import HashConfig
 
     # 5-grams, 14 buckets × 8 hashes (the defaults); sha1 shingle hashes because datatrove's default
