@@ -24,7 +24,8 @@ def serve(
     max_queue: int = typer.Option(None, help="Waiting requests beyond this get 503 + Retry-After (default 256)."),
     max_model_len: int = typer.Option(None, help="Context length (prompt + output; default: the model's)."),
     chat_template: Path = typer.Option(None, help="A Jinja chat template file replacing the tokenizer's."),
-    threads: int = typer.Option(None, min=1, help="torch CPU threads (1 avoids OpenMP stalls on a busy machine)."),
+    threads: int = typer.Option(None, min=1, help="torch CPU threads (default 1: batch-invariant decoding at any "
+                                "batch size, no OpenMP stalls on a busy machine; more may be faster on idle cores)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""

@@ -83,6 +83,28 @@ class RequestStats:
         }
 
 
+def _deliver_all(items: list[tuple[RequestHandle, Event | None]]) -> None:
+    """Hand events to their callers: sync queues directly, each event loop in ONE thread-safe call
+    per step (waking a loop once per token per request would cost more than the token)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for h, item in items:
+        if h._loop is None:
+            h._queue.put(item)
+        else:
+            by_loop.setdefault(h._loop, []).append((h, item))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            for h, _ in batch:
+                h.cancelled = True
+
+
+def _put_all(batch) -> None:
+    for h, item in batch:
+        h._queue.put_nowait(item)
+
+
 class RequestHandle:
     """The caller's side of a request: iterate its events (async or sync), or cancel it."""
 
@@ -99,13 +121,7 @@ class RequestHandle:
         self._open = params.n  # choices not finished yet
 
     def _emit(self, item: Event | None) -> None:
-        if self._loop is None:
-            self._queue.put(item)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            self.cancelled = True
+        _deliver_all([(self, item)])
 
     async def events(self):
         """Async iterator of Events until every choice has finished."""
@@ -147,6 +163,10 @@ class _Seq:
 class Engine:
     """Continuous-batching generation over one `Llama` and its tokenizer, on a background thread.
 
+    `threads` sets PyTorch's CPU threads (process-wide). The default, 1, keeps decoding
+    batch-invariant for any batch size: with several threads MKL splits large matmuls' inner sums
+    across threads differently for different row counts (seen from 64 rows up). None keeps torch's.
+
     `submit()` is thread-safe and returns at once; it raises EngineOverloaded when `max_queue`
     requests are already waiting and PromptTooLong when the prompt leaves no room to generate.
     """
@@ -162,7 +182,7 @@ class Engine:
         max_prefill_tokens: int = 4096,
         eos_token_ids: list[int] | None = None,
         metrics=None,
-        threads: int | None = None,
+        threads: int | None = 1,
     ):
         from llmchain.model.llama import KVCache
 
@@ -187,6 +207,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.threads, self._prev_threads = threads, None
+        self._outbox: list[tuple[RequestHandle, Event | None]] = []  # delivered at the end of each step
 
     # ---- public -------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -268,10 +289,14 @@ class Engine:
 
     def step(self) -> None:
         """One scheduler iteration: reap cancelled, admit (prefill), decode one token for all."""
-        self._reap_cancelled()
-        self._admit()
-        if self.running:
-            self._decode()
+        try:
+            self._reap_cancelled()
+            self._admit()
+            if self.running:
+                self._decode()
+        finally:
+            outbox, self._outbox = self._outbox, []
+            _deliver_all(outbox)
 
     def _reap_cancelled(self) -> None:
         with self._cv:
@@ -380,7 +405,7 @@ class Engine:
                 more, stopped = s.stopper.push(s.detok.flush())
                 text += more + ("" if stopped else s.stopper.flush())
                 reason = "stop" if stopped else "length"
-        h._emit(Event(s.index, text, [tok], lp, reason))
+        self._outbox.append((h, Event(s.index, text, [tok], lp, reason)))
         if reason:
             self._finish_seq(s, reason)
 
@@ -389,7 +414,7 @@ class Engine:
         with self._cv:
             self.free_slots.append(s.slot)
         if not emit:
-            s.handle._emit(Event(s.index, "", [], None, reason))
+            self._outbox.append((s.handle, Event(s.index, "", [], None, reason)))
         if self.metrics:
             self.metrics.on_seq_finished(reason)
         s.handle._open -= 1
@@ -402,7 +427,7 @@ class Engine:
             self.metrics.on_seq_finished(reason)
         if self.metrics:
             self.metrics.on_request_finished(h.stats.finished - h.stats.arrival)
-        h._emit(None)
+        self._outbox.append((h, None))
 
 
 @dataclass
@@ -460,31 +485,35 @@ def decode_logits(model, cache, tokens, positions, slots, rows: int, w: DecodeWe
     The same computation as `Llama.forward` with a cache, arranged to be batch-invariant: the
     linear layers see `rows` rows (padding after the B real ones) and attention sees a key length
     rounded up to a multiple of 64 (masked), so no row's result depends on how many others there are.
+    Fewer, fused ops than the training forward (one RMSNorm kernel, one RoPE for q and k together):
+    at small sizes a decode step is mostly per-op overhead.
     """
     m, B = model.model, tokens.shape[0]
     pad = rows - B
-    ids = F.pad(tokens, (0, pad))[:, None]  # (rows, 1)
+    ids = F.pad(tokens, (0, pad)) if pad else tokens  # (rows,)
     max_pos = int(positions.max()) if max_pos is None else max_pos
     L = min(-(-(max_pos + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
     mask = (torch.arange(L, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
-    cos, sin = w.cos[positions][:, None, None], w.sin[positions][:, None, None]  # (B, 1, 1, hd)
-    x = m.embed_tokens(ids)  # (rows, 1, hidden)
+    cos, sin = w.cos[positions][:, None], w.sin[positions][:, None]  # (B, 1, hd)
+    x = m.embed_tokens(ids)  # (rows, hidden)
+    eps = model.config.rms_norm_eps
     for i, layer in enumerate(m.layers):
         a = layer.self_attn
-        nq, nkv = a.n_heads * a.head_dim, a.n_kv * a.head_dim
-        qkv = F.linear(layer.input_layernorm(x), *w.qkv[i])[:B]  # (B, 1, nq + 2 nkv)
-        q = qkv[..., :nq].view(B, 1, a.n_heads, a.head_dim).transpose(1, 2)
-        k = qkv[..., nq : nq + nkv].view(B, 1, a.n_kv, a.head_dim).transpose(1, 2)
-        v = qkv[..., nq + nkv :].view(B, a.n_kv, a.head_dim)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        nh, nkv, hd = a.n_heads, a.n_kv, a.head_dim
+        h = F.rms_norm(x, (x.shape[-1],), layer.input_layernorm.weight, eps)
+        qkv = F.linear(h, *w.qkv[i])[:B].view(B, nh + 2 * nkv, hd)
+        qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
+        q, k, v = qk[:, :nh, None], qk[:, nh:], qkv[:, nh + nkv :]  # q (B, nh, 1, hd)
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
-        kc[slots, :, positions] = k[:, :, 0].to(kc.dtype)
+        kc[slots, :, positions] = k.to(kc.dtype)
         vc[slots, :, positions] = v.to(vc.dtype)
         keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
-        keys, values = keys.to(q.dtype), values.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=a.n_kv != a.n_heads)
-        y = F.pad(y.transpose(1, 2).reshape(B, 1, nq), (0, 0, 0, 0, 0, pad))
-        x = x + a.o_proj(y)
-        gate, up = F.linear(layer.post_attention_layernorm(x), *w.gate_up[i]).chunk(2, dim=-1)
+        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
+                                           enable_gqa=nkv != nh)  # fmt: skip
+        y = y.reshape(B, nh * hd)
+        x = x + a.o_proj(F.pad(y, (0, 0, 0, pad)) if pad else y)
+        h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, eps)
+        gate, up = F.linear(h, *w.gate_up[i]).chunk(2, dim=-1)
         x = x + layer.mlp.down_proj(F.silu(gate) * up)
-    return model.lm_head(m.norm(x))[:B, 0].float()
+    x = F.rms_norm(x, (x.shape[-1],), m.norm.weight, eps)
+    return model.lm_head(x)[:B].float()
