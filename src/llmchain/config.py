@@ -432,6 +432,7 @@ class ServeConfig(StageConfig):
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
     max_body_bytes: int = Field(1 << 20, ge=1024)
     device: str = "cpu"
+    threads: int = Field(1, ge=1)  # torch CPU threads; 1 keeps decoding batch-invariant (serve/engine.py)
 
 
 # --- recipe ----------------------------------------------------------------------------------
