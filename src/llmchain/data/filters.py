@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import numpy as np
+
 from llmchain.data.steps import Document, Filter
 from llmchain.data.text import CJK_CHARS, STOP_WORDS_EN, STOP_WORDS_ZH, TERMINAL_PUNCT, is_cjk, words
 
@@ -130,17 +132,26 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
 
 def _top_chars(ws: list[str], n: int) -> int:
     """Characters of the most frequent n-gram times its count (first seen wins ties); 0 if none repeats."""
-    counts = Counter(zip(*(ws[i:] for i in range(n)), strict=False))
-    gram, count = max(counts.items(), key=lambda kv: kv[1])  # max keeps the first of equal counts
+    gram, count = Counter(zip(*(ws[i:] for i in range(n)))).most_common(1)[0]
     return sum(map(len, gram)) * count if count > 1 else 0
 
 
-def _dup_chars(ws: list[str], n: int) -> int:
+def _dup_chars(ws: list[str], n: int, limit: float) -> int:
     """Characters in repeated n-grams, counted as Gopher does (non-overlapping, greedy); -1 when no
-    n-gram repeats at all (then no longer n-gram repeats either)."""
-    grams = list(zip(*(ws[i:] for i in range(n)), strict=False))
-    if len(set(grams)) == len(grams):
+    n-gram repeats at all (then no longer n-gram repeats either).
+
+    The greedy count never exceeds the characters of all positions whose n-gram occurred before,
+    so when that bound (computed at C speed) is within `limit` the Python walk is skipped.
+    """
+    grams = list(zip(*(ws[i:] for i in range(n))))
+    first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # n-gram -> first position
+    if len(first) == len(grams):
         return -1
+    starts = np.fromiter(map(first.__getitem__, grams), dtype=np.int64, count=len(grams))
+    repeated = np.flatnonzero(starts != np.arange(len(grams)))
+    cum = np.concatenate([[0], np.cumsum(np.fromiter(map(len, ws), dtype=np.int64, count=len(ws)))])
+    if int((cum[repeated + n] - cum[repeated]).sum()) <= limit:
+        return 0
     seen: set[tuple[str, ...]] = set()
     total, i, end = 0, 0, len(grams)
     while i < end:
@@ -217,7 +228,7 @@ class GopherRepetitionFilter(Filter):
         for n, frac in sorted(dup_n_grams):
             if len(ws) < n:
                 break
-            dup = _dup_chars(ws, n)
+            dup = _dup_chars(ws, n, frac * n_chars)
             if dup < 0:
                 break
             if dup / n_chars > frac:
