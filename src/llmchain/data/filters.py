@@ -132,7 +132,7 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
 
 def _top_chars(ws: list[str], n: int) -> int:
     """Characters of the most frequent n-gram times its count (first seen wins ties); 0 if none repeats."""
-    gram, count = Counter(zip(*(ws[i:] for i in range(n)))).most_common(1)[0]
+    gram, count = Counter(zip(*(ws[i:] for i in range(n)), strict=False)).most_common(1)[0]
     return sum(map(len, gram)) * count if count > 1 else 0
 
 
@@ -143,8 +143,8 @@ def _dup_chars(ws: list[str], n: int, limit: float) -> int:
     The greedy count never exceeds the characters of all positions whose n-gram occurred before,
     so when that bound (computed at C speed) is within `limit` the Python walk is skipped.
     """
-    grams = list(zip(*(ws[i:] for i in range(n))))
-    first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # n-gram -> first position
+    grams = list(zip(*(ws[i:] for i in range(n)), strict=False))
+    first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1), strict=False))  # n-gram -> first position
     if len(first) == len(grams):
         return -1
     starts = np.fromiter(map(first.__getitem__, grams), dtype=np.int64, count=len(grams))
