@@ -36,6 +36,8 @@ def test_text_file_paragraph_and_line_units(shared_data):
     assert len(lines) == len([x for x in raw.splitlines() if x.strip()])
     assert paras[1].meta["line"] == 4 and paras[1].id.endswith(":4")  # "All:" starts on line 4
     assert raw.splitlines()[3] == paras[1].text.splitlines()[0] == "All:"
+    md, bad, _ = read_all([shared_data / "alpaca_1k" / "SOURCE.md"])
+    assert not bad and len(md) == 1 and md[0].text.startswith("#")
 
 
 @pytest.mark.parametrize("unit", ["line", "paragraph"])
