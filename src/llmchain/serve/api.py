@@ -296,6 +296,9 @@ def _prompt_ids(state: State, prompt) -> list[list[int]]:
         prompts = [list(p) for p in prompt]
     if not prompts or len(prompts) > 64 or any(not p for p in prompts):
         raise APIError(400, "prompt must be 1 to 64 non-empty prompts", "prompt")
+    vocab = state.engine.config.vocab_size
+    if any(not 0 <= t < vocab for p in prompts for t in p):
+        raise APIError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
     return prompts
 
 

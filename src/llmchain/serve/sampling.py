@@ -67,7 +67,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, prompt_ids: list[int], vocab_size: int, seed_offset: int = 0):
         self.p = params
-        seed = params.seed + seed_offset if params.seed is not None else secrets.randbits(63)
+        seed = (params.seed + seed_offset) % (1 << 63) if params.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator().manual_seed(seed)
         self.vocab_size = vocab_size
         self.counts: torch.Tensor | None = None
