@@ -74,3 +74,15 @@ def test_cli_serve_rejects_a_bad_dir_and_chat_talks(tmp_path, tmp_path_factory, 
     code, out, err = run_cli("chat", str(model), "--max-tokens", "5", "--temperature", "0")
     assert code == 0, err
     assert out.count("model> ") == 2
+
+
+def test_health_is_503_until_a_model_is_loaded(tmp_path):
+    from starlette.testclient import TestClient
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # no weights: loading fails
+    app = create_app(ServeOptions(model_dir=str(tmp_path)), load_in_background=False)
+    with TestClient(app) as client:
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        r = client.post("/v1/completions", json={"prompt": "hi"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
