@@ -80,3 +80,34 @@ def test_config_json_is_hf_llama(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
     assert (tmp_path / "m" / "manifest.json").is_file()
+
+
+def test_bf16_weights_and_bf16_autocast_stay_close_to_fp32():
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(**TINY)).eval()
+    ids = torch.randint(0, 97, (2, 17))
+    with torch.no_grad():
+        ref, ref_loss = m(ids, targets=ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto, auto_loss = m(ids, targets=ids)
+        half = Llama(LlamaConfig(**TINY)).to(torch.bfloat16).eval()
+        half.load_state_dict(m.state_dict())
+        low, _ = half(ids)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(auto.float(), ref, atol=0.05, rtol=0)
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0)
+    assert abs(float(auto_loss) - float(ref_loss)) < 0.01
+
+
+def test_lora_wrapped_projections_are_not_bypassed_by_the_fused_matmuls():
+    # q|k|v and gate|up run as one matmul, unless a projection is wrapped (PEFT LoRA): then each is called.
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(**TINY)).eval()
+    ids = torch.randint(0, 97, (1, 9))
+    with torch.no_grad():
+        before = m(ids)[0]
+        lora = get_peft_model(m, LoraConfig(r=4, target_modules=["q_proj", "up_proj"], init_lora_weights=False))
+        after = lora(input_ids=ids)[0]
+    assert (after - before).abs().max() > 1e-3
