@@ -24,11 +24,13 @@ def tiny_recipe(tmp_path: Path, min_chars: int = 1, vocab: int = 320) -> Path:
     quick = yaml.safe_load((RECIPES / "quickstart.yaml").read_text())
     st = quick["stages"]
     st["data"]["inputs"] = {"raw": "corpus.txt"}
-    st["data"]["config"]["length"] = {"min_chars": min_chars}
+    # one document per speech (the quickstart has one document): a length threshold then removes some
+    st["data"]["config"].update(reader={"text_unit": "paragraph"}, length={"min_chars": min_chars})
     st["tokenizer"]["config"] = {"vocab_size": vocab}
+    st["pack"]["config"] = {"val_fraction": 0.1, "split_by": "documents"}
     st["pretrain"]["config"] = {"preset": "nano", "seq_len": 64, "batch_size": 4, "max_steps": 6, "warmup_steps": 2,
                                 "eval_every": 0, "save_every": 0, "log_every": 2, "threads": 1}  # fmt: skip
-    st["eval"]["config"] = {"task": "lm", "orders": [3], "max_tokens": 2000}
+    st["eval"]["config"] = {"task": "lm", "orders": [3], "max_tokens": 2000, "seq_len": 64}
     st["report"]["config"] = {"samples": 1, "sample_tokens": 8}
     st["export"]["config"] = {"format": "gguf", "dtype": "f16"}
     path = tmp_path / "quickstart.yaml"
