@@ -1,8 +1,7 @@
 """`llmchain pretrain` on real text (tinyshakespeare from ../shared/data): the loss falls; N steps + SIGKILL +
 resume N steps is bit-identical to 2N uninterrupted steps (CPU, fp32); SIGTERM checkpoints and exits 130;
-2-process torchrun DDP and FSDP2 runs match
-a 1-process run of the same global batch; RUN/final is a servable HF dir; bad flags/configs exit 2 with
-one line.
+2-process torchrun DDP and FSDP2 runs match a 1-process run of the same global batch; RUN/final is a
+servable HF dir; bad flags/configs exit 2 with one line.
 """
 
 from __future__ import annotations
