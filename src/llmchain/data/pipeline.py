@@ -102,8 +102,7 @@ def run_shard_task(payload: dict[str, Any]) -> dict[str, Any]:
     marker = work / f"shard-{shard.index:05d}.done"
     if marker.exists():
         return json.loads(marker.read_text(encoding="utf-8"))
-    allow_main = payload.get("in_process", False)
-    steps = [step_from_spec(s, allow_main=allow_main) for s in payload["steps"]]
+    steps = [_cached_step(s, payload.get("in_process", False)) for s in payload["steps"]]
     local = [s for s in steps if not s.is_global]
     global_steps = [s for s in steps if s.is_global]
     opts = ReaderOptions(**payload["reader"])
@@ -155,6 +154,20 @@ def run_shard_task(payload: dict[str, Any]) -> dict[str, Any]:
     with _work_file(marker) as tmp:
         tmp.write_text(json.dumps(result), encoding="utf-8")
     return result
+
+
+_STEPS: dict[str, Step] = {}
+
+
+def _cached_step(spec: dict[str, Any], allow_main: bool) -> Step:
+    """The step for `spec`, built once per worker process (a language model loads once, not per
+    shard); its stats start from zero for every shard."""
+    key = json.dumps(spec, sort_keys=True)
+    step = _STEPS.get(key)
+    if step is None:
+        step = _STEPS[key] = step_from_spec(spec, allow_main=allow_main)
+    step.stats = StepStats(step.name)
+    return step
 
 
 def _sig_array(values: list, step: GlobalStep) -> np.ndarray:
@@ -242,6 +255,7 @@ class Pipeline:
         at the first unreadable record, UserError for a missing input.
         """
         t0 = time.time()
+        _STEPS.clear()  # in-process runs must see steps redefined since the last run (notebooks)
         inputs = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
         out = Path(out)
         files, unknown = discover(inputs)
