@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmchain.artifacts import atomic_write_text
+from llmchain.artifacts import atomic_write_text, sha256_file
 from llmchain.config import PretrainConfig
 from llmchain.errors import ConfigError, UserError
 from llmchain.eval.lm import loss_sums, metrics_from, open_split, read_shards_info, split_info
@@ -94,6 +94,12 @@ def resolve_tokenizer(config: PretrainConfig, info: dict[str, Any]) -> Path | No
         pass
     for c in candidates:
         if c and (Path(c) / "tokenizer.json").is_file():
+            # The model must ship the tokenizer its shards were made with (pack records its hash).
+            expected = info.get("tokenizer_sha256")
+            if expected and sha256_file(Path(c) / "tokenizer.json") != expected:
+                if config.tokenizer:
+                    raise UserError(f"--tokenizer {c}: not the tokenizer {shards} was packed with (sha256 differs)")
+                continue
             return Path(c)
     if config.tokenizer:
         raise UserError(f"--tokenizer {config.tokenizer}: no tokenizer.json there")
@@ -204,13 +210,11 @@ def run_pretrain(config: PretrainConfig, quiet: bool = False) -> PretrainResult:
                  flops_per_token=model.flops_per_token(seq_len), quiet=quiet)  # fmt: skip
     final = None
     if result.completed and rt.is_main:
-        final = save_model(
-            result.model, run_dir / "final", tokenizer_dir=tokenizer_dir,
-            manifest={"kind": "model", "inputs": {"shards": shards, **({"tokenizer": tokenizer_dir} if tokenizer_dir
-                                                                      else {})},
-                      "config": config, "counts": {"steps": result.step, "tokens": result.tokens},
-                      "eval": {k: v for k, v in result.eval.items() if isinstance(v, float) and math.isfinite(v)}},
-        )  # fmt: skip
+        inputs = {"shards": shards} | ({"tokenizer": tokenizer_dir} if tokenizer_dir else {})
+        evals = {k: v for k, v in result.eval.items() if isinstance(v, float) and math.isfinite(v)}
+        manifest = {"kind": "model", "inputs": inputs, "config": config, "eval": evals,
+                    "counts": {"steps": result.step, "tokens": result.tokens}}  # fmt: skip
+        final = save_model(result.model, run_dir / "final", tokenizer_dir=tokenizer_dir, manifest=manifest)
     rt.barrier()
     return PretrainResult(run_dir, result, final, model.num_params(), seq_len, tokenizer_dir)
 
