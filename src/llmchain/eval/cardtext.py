@@ -45,6 +45,11 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def md_escape(text: str) -> str:
+    """Text shown literally in Markdown (no emphasis, links or HTML from the model's output)."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>#|" else ch for ch in text.replace("\n", " "))
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -228,10 +233,13 @@ def eval_section(facts: dict[str, Any], images: dict[str, str]) -> list[str]:
         rows = []
         for s in ev.get("systems", []):
             name = f"**{s.get('title', s['name'])}**" if not s.get("baseline") else f"{s.get('title', s['name'])} (baseline)"
-            rows.append([name] + [fmt(s.get(c)) for c in cols])
+            rows.append([name] + [fmt(s.get(c)) if s.get(c) is not None else "—" for c in cols])
         out += [table(["system"] + [METRIC_NAMES.get(c, c) for c in cols], rows)]
+        if any(s.get(c) is None for s in ev.get("systems", []) for c in cols):
+            out += ["— : does not apply to that system (an n-gram over bytes has no per-token loss).", ""]
         out += [f"_{n}_" for n in ev.get("notes", []) + ev.get("warnings", [])]
-        out += [f"![{k}]({v})" for k, v in images.items() if k.startswith(f"eval{i}:")] + [""]
+        out += [f"![{ev.get('task', 'evaluation')} chart]({v})" for k, v in images.items()
+                if k.startswith(f"eval{i}:")] + [""]  # fmt: skip
     return out
 
 
@@ -244,7 +252,7 @@ def generations_section(facts: dict[str, Any]) -> list[str]:
         out += [f"Sampled now with temperature {g['temperature']}, top-p 0.95, seed {g['seed']}, "
                 f"{g['max_new_tokens']} new tokens{', through the chat template' if g['chat_template'] else ''}.", ""]
         for s in g["samples"]:
-            out += [f"**Prompt:** {_html.escape(s['prompt'])}", "", "```text", s["prompt"] + s["output"], "```", ""]
+            out += [f"**Prompt:** {md_escape(s['prompt'])}", "", "```text", s["prompt"] + s["output"], "```", ""]
     for ev in facts["evals"]:
         for s in (ev.get("samples") or [])[:3]:
             out += [f"From `{ev.get('kind')}` on `{Path(ev.get('data', '?')).name}`:", "",
@@ -277,7 +285,12 @@ def use_section(facts: dict[str, Any], config: Any) -> list[str]:
             better = model[key] < best[key] if ev.get("higher_is_better") is False else model[key] > best[key]
             lim.append(f"On {ev.get('task')} ({METRIC_NAMES.get(key, key)}) the model {'beats' if better else 'does NOT beat'} "
                        f"its best classical baseline, {best.get('title')} ({fmt(model[key])} vs {fmt(best[key])}).")
-    if not facts["data"].get("found") or not facts["data"].get("pii"):
+    d = facts["data"]
+    if d.get("found") and any("pii" in s.get("name", "") for s in d.get("steps", [])):
+        n = sum(v for k, v in d["pii"].items() if k != "docs_redacted")
+        lim.append(f"PII redaction ran on the training data ({n:,} replacements). It matches patterns (e-mail, phone, "
+                   "IP, card and ID numbers), not names or addresses: the model may still reproduce personal data.")
+    else:
         lim.append("No PII redaction is recorded for the training data: the model may reproduce personal data it saw.")
     lim.append("No safety tuning, no RLHF, no filtering of outputs; biases of the training text are inherited.")
     if config.limitations:

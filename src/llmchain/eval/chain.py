@@ -185,4 +185,5 @@ def find_eval_reports(chain: Chain, extra: list[Path] | None = None) -> list[tup
         if not data:
             raise UserError(f"{d}: no readable report.json (from `llmchain eval ...`)")
         found[rp.resolve()] = data
-    return sorted(found.items(), key=lambda kv: str(kv[0]))
+    order = {"eval-lm": 0, "eval-classify": 1, "eval-generate": 2}
+    return sorted(found.items(), key=lambda kv: (order.get(kv[1].get("kind"), 3), str(kv[0])))

@@ -163,6 +163,7 @@ def evaluate_language_model(
                 train_docs, source = decode_split(shards, "train", tok_dir), f"{shards} (train split)"
         for order in orders:
             r = ngram_bits_per_byte(train_docs, eval_docs, order=order)
+            r.pop("name")
             systems.append({"name": f"ngram{order}", "title": f"{order}-gram, bytes (Kneser-Ney)", "baseline": True,
                             **r})  # fmt: skip
     notes = []
