@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmchain.model.llama import KVCache, Llama, LlamaConfig
-from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong, decode_logits, prepare_decode
+from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong, prepare_decode, step_logits
 from llmchain.serve.sampling import SamplingParams
 from serve_fixtures import cached_model_dir
 
@@ -27,38 +27,41 @@ def engine(tmp_path_factory, shared_data):
     eng.stop()
 
 
-def _prefilled(model, cache, prompts):
-    for slot, p in enumerate(prompts):
-        ids = torch.tensor([p])
-        model(ids, positions=torch.arange(len(p))[None], cache=cache, slots=torch.tensor([slot]))
-
-
 @torch.inference_mode()
-def test_decode_rows_are_bit_identical_whatever_the_batch():
+def test_step_rows_are_bit_identical_whatever_the_batch():
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
     model = Llama(cfg).eval()
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in (3, 17, 40, 64, 65, 100, 9, 1, 33, 70)]
-    cache = KVCache(cfg, len(prompts), 256)
-    w = prepare_decode(model, 256)
-    _prefilled(model, cache, prompts)
     B = len(prompts)
+    cache = KVCache(cfg, B + 2, 256)
+    w = prepare_decode(model, 256)
+    none = torch.zeros(0, dtype=torch.long)
+
+    def step(tokens, positions, slots, new_prompts):
+        return step_logits(model, cache, w, tokens, positions, slots, new_prompts)
+
+    # prefill: each prompt alone, then all of them in one step — the same bits
+    alone = [step(none, none, none, [(p, i)])[0] for i, p in enumerate(prompts)]
+    together = step(none, none, none, [(p, i) for i, p in enumerate(prompts)])
+    assert all(torch.equal(a, t) for a, t in zip(alone, together, strict=True))
+    ref, _ = model(torch.tensor([prompts[5]]), last_only=True)  # and the reference forward agrees
+    torch.testing.assert_close(alone[5], ref[0, -1].float(), rtol=1e-4, atol=1e-4)
+    # decode: every row alone, in a mix, and beside a prompt being prefilled
     tokens = torch.randint(0, 1000, (B,), generator=g)
     positions = torch.tensor([len(p) for p in prompts])
     slots = torch.arange(B)
-    batched = decode_logits(model, cache, tokens, positions, slots, 16, w)
-    # the reference path (Llama.forward with the cache) agrees to float precision...
+    batched = step(tokens, positions, slots, [])
     ref, _ = model(tokens[:, None], positions=positions[:, None], cache=cache, slots=slots)
     torch.testing.assert_close(batched, ref[:, 0].float(), rtol=1e-4, atol=1e-4)
-    # ...and each row alone, or in another mix, gives exactly the same bits
     for i in range(B):
-        alone = decode_logits(model, cache, tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], 16, w)
-        assert torch.equal(alone[0], batched[i]), f"row {i} differs alone"
+        assert torch.equal(step(tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], [])[0], batched[i])
     sub = [7, 2, 5]
-    mixed = decode_logits(model, cache, tokens[sub], positions[sub], slots[sub], 16, w)
-    assert torch.equal(mixed, batched[sub])
+    mixed = step(tokens[sub], positions[sub], slots[sub], [(prompts[3], B), (prompts[0], B + 1)])
+    assert torch.equal(mixed[:3], batched[sub])
+    assert torch.equal(mixed[3], alone[3]) and torch.equal(mixed[4], alone[0])
 
 
 def _text(handle) -> tuple[str, list[int]]:

@@ -1,15 +1,15 @@
 """The serving engine: a request queue, KV-cache slots and one scheduler thread doing continuous batching.
 
 Every step the scheduler (1) drops cancelled sequences, (2) admits waiting requests into free
-slots — each prompt is prefilled on its own — and (3) decodes one token for every running sequence
-in ONE batched forward. A finished or cancelled sequence frees its slot at once.
+slots, and (3) runs ONE forward that prefills the admitted prompts and decodes one token for every
+running sequence. A finished or cancelled sequence frees its slot at once.
 
 Batch invariance (a request's tokens never depend on its neighbours): CPU matmul kernels pick
 different summation orders for different row counts (M = 1 takes a GEMV path), and attention's
-softmax reduces differently when the key length has a ragged tail. So the decode forward pads the
-rows to a multiple of 16 and the key length to a multiple of 64 — with those, every row's result is
-bit-identical whatever the batch (tests/test_serve_engine.py checks it). Prefill runs one request
-at a time, so it is invariant by construction. With `max_batch_size=1` no padding is needed.
+softmax reduces differently when the key length has a ragged tail. So a step stacks all its tokens
+and pads the rows to a multiple of 16, pads decoding attention's key length to a multiple of 64,
+and lets each prompt attend on its own — with those, every row's result is bit-identical whatever
+the batch (tests/test_serve_engine.py checks it). With `max_batch_size=1` no padding is needed.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class Engine:
         max_batch_size: int = 16,
         max_queue: int = 256,
         max_model_len: int | None = None,
-        max_prefill_tokens: int = 4096,
+        max_prefill_tokens: int = 2048,
         eos_token_ids: list[int] | None = None,
         metrics=None,
         threads: int | None = 1,
@@ -288,12 +288,13 @@ class Engine:
                 h._emit(None)
 
     def step(self) -> None:
-        """One scheduler iteration: reap cancelled, admit (prefill), decode one token for all."""
+        """One scheduler iteration: reap cancelled, admit, then ONE forward that prefills the admitted
+        prompts and decodes one token for every running sequence."""
         try:
             self._reap_cancelled()
-            self._admit()
-            if self.running:
-                self._decode()
+            admitted = self._admit()
+            if self.running or admitted:
+                self._forward(admitted)
         finally:
             outbox, self._outbox = self._outbox, []
             _deliver_all(outbox)
@@ -306,34 +307,52 @@ class Engine:
         for s in [s for s in self.running if s.handle.cancelled]:
             self._finish_seq(s, "abort", emit=False)
 
-    def _admit(self) -> None:
-        budget = self.max_prefill_tokens
-        while True:
-            with self._cv:
-                if not self.waiting or len(self.free_slots) < self.waiting[0].params.n:
-                    return
+    def _admit(self) -> list[tuple[RequestHandle, list[int]]]:
+        """Waiting requests that fit the free slots and this step's prefill budget (FIFO)."""
+        budget, out = self.max_prefill_tokens, []
+        with self._cv:
+            while self.waiting and len(self.free_slots) >= self.waiting[0].params.n:
                 h = self.waiting[0]
-                if budget < len(h.prompt_ids) and budget < self.max_prefill_tokens:
-                    return  # this step's prefill budget is spent (one prompt always goes through)
+                if budget < len(h.prompt_ids) and out:
+                    break  # this step's prefill budget is spent (one prompt always goes through)
                 self.waiting.popleft()
-                slots = [self.free_slots.pop() for _ in range(h.params.n)]
-            budget -= len(h.prompt_ids)
-            self._prefill(h, slots)
+                out.append((h, [self.free_slots.pop() for _ in range(h.params.n)]))
+                budget -= len(h.prompt_ids)
+        now = time.perf_counter()
+        for h, _ in out:
+            h.stats.admitted = now
+            if self.metrics:
+                self.metrics.on_admitted(now - h.stats.arrival, len(h.prompt_ids))
+        return out
 
-    def _prefill(self, h: RequestHandle, slots: list[int]) -> None:
-        h.stats.admitted = now = time.perf_counter()
-        if self.metrics:
-            self.metrics.on_admitted(now - h.stats.arrival, len(h.prompt_ids))
+    def _forward(self, admitted: list[tuple[RequestHandle, list[int]]]) -> None:
+        seqs = list(self.running)
+        dev = self.device
+        tokens = torch.tensor([s.last_token for s in seqs], dtype=torch.long, device=dev)
+        positions = torch.tensor([s.pos for s in seqs], dtype=torch.long, device=dev)
+        slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=dev)
+        prompts = [(h.prompt_ids, sl[0]) for h, sl in admitted]
+        logits = step_logits(self.model, self.cache, self.decode_weights, tokens, positions, slots, prompts,
+                             pad=self.max_batch_size > 1)  # fmt: skip
+        B = len(seqs)
+        greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
+        picks: dict[int, int] = {}
+        if greedy:
+            picks = dict(zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True))
+        for i, s in enumerate(seqs):
+            s.pos += 1
+            self._safely(s, lambda s=s, i=i: self._accept(s, picks[i] if i in picks else s.sampler.sample(logits[i]),
+                                                         logits[i]))  # fmt: skip
+        for j, (h, sl) in enumerate(admitted):
+            self._start(h, sl, logits[B + j])
+
+    def _start(self, h: RequestHandle, slots: list[int], row: torch.Tensor) -> None:
+        """The prompt is in the cache of slots[0] and `row` holds its next-token logits: start its choices."""
         T = len(h.prompt_ids)
-        ids = torch.tensor([h.prompt_ids], device=self.device)
-        pos = torch.arange(T, device=self.device)[None]
-        logits, _ = self.model(ids, positions=pos, cache=self.cache,
-                               slots=torch.tensor(slots[:1], device=self.device), last_only=True)  # fmt: skip
         for k, v in zip(self.cache.k, self.cache.v, strict=True):  # n > 1: every choice starts from the same prompt cache
             for s in slots[1:]:
                 k[s, :, :T] = k[slots[0], :, :T]
                 v[s, :, :T] = v[slots[0], :, :T]
-        row = logits[0, -1].float()
         max_new = self.max_model_len - T
         if h.params.max_tokens is not None:
             max_new = min(max_new, h.params.max_tokens)
@@ -345,24 +364,6 @@ class Engine:
                        stop_ids=stop_ids)  # fmt: skip
             self.running.append(seq)
             self._safely(seq, lambda seq=seq: self._accept(seq, seq.sampler.sample(row), row))
-
-    def _decode(self) -> None:
-        seqs = list(self.running)
-        B = len(seqs)
-        tokens = torch.tensor([s.last_token for s in seqs], device=self.device)
-        positions = torch.tensor([s.pos for s in seqs], device=self.device)
-        slots = torch.tensor([s.slot for s in seqs], device=self.device)
-        rows = B if self.max_batch_size == 1 else -(-B // ROW_PAD) * ROW_PAD
-        logits = decode_logits(self.model, self.cache, tokens, positions, slots, rows, self.decode_weights,
-                               max(s.pos for s in seqs))
-        greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
-        picks: dict[int, int] = {}
-        if greedy:
-            picks = dict(zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True))
-        for i, s in enumerate(seqs):
-            s.pos += 1
-            self._safely(s, lambda s=s, i=i: self._accept(s, picks[i] if i in picks else s.sampler.sample(logits[i]),
-                                                         logits[i]))  # fmt: skip
 
     def _safely(self, s: _Seq, fn) -> None:
         # One request's bad luck (a sampling error) must not take the engine — and everyone else — down.
@@ -478,42 +479,67 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def decode_logits(model, cache, tokens, positions, slots, rows: int, w: DecodeWeights,
-                  max_pos: int | None = None) -> torch.Tensor:
-    """Next-token logits (B, vocab) for B sequences, each fed one token at its own (slot, position).
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return F.pad(x, (0, 0, 0, rows - x.shape[0])) if rows > x.shape[0] else x
 
-    The same computation as `Llama.forward` with a cache, arranged to be batch-invariant: the
-    linear layers see `rows` rows (padding after the B real ones) and attention sees a key length
-    rounded up to a multiple of 64 (masked), so no row's result depends on how many others there are.
-    Fewer, fused ops than the training forward (one RMSNorm kernel, one RoPE for q and k together):
-    at small sizes a decode step is mostly per-op overhead.
+
+def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompts: list[tuple[list[int], int]],
+                pad: bool = True) -> torch.Tensor:
+    """One engine step: next-token logits for B decoding sequences (rows 0..B-1: one token each at its
+    own (slot, position)) and for P new prompts (rows B..B+P-1: each prefilled into its slot).
+
+    Batch-invariant by construction: every linear layer sees all tokens of the step stacked, padded
+    to a multiple of 16 rows (MKL then sums each row the same way whatever the row count); decoding
+    rows attend over a key length rounded up to a multiple of 64; each prompt attends on its own.
+    So no token's numbers depend on what else shares the step. `pad=False` (batch size 1) skips the
+    padding, as nothing can share the step.
     """
     m, B = model.model, tokens.shape[0]
-    pad = rows - B
-    ids = F.pad(tokens, (0, pad)) if pad else tokens  # (rows,)
-    max_pos = int(positions.max()) if max_pos is None else max_pos
-    L = min(-(-(max_pos + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
-    mask = (torch.arange(L, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
-    cos, sin = w.cos[positions][:, None], w.sin[positions][:, None]  # (B, 1, hd)
-    x = m.embed_tokens(ids)  # (rows, hidden)
+    dev = tokens.device
+    lens = [len(p) for p, _ in prompts]
+    ids = torch.cat([tokens] + [torch.tensor(p, dtype=torch.long, device=dev) for p, _ in prompts])
+    pos = torch.cat([positions] + [torch.arange(n, device=dev) for n in lens])
+    N = ids.shape[0]
+    rows = -(-N // ROW_PAD) * ROW_PAD if pad else N
+    if B:
+        L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
+        mask = (torch.arange(L, device=dev)[None, :] <= positions[:, None])[:, None, None, :]
+    cos, sin = w.cos[pos][:, None], w.sin[pos][:, None]  # (N, 1, hd)
+    x = _pad_rows(m.embed_tokens(ids), rows)  # (rows, hidden)
     eps = model.config.rms_norm_eps
     for i, layer in enumerate(m.layers):
         a = layer.self_attn
         nh, nkv, hd = a.n_heads, a.n_kv, a.head_dim
         h = F.rms_norm(x, (x.shape[-1],), layer.input_layernorm.weight, eps)
-        qkv = F.linear(h, *w.qkv[i])[:B].view(B, nh + 2 * nkv, hd)
+        qkv = F.linear(h, *w.qkv[i])[:N].view(N, nh + 2 * nkv, hd)
         qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
-        q, k, v = qk[:, :nh, None], qk[:, nh:], qkv[:, nh + nkv :]  # q (B, nh, 1, hd)
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
-        kc[slots, :, positions] = k.to(kc.dtype)
-        vc[slots, :, positions] = v.to(vc.dtype)
-        keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
-                                           enable_gqa=nkv != nh)  # fmt: skip
-        y = y.reshape(B, nh * hd)
-        x = x + a.o_proj(F.pad(y, (0, 0, 0, pad)) if pad else y)
+        ys = []
+        if B:
+            q, k, v = qk[:B, :nh, None], qk[:B, nh:], qkv[:B, nh + nkv :]  # q (B, nh, 1, hd)
+            kc[slots, :, positions] = k.to(kc.dtype)
+            vc[slots, :, positions] = v.to(vc.dtype)
+            keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
+                                               enable_gqa=nkv != nh)  # fmt: skip
+            ys.append(y.reshape(B, nh * hd))
+        start = B
+        for (_, slot), n in zip(prompts, lens, strict=True):
+            q = qk[start : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n, hd)
+            k = qk[start : start + n, nh:].transpose(0, 1)[None]
+            v = qkv[start : start + n, nh + nkv :].transpose(0, 1)[None]
+            kc[slot, :, :n] = k[0].to(kc.dtype)
+            vc[slot, :, :n] = v[0].to(vc.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, enable_gqa=nkv != nh)
+            ys.append(y[0].transpose(0, 1).reshape(n, nh * hd))
+            start += n
+        x = x + a.o_proj(_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows))
         h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, eps)
         gate, up = F.linear(h, *w.gate_up[i]).chunk(2, dim=-1)
         x = x + layer.mlp.down_proj(F.silu(gate) * up)
+    # logits only where a next token is needed: every decoding row, and each prompt's last token
+    last = torch.tensor(list(range(B)) + [B + sum(lens[: j + 1]) - 1 for j in range(len(lens))], device=dev)
+    out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad else last.shape[0]
+    x = _pad_rows(x.index_select(0, last), out_rows)
     x = F.rms_norm(x, (x.shape[-1],), m.norm.weight, eps)
-    return model.lm_head(x)[:B].float()
+    return model.lm_head(x)[: last.shape[0]].float()
