@@ -7,7 +7,8 @@ throughput and output tokens/s against:
 
   * `llmchain serve` with continuous batching (`--max-batch-size 64`),
   * the same server with `--max-batch-size 1` (one sequence at a time),
-  * Hugging Face `generate` (greedy, one request at a time, same weights, same thread count).
+  * Hugging Face `generate` (greedy, one request at a time, same weights, same thread count),
+  * and, for single-stream decoding without HTTP, our engine in-process.
 
     flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/serve.py --preset tiny
 """
@@ -177,6 +178,33 @@ def hf_generate(model: Path, reqs: list[list[int]], output_len: int, threads: in
     return summarize(results, time.perf_counter() - t)
 
 
+def engine_in_process(model: Path, reqs: list[list[int]], output_len: int, batch: int, threads: int) -> dict:
+    """The engine without HTTP, one request at a time: what single-stream decoding costs by itself."""
+    from transformers import AutoTokenizer
+
+    from llmchain.model.io import load_model
+    from llmchain.serve.engine import Engine
+    from llmchain.serve.sampling import SamplingParams
+
+    engine = Engine(load_model(model), AutoTokenizer.from_pretrained(model), max_batch_size=batch,
+                    threads=threads).start()  # fmt: skip
+    params = SamplingParams(max_tokens=output_len, temperature=0, ignore_eos=True)
+
+    def one(p):
+        t0 = time.perf_counter()
+        times = [time.perf_counter() for _ in engine.submit(p, params).iter_events()]
+        return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
+                "e2e": times[-1] - t0, "tokens": len(times)}  # fmt: skip
+
+    try:
+        one(reqs[0][:8])  # warm-up
+        t = time.perf_counter()
+        results = [one(p) for p in reqs]
+        return summarize(results, time.perf_counter() - t)
+    finally:
+        engine.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -202,6 +230,7 @@ def main() -> None:
     ours = serve_and_measure(model, args.batch, args.concurrency, reqs_for, args.output_len, args.threads)
     one = serve_and_measure(model, 1, args.concurrency, reqs_for, args.output_len, args.threads)
     hf = hf_generate(model, reqs_for(1), args.output_len, args.threads)
+    eng = {b: engine_in_process(model, reqs_for(1), args.output_len, b, args.threads) for b in (args.batch, 1)}
 
     head = ("| system | conc. | req/s | out tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | "
             "ITL mean / p50 / p99 ms |")  # fmt: skip
@@ -215,13 +244,16 @@ def main() -> None:
         row(f"llmchain serve (batch {args.batch})", c, ours[c])
         row("llmchain serve (batch 1)", c, one[c])
     row("HF generate (one at a time)", 1, hf)
+    for b, m in eng.items():
+        row(f"llmchain engine in-process, no HTTP (batch {b})", 1, m)
     if 16 in args.concurrency:
         print(f"\ncontinuous batching vs batch 1 at concurrency 16: "
               f"{ours[16]['out tok/s'] / one[16]['out tok/s']:.1f}x output tokens/s (target ≥ 8x)")  # fmt: skip
     if 1 in args.concurrency:
         print(f"single-stream decode (TPOT mean) vs HF generate: {hf['tpot_mean'] / ours[1]['tpot_mean']:.2f}x "
-              f"faster (batch-{args.batch} server), {hf['tpot_mean'] / one[1]['tpot_mean']:.2f}x (batch-1 server) "
-              f"(target ≥ 1.5x)")  # fmt: skip
+              f"faster (batch-{args.batch} server), {hf['tpot_mean'] / one[1]['tpot_mean']:.2f}x (batch-1 server); "
+              f"in-process engine: {hf['tpot_mean'] / eng[args.batch]['tpot_mean']:.2f}x (batch {args.batch}), "
+              f"{hf['tpot_mean'] / eng[1]['tpot_mean']:.2f}x (batch 1) (target ≥ 1.5x)")  # fmt: skip
 
 
 if __name__ == "__main__":
