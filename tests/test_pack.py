@@ -123,3 +123,18 @@ def test_cli_bad_flags_exit_2_with_one_line(corpus, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, tok=tok_dir) for a in args]
     code, _, err = run_cli("data", "pack", str(docs), "--out", str(tmp_path / "s"), *args)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_prepared_documents_dir_is_read_in_part_order(corpus, tmp_path):
+    import gzip
+
+    _, tok_dir, texts = corpus
+    parts = tmp_path / "prepared" / "documents"
+    parts.mkdir(parents=True)
+    for n, chunk in enumerate([texts[:300], texts[300:]]):  # what `llmchain data prepare` writes
+        with gzip.open(parts / f"part-{n:05d}.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"id": f"{n}-{i}", "text": t, "source": "x", "meta": {}}) + "\n"
+                         for i, t in enumerate(chunk))  # fmt: skip
+    meta = pack_documents(tmp_path / "prepared", tok_dir, tmp_path / "s", val_fraction=0.5, workers=1)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(texts)
+    assert _decode_split(tok_dir, tmp_path / "s", "val") == texts[1::2]

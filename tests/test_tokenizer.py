@@ -126,3 +126,9 @@ def test_missing_inputs_are_user_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{not json\n')
     with pytest.raises(UserError, match=r"bad.jsonl"):
         train_tokenizer(tmp_path / "bad.jsonl", 300, tmp_path / "t")
+
+
+def test_non_utf8_text_file_is_a_user_error(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1") * 100)
+    code, _, err = run_cli("tokenizer", "train", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "t"))
+    assert code == 2 and "UTF-8" in err and err.count("\n") == 1

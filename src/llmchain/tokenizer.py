@@ -11,8 +11,6 @@ opens it, and so does anything else that reads HF tokenizers (vLLM, llama.cpp's 
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,50 +36,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def _read_text_docs(path: Path) -> Iterator[dict[str, Any]]:
-    """Minimal reader for when `llmchain.data.readers` is not available: a prepared documents dir
-    (documents/part-*.jsonl.gz), a .jsonl(.gz) file, or a .txt file (one document)."""
-    if path.is_dir():
-        parts = sorted((path / "documents").glob("part-*.jsonl*")) or sorted(path.glob("part-*.jsonl*"))
-        if not parts:
-            raise UserError(f"{path}: no documents/part-*.jsonl.gz (make it with `llmchain data prepare`)")
-        for part in parts:
-            yield from _read_text_docs(part)
-        return
-    name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    raise UserError(f"{path}:{lineno}: not valid JSON") from None
-                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-                    raise UserError(f"{path}:{lineno}: expected an object with a string field 'text'")
-                doc.setdefault("id", f"{path.name}:{lineno}")
-                yield doc
-    else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text") from None
-        yield {"id": path.name, "text": text, "source": str(path), "meta": {}}
-
-
 def iter_documents(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Documents ({"id", "text", ...}) of a prepared dir, a .jsonl(.gz) file or a .txt file, in a
-    deterministic order. UserError when the path is missing or unreadable."""
-    path = Path(path)
-    if not path.exists():
+    deterministic order (the data stage's reader). UserError when the path is missing or malformed."""
+    if not Path(path).exists():
         raise UserError(f"{path}: no such file or directory (documents: a prepared dir, .jsonl(.gz) or .txt)")
+    from llmchain.data.readers import iter_documents as read_documents
+
     try:
-        from llmchain.data.readers import iter_documents as _data_iter_documents
-    except ImportError:  # the data stage's reader is optional here; fall back to the formats above
-        _data_iter_documents = None
-    yield from (_data_iter_documents or _read_text_docs)(path)
+        yield from read_documents(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def train_tokenizer(
