@@ -13,6 +13,8 @@ import pytest
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # one short pretraining run (~1-2 min on a busy 2-core machine) feeds every test
+
 # nano, 16 × 128 tokens a step, one thread (two threads contend on a shared 2-core machine and run ~10×
 # slower). 300 steps gave 2.71 bits/byte on val against the byte trigram's 2.79 on this split; 400 keep a margin.
 STEPS = 400
