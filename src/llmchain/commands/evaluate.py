@@ -23,14 +23,17 @@ def print_report(report: dict[str, Any], out: Path, extra: str = "") -> None:
     from llmchain.eval.cardtext import METRIC_NAMES, fmt
 
     cols = report.get("columns", [])
-    table = Table(title=f"{report.get('task', report['kind'])}: {report.get('n', '?')} "
-                        f"{'bytes' if report['kind'] == 'eval-lm' else 'examples'}", title_justify="left")  # fmt: skip
+    n = report.get("n")
+    unit = "bytes" if report["kind"] == "eval-lm" else "examples"
+    count = f"{n:,}" if isinstance(n, int) else "?"
+    table = Table(title=f"{report.get('task', report['kind'])}: {count} {unit}", title_justify="left")
     table.add_column("system")
     for c in cols:
         table.add_column(METRIC_NAMES.get(c, c), justify="right")
     for s in report["systems"]:
         style = "dim" if s.get("baseline") else "bold"
-        table.add_row(s.get("title", s["name"]), *[fmt(s.get(c)).replace("_", "") for c in cols], style=style)
+        table.add_row(s.get("title", s["name"]), *[fmt(s[c]) if s.get(c) is not None else "—" for c in cols],
+                      style=style)  # fmt: skip
     console = Console()
     console.print(table)
     for note in report.get("notes", []) + report.get("warnings", []):

@@ -208,14 +208,12 @@ def run_lm_eval(out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, An
 
 
 def summary_line(report: dict[str, Any]) -> str:
-    """One line: model bpb vs the best baseline, for the CLI and logs."""
-    sys_ = {s["name"]: s for s in report["systems"]}
-    base = [s for s in report["systems"] if s.get("baseline")]
-    if "model" not in sys_ or not base:
+    """One line: the model's bits/byte against each baseline ("beats X by d" / "behind Y by d")."""
+    model = next((s for s in report["systems"] if not s.get("baseline")), None)
+    if model is None:
         return ""
-    best = min(base, key=lambda s: s["bits_per_byte"])
-    diff = best["bits_per_byte"] - sys_["model"]["bits_per_byte"]
-    verdict = "beats" if diff > 0 else "does not beat"
-    return f"model {sys_['model']['bits_per_byte']:.4f} bpb {verdict} the best baseline ({best['title']}, " \
-           f"{best['bits_per_byte']:.4f}) by {abs(diff):.4f} bits/byte"
-
+    parts = []
+    for b in (s for s in report["systems"] if s.get("baseline")):
+        d = b["bits_per_byte"] - model["bits_per_byte"]
+        parts.append(f"{'beats' if d > 0 else 'behind'} {b['title']} ({b['bits_per_byte']:.4f}) by {abs(d):.4f}")
+    return f"model {model['bits_per_byte']:.4f} bits/byte: " + "; ".join(parts) if parts else ""
