@@ -356,7 +356,18 @@ async def _collect(handles: list[RequestHandle]) -> list[list[Event]]:
 
 async def _merged(handles: list[RequestHandle]):
     """Lists of (prompt index, Event) from all handles: whatever has arrived, as one batch."""
-    q: asyncio.Queue = asyncio.Queue()
+    if len(handles) == 1:  # the common case: read the handle's own queue, no relay task in between
+        q = handles[0]._queue
+        while True:
+            items = [await q.get()]
+            while not q.empty():
+                items.append(q.get_nowait())
+            events = [(0, e) for e in items if e is not None]
+            if events:
+                yield events
+            if len(events) < len(items):
+                return
+    q = asyncio.Queue()
 
     async def pump(i, h):
         async for e in h.events():
