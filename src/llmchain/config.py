@@ -192,7 +192,6 @@ class DataConfig(StageConfig):
     ray_address: str | None = None
     shard_mb: float = 16.0  # uncompressed line-based files are cut into shards of about this size
     strict: bool = False  # stop at the first unreadable record (exit code 2)
-    seed: int = 0
 
 
 # --- tokenizer + pack ------------------------------------------------------------------------
