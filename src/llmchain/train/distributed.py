@@ -168,6 +168,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: int | 
     key = (device, precision, threads)
     if _RUNTIME is not None and _RUNTIME.info.get("key") == key:
         return _RUNTIME
+    threads_before = _RUNTIME.info["threads_before"] if _RUNTIME is not None else torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -180,7 +181,8 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: int | 
         backend = "nccl" if dev.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
     dtype, peaks = _pick_dtype(precision, dev)
-    info = {"backend": "nccl" if dev.type == "cuda" else "gloo", "precision": precision, "key": key}
+    info = {"backend": "nccl" if dev.type == "cuda" else "gloo", "precision": precision, "key": key,
+            "threads_before": threads_before}
     _RUNTIME = Runtime(dev, rank, world, local_rank, dtype, peaks, info)
     return _RUNTIME
 
@@ -190,6 +192,8 @@ def teardown_runtime() -> None:
     global _RUNTIME
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    if _RUNTIME is not None:
+        torch.set_num_threads(_RUNTIME.info["threads_before"])  # --threads applies to the run, not the process
     _RUNTIME = None
 
 
