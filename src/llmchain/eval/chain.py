@@ -161,16 +161,16 @@ def find_eval_reports(chain: Chain, extra: list[Path] | None = None) -> list[tup
     """report.json files of `llmchain eval` runs about this model: under the run dir (and the recipe
     dir above it), the model dir's neighbours, and `extra` dirs. Reports about another model are
     skipped; baseline-only reports are kept only when they sit inside this run."""
-    roots: list[Path] = []
+    # bounded patterns, not "**": the parent of a run may be a big directory (runs/, a home dir)
+    patterns: list[tuple[Path, str]] = []
     if chain.run is not None:
-        roots += [chain.run, chain.run.parent]
+        patterns += [(chain.run, "*/report.json"), (chain.run, "*/*/report.json"), (chain.run, "*/*/*/report.json")]
+        patterns += [(chain.run.parent, "*/report.json"), (chain.run.parent, "*/*/report.json")]
     elif chain.model is not None:
-        roots.append(chain.model.parent)
+        patterns += [(chain.model.parent, "*/report.json"), (chain.model.parent, "*/*/report.json")]
     found: dict[Path, dict[str, Any]] = {}
-    for root in roots:
-        for rp in sorted(root.glob("**/report.json")):
-            if len(rp.relative_to(root).parts) > 5:
-                continue
+    for root, pattern in patterns:
+        for rp in sorted(root.glob(pattern)):
             data = _json(rp)
             if not data or not str(data.get("kind", "")).startswith("eval-"):
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,16 @@ def generate_outputs(
     gen = torch.Generator().manual_seed(seed)
     outputs, truncated, new_tokens = [], 0, 0
     t0 = time.perf_counter()
+    bar = None
+    if sys.stderr.isatty():  # one prompt at a time (no padding mask in generate): show the pace
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("generating", total=len(prompts))
+        bar.start()
     for prompt in prompts:
+        if bar is not None:
+            bar.advance(task)
         if use_chat:
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                            add_generation_prompt=True)  # fmt: skip
@@ -154,6 +164,8 @@ def generate_outputs(
         for s in stop or []:
             out = out.split(s)[0] if s in out else out
         outputs.append(out.strip())
+    if bar is not None:
+        bar.stop()
     return {"outputs": outputs, "seconds": time.perf_counter() - t0, "truncated": truncated,
             "chat_template": use_chat, "new_tokens": new_tokens}  # fmt: skip
 

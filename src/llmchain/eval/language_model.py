@@ -14,7 +14,9 @@ Where the training text comes from:
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,12 @@ def check_model_data(model_dir: Path, data: Path) -> None:
     from llmchain.model.io import read_config
 
     config = read_config(model_dir)
+    tok = _json_file(model_dir / "tokenizer.json")
+    if tok is not None:
+        vocab = {**(tok.get("model") or {}).get("vocab", {}), **{t.get("content"): 0 for t in tok.get("added_tokens") or []}}
+        if len(vocab) > config.vocab_size:
+            raise UserError(f"{model_dir}: the tokenizer has {len(vocab)} tokens but the model only "
+                            f"{config.vocab_size}; tokenizer and model do not belong together")  # fmt: skip
     if not data.is_dir():
         return
     info = _shards_json(data)
@@ -91,6 +99,14 @@ def check_model_data(model_dir: Path, data: Path) -> None:
     if want and tj.is_file() and sha256_file(tj) != want:
         raise UserError(f"{data}: shards were made with another tokenizer than {model_dir}'s (tokenizer.json "
                         "hashes differ); pack the data with the model's tokenizer")  # fmt: skip
+
+
+def _json_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def model_training_shards(model_dir: Path) -> Path | None:
@@ -135,7 +151,8 @@ def evaluate_language_model(
         from llmchain.eval.lm import evaluate_lm
 
         check_model_data(mdir, data)
-        m = evaluate_lm(mdir, data, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, device=device)
+        m = evaluate_lm(mdir, data, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, device=device,
+                        progress=sys.stderr.isatty())  # fmt: skip
         eval_bytes = m["bytes"]
         systems.append({"name": "model", "title": f"model ({mdir.name})", "baseline": False, **m})
     source = None
