@@ -50,18 +50,31 @@ STAMP_DIR = ".recipe"
 # ---------------------------------------------------------------------------- fingerprints
 
 
+def _module_files(mod: str) -> list[Path]:
+    spec = importlib.util.find_spec(mod)
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    return sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+
+
 def code_version(stage: StageType) -> str:
-    """llmchain's version + a hash of the source of the modules that implement `stage`."""
-    h = hashlib.sha256()
+    """llmchain's version + a hash of the source of the modules that implement `stage`.
+
+    `stage.code` names modules or packages (all their .py files); "!module" leaves one out, so that
+    editing, say, fine-tuning code does not make a finished pretraining stale.
+    """
+    files: dict[Path, None] = {}
     for mod in stage.code:
-        spec = importlib.util.find_spec(mod)
-        if spec is None or spec.origin is None:
-            h.update(f"{mod}:missing\n".encode())
-            continue
-        origin = Path(spec.origin)
-        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-        for f in files:
-            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\n")
+        if not mod.startswith("!"):
+            files.update(dict.fromkeys(_module_files(mod)) or {Path(f"<missing {mod}>"): None})
+    for mod in stage.code:
+        if mod.startswith("!"):
+            for f in _module_files(mod[1:]):
+                files.pop(f, None)
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"missing") + b"\n")
     return f"{__version__}+{h.hexdigest()[:16]}"
 
 

@@ -285,23 +285,29 @@ def _check_generate(config: dict[str, Any]) -> None:
                           "temperature, top_k, seed")  # fmt: skip
 
 
-_MODEL = ("llmchain.model.llama", "llmchain.model.io")
+# The code each stage is made of (hashed into its fingerprint); "!module" leaves a sibling out.
+_MODEL = ("llmchain.model.llama", "llmchain.model.io", "llmchain.model.presets")
+_LOOP = ("llmchain.train.loop", "llmchain.train.checkpoint", "llmchain.train.distributed", "llmchain.train.monitor")
+_CARD = ("llmchain.eval.report", "llmchain.eval.cardtext", "llmchain.eval.chain", "llmchain.eval.plots")
 register_stage(StageType("data", run_data, inputs=("raw",), check=_check("DataConfig"),
-                         code=("llmchain.data",), help="raw text → documents (llmchain data prepare)"))
+                         code=("llmchain.data", "!llmchain.data.pack"), help="raw text → documents"))
 register_stage(StageType("tokenizer", run_tokenizer, inputs=("documents",), check=_check("TokenizerConfig"),
                          code=("llmchain.tokenizer",), help="documents → byte-level BPE tokenizer"))
 register_stage(StageType("pack", run_pack, inputs=("documents", "tokenizer"), check=_check("PackConfig"),
                          code=("llmchain.data.pack", "llmchain.tokenizer"), help="documents → token shards"))
 register_stage(StageType("pretrain", run_pretrain, inputs=("shards",), optional=("tokenizer", "model"), output="final",
                          check=_check("PretrainConfig", data=_ENGINE, out=_ENGINE),
-                         code=("llmchain.train", *_MODEL), help="token shards → base model (RUN/final)"))
+                         code=("llmchain.train.pretrain", "llmchain.eval.lm", *_LOOP, *_MODEL),
+                         help="token shards → base model (RUN/final)"))
 register_stage(StageType("finetune", run_finetune, inputs=("train",), optional=("model", "val", "test"),
                          output=lambda c: "best" if c.get("task") == "classify" else "final", check=_check_finetune,
-                         code=("llmchain.train", "llmchain.model"), help="model + data → fine-tuned model"))
+                         code=("llmchain.train", "!llmchain.train.pretrain", "llmchain.model", "!llmchain.model.export"),
+                         help="model + data → fine-tuned model"))
 register_stage(StageType("eval", run_eval, inputs=("data",), optional=("model", "train"), check=_check_eval,
-                         code=("llmchain.eval", *_MODEL), help="model (+ baselines) on data → report.json"))
+                         code=("llmchain.eval", *[f"!{m}" for m in _CARD[:3]], *_MODEL),
+                         help="model (+ baselines) on data → report.json"))
 register_stage(StageType("report", run_report, inputs=("model",), optional=("eval", "eval2", "eval3"),
-                         check=_check("ReportConfig"), code=("llmchain.eval",), help="model → model card"))
+                         check=_check("ReportConfig"), code=(*_CARD, *_MODEL), help="model → model card"))
 register_stage(StageType("generate", run_generate, inputs=("model",), check=_check_generate,
                          code=_MODEL, help="model → sample generations (samples.md)"))
 register_stage(StageType("export", run_export, inputs=("model",), check=_check_export,
