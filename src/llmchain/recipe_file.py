@@ -140,12 +140,18 @@ def _apply_input(data: dict[str, Any], item: str, source: str) -> None:
 
 
 def expand_vars(text: str) -> str:
-    """`${VAR}` and `${VAR:-default}` from the environment; UserError naming an unset variable."""
+    """`${VAR}` and `${VAR:-default}` from the environment; UserError naming an unset variable.
+
+    `${LLMCHAIN_RECIPES}` is the built-in recipes dir (with the demo corpus) unless the environment sets it,
+    so a copy of a built-in recipe still finds `${LLMCHAIN_RECIPES}/corpus/tinyshakespeare.txt`.
+    """
 
     def sub(m: re.Match) -> str:
         name, default = m.group(1), m.group(3)
         if name in os.environ:
             return os.environ[name]
+        if name == "LLMCHAIN_RECIPES":
+            return str(BUILTIN_DIR)
         if default is not None:
             return default
         raise UserError(f"environment variable {name} is not set")
