@@ -222,3 +222,19 @@ def test_changed_stage_code_reruns_that_stage_and_downstream(tmp_path, monkeypat
                         lambda st: real(st) + ("-edited" if st.name == "t_vocab" else ""))  # fmt: skip
     _, plan = run_recipe(path, runs_dir=runs, dry_run=True, log=lambda m: None)
     assert ran(plan) == ["tokenizer", "pretrain"] and plan[1].reason == "code changed"
+
+
+def test_input_paths_expand_environment_variables(tmp_path, monkeypatch):
+    from llmchain.recipe_file import BUILTIN_DIR, expand_vars
+
+    monkeypatch.setenv("TOY_DIR", str(tmp_path))
+    monkeypatch.delenv("LLMCHAIN_RECIPES", raising=False)
+    assert expand_vars("${TOY_DIR}/raw.txt") == f"{tmp_path}/raw.txt"
+    assert expand_vars("${NOT_SET_ANYWHERE:-fallback}/x") == "fallback/x"
+    assert expand_vars("${LLMCHAIN_RECIPES}/corpus") == f"{BUILTIN_DIR}/corpus"
+    with pytest.raises(UserError, match="NOT_SET_ANYWHERE is not set"):
+        expand_vars("${NOT_SET_ANYWHERE}/x")
+    path = write_recipe(tmp_path)
+    path.write_text(path.read_text().replace("raw: raw.txt", "raw: ${TOY_DIR}/raw.txt"))
+    _, plan = run_recipe(path, runs_dir=tmp_path / "runs", log=lambda m: None)
+    assert ran(plan) == ["data", "tokenizer", "pretrain"]
