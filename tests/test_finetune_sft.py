@@ -27,8 +27,10 @@ SEED_TASKS = "self_instruct_human/seed_tasks_train.jsonl"
 
 @pytest.fixture(autouse=True)
 def _fresh_runtime():
+    threads = torch.get_num_threads()
     yield
     teardown_runtime()  # the loop's runtime (device, precision) is per process: reset between runs
+    torch.set_num_threads(threads)  # runs below use threads=1 (a nano model gains nothing from more)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,8 @@ def tokenizer_of(base: Path):
 
 def cfg(base: Path, data: Path, out: Path, **kw) -> SFTConfig:
     defaults = dict(model=str(base), data=str(data), out=str(out), seq_len=128, batch_size=4, lr=3e-3,
-                    precision="fp32", samples=1, sample_tokens=4, val_fraction=0.25, log_every=100)  # fmt: skip
+                    precision="fp32", samples=1, sample_tokens=4, val_fraction=0.25, log_every=100,
+                    threads=1)  # fmt: skip
     return SFTConfig(**{**defaults, **kw})
 
 

@@ -1,0 +1,203 @@
+"""Classification: reading labelled tables, label maps, metrics, length-bucketed batches, MiniLM on SST-2
+(beats chance in a short run), our decoder with a classification head (opens in transformers with the
+same logits), early stopping, `llmchain predict`, and one-line errors for the user's mistakes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from llmchain.config import ClassifyConfig
+from llmchain.errors import DataError, UserError
+from llmchain.model.classifier import load_classifier
+from llmchain.train.classify import BucketedBatches, finetune_classifier, metrics_from_confusion, minilm_dir
+from llmchain.train.distributed import teardown_runtime
+from llmchain.train.labeled import LabelMap, read_labeled
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runtime():
+    threads = torch.get_num_threads()
+    yield
+    teardown_runtime()
+    torch.set_num_threads(threads)  # runs below use threads=1: robust when other jobs share the cores
+
+
+@pytest.fixture(scope="module")
+def sst2(tmp_path_factory, shared_data) -> dict[str, Path]:
+    """Slices of SST-2: 320 training sentences, 200 dev sentences (TSV with header, as shipped)."""
+    root = tmp_path_factory.mktemp("sst2")
+    out = {}
+    for name, src, n in (("train", "train.tsv", 320), ("dev", "dev.tsv", 200)):
+        lines = (shared_data / "sst2" / src).read_text(encoding="utf-8").splitlines()
+        (root / f"{name}.tsv").write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
+        out[name] = root / f"{name}.tsv"
+    return out
+
+
+# --- data, labels, metrics, batches -----------------------------------------------------------------
+
+
+def test_reads_tsv_csv_jsonl_with_auto_columns_and_rejects_bad_rows(tmp_path, shared_data):
+    sst = read_labeled(shared_data / "sst2/dev.tsv")
+    assert (sst.text_column, sst.label_column, len(sst)) == ("sentence", "label", 872)
+    trec = read_labeled(shared_data / "trec/train.tsv", label_column="coarse_label")
+    assert len(trec) == 5452 and set(trec.labels) == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
+    waimai = read_labeled(shared_data / "waimai_10k_zh/waimai_10k.csv")
+    assert waimai.text_column == "review" and set(waimai.labels) == {"0", "1"}
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"text": "good", "label": 1}\n{"text": "", "label": 0}\nnot json\n{"text": "bad", "label": 0.0}\n')
+    d = read_labeled(p)
+    assert d.texts == ["good", "bad"] and d.labels == ["1", "0"]
+    assert [r["line"] for r in d.rejected] == [2, 3]
+    with pytest.raises(DataError, match=r"x.jsonl:2: empty or missing text"):
+        read_labeled(p, strict=True)
+
+
+def test_label_map_orders_integers_numerically_and_rejects_unknown_labels():
+    m = LabelMap.from_labels(["10", "2", "0", "2"])
+    assert m.names == ["0", "2", "10"] and m.label2id == {"0": 0, "2": 1, "10": 2}
+    assert m.class_weights([0, 0, 0, 1]) == pytest.approx([4 / 9, 4 / 3, 0.0])
+    with pytest.raises(UserError, match="do not occur in the training data"):
+        m.encode(["0", "7"], "val.tsv")
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (300,), generator=g)
+    p = torch.where(torch.rand(300, generator=g) < 0.6, y, torch.randint(0, 4, (300,), generator=g))
+    p[p == 3] = 2  # class 3 is never predicted: precision 0 by convention
+    cm = torch.tensor(confusion_matrix(y, p, labels=range(4)))
+    ours = metrics_from_confusion(cm)
+    prec, rec, f1, _ = precision_recall_fscore_support(y, p, average="macro", zero_division=0)
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx((prec, rec, f1))
+
+
+def test_bucketed_batches_cover_every_row_each_epoch_and_are_reproducible():
+    lengths = [(i * 37) % 50 + 1 for i in range(103)]
+    ids = [[5] * n for n in lengths]
+    src = BucketedBatches(ids, list(range(103)), batch_size=8, seed=3, pad_id=0, pool=4)
+    assert src.steps_per_epoch == 13
+    for epoch in range(2):
+        seen = [int(y) for s in range(13) for y in src.get_batch(epoch * 13 + s, 0, 1)["labels"]]
+        assert set(seen) == set(range(103)) and len(seen) == 104  # one row repeated to fill the last batch
+    again = BucketedBatches(ids, list(range(103)), batch_size=8, seed=3, pad_id=0, pool=4)
+    assert torch.equal(again.get_batch(20, 0, 1)["input_ids"], src.get_batch(20, 0, 1)["input_ids"])
+    b = src.get_batch(5, 0, 1)
+    assert b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max())  # padded to its own longest
+    halves = [src.get_batch(5, r, 2)["labels"].tolist() for r in range(2)]
+    assert halves[0] + halves[1] == b["labels"].tolist()  # ranks split the global batch
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+def test_minilm_loads_offline():
+    from transformers import AutoConfig
+
+    d = minilm_dir()
+    assert AutoConfig.from_pretrained(d, local_files_only=True).model_type == "bert"
+
+
+def test_minilm_on_sst2_beats_chance_and_predict_writes_scores(sst2, tmp_path):
+    cfg = ClassifyConfig(model="minilm", train=str(sst2["train"]), val=str(sst2["dev"]), out=str(tmp_path / "run"),
+                         epochs=2, lr=1e-4, batch_size=8, max_length=64, precision="bf16", log_every=100,
+                         threads=1, save_every=10_000)  # fmt: skip
+    s = finetune_classifier(cfg, quiet=True)
+    assert s["best_val"]["accuracy"] >= 0.70, s["best_val"]  # chance is ~0.5 on this balanced slice
+    run = tmp_path / "run"
+    vals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("split") == "val"]
+    assert len(vals) == 2 and {"accuracy", "precision", "recall", "f1", "loss"} <= vals[0].keys()
+    assert (run / "confusion-epoch-1.png").stat().st_size > 1000 and (run / "confusion-epoch-2.png").is_file()
+    best = run / "best"
+    man = json.loads((best / "manifest.json").read_text())
+    assert man["kind"] == "classifier" and man["labels"] == ["0", "1"]
+    assert json.loads((best / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
+    clf = load_classifier(best)
+    preds = clf.predict(["a gorgeous, witty, heartfelt film", "a tedious, lifeless mess"])
+    assert abs(sum(preds[0]["scores"].values()) - 1) < 1e-5
+    code, out, err = run_cli("predict", "--model", str(best), "-i", str(sst2["dev"]), "-o", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8")))
+    assert len(rows) == 200 and {"sentence", "label", "predicted_label", "score_0", "score_1"} <= rows[0].keys()
+    acc = sum(r["label"] == r["predicted_label"] for r in rows) / len(rows)
+    assert acc == pytest.approx(s["best_val"]["accuracy"], abs=0.02)  # fp32 inference vs bf16 eval
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory, shared_data) -> Path:
+    from llmchain.model.io import save_model
+    from llmchain.model.llama import Llama, LlamaConfig
+    from llmchain.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("dec")
+    (root / "dev.txt").write_text((shared_data / "sst2/dev.tsv").read_text(encoding="utf-8"), encoding="utf-8")
+    train_tokenizer(root / "dev.txt", 400, root / "tok")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1)  # fmt: skip
+    return save_model(Llama(cfg), root / "model", tokenizer_dir=root / "tok")
+
+
+def test_decoder_classifier_opens_in_transformers_with_the_same_logits(tiny_decoder, sst2, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = ClassifyConfig(model=str(tiny_decoder), train=str(sst2["train"]), val=str(sst2["dev"]),
+                         out=str(tmp_path / "run"), max_steps=4, lr=1e-3, precision="fp32", max_length=48,
+                         threads=1)  # fmt: skip
+    finetune_classifier(cfg, quiet=True)
+    best = tmp_path / "run/best"
+    ours = load_classifier(best)
+    texts = ["a gorgeous film", "dull , dull , dull .", "it is what it is"]
+    hf = AutoModelForSequenceClassification.from_pretrained(best, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(best, local_files_only=True)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf(**enc).logits.softmax(-1)
+    torch.testing.assert_close(ours.predict_proba(texts), theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_after_patience_evals_without_better_f1(tiny_decoder, sst2, tmp_path):
+    # A learning rate too small to move the weights: F1 never improves after the first epoch.
+    cfg = ClassifyConfig(model=str(tiny_decoder), train=str(sst2["train"]), val=str(sst2["dev"]),
+                         out=str(tmp_path / "run"), epochs=5, lr=1e-12, precision="fp32", patience=1,
+                         batch_size=64, max_length=32, threads=1)  # fmt: skip
+    s = finetune_classifier(cfg, quiet=True)
+    assert s["early_stopped"] and s["epochs_run"] == 2 and s["best_epoch"] == 1
+
+
+# --- user errors --------------------------------------------------------------------------------------
+
+
+def test_classify_user_errors_are_one_line_exit_2(sst2, tmp_path):
+    mismatch = tmp_path / "val3.tsv"
+    mismatch.write_text("sentence\tlabel\ngreat\t1\nmeh\t2\n")
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("review,stars\ngreat,5\n")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    header_only = tmp_path / "header.tsv"
+    header_only.write_text("sentence\tlabel\n")
+    train = str(sst2["train"])
+    cases = [
+        (["--train", train, "--val", str(mismatch)], "labels ['2'] do not occur in the training data"),
+        (["--train", str(nocol)], "cannot tell which column holds the label"),
+        (["--train", train, "--val", str(nocol), "--label-column", "label"], "no label column 'label'"),
+        (["--train", str(empty)], "the file is empty"),
+        (["--train", str(header_only)], "no rows"),
+        (["--train", str(tmp_path / "missing.tsv")], "file not found"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli("finetune", "classify", "--model", "minilm", *args, "--out", str(tmp_path / "o"))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    code, _, err = run_cli("predict", "--model", str(tmp_path), "hello")
+    assert code == 2 and "not a model directory" in err
