@@ -150,3 +150,25 @@ def test_export_cli_gguf_and_errors(model_dir, tmp_path):
     assert code == 2 and "no tokenizer.json" in err
     code, out, err = run_cli("export", str(tmp_path / "nothing"), "--format", "gguf")
     assert code == 2 and "not a model directory" in err
+
+
+@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
+def test_gguf_loads_in_transformers_gguf_reader_with_same_logits_and_tokens(model_dir, tmp_path, dtype):
+    # transformers' GGUF loader is an independent implementation of llama.cpp's conventions: it undoes the
+    # Q/K permutation, dequantises, and rebuilds the tokenizer from the tokenizer.ggml.* keys.
+    import transformers
+
+    from llmchain.model.io import load_model
+
+    export_gguf(model_dir, tmp_path / f"m-{dtype}.gguf", dtype=dtype)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=f"m-{dtype}.gguf",
+                                                           dtype=torch.float32).eval()  # fmt: skip
+    config, state, _ = read_gguf(tmp_path / f"m-{dtype}.gguf")
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = load_model(model_dir)(ids)[0] if dtype == "f32" else _load_ours(config, state)(ids)[0]
+        torch.testing.assert_close(hf(ids).logits, reference, atol=1e-5, rtol=0)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=f"m-{dtype}.gguf")
+    ref = transformers.AutoTokenizer.from_pretrained(model_dir)
+    text = "To be, or not to be: 你好 <|im_start|>user\nhi<|im_end|>"
+    assert tok.encode(text, add_special_tokens=False) == ref.encode(text, add_special_tokens=False)
