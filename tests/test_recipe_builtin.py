@@ -109,6 +109,8 @@ def test_recipe_stage_config_is_checked_before_anything_runs(tmp_path):
     assert code == 2 and "stage 'pretrain': config: field 'lrr'" in err, err
     code, out, err = run_cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "export.dtype=q4")
     assert code == 2 and "stage 'export'" in err and "q4" in err
+    code, out, err = run_cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), "--set", "pretrain.max_steps=null")
+    assert code == 2 and "stage 'pretrain': set max_steps or max_time" in err, err
     assert not (tmp_path / "runs/quickstart/data").exists()
 
 

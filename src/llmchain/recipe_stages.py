@@ -85,8 +85,6 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     if "model" in ctx.inputs:
         filled["init_from"] = str(ctx.inputs["model"])
     cfg = _cfg("PretrainConfig", {"resume": "auto", **ctx.config}, **filled)
-    if not cfg.max_steps and not cfg.max_time:
-        raise ConfigError(f"stage {ctx.name!r}: set max_steps or max_time: the run needs an end")
     try:
         result = _run(cfg)
     finally:
@@ -95,6 +93,12 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
         raise KeyboardInterrupt  # stopped by a signal after a checkpoint: the next run resumes it
     ev = {f"val {k}": round(v, 4) for k, v in (result.fit.eval or {}).items() if k in ("loss", "bits_per_byte")}
     return {"params": f"{result.params / 1e6:.2f}M", "steps": result.fit.step, **ev}
+
+
+def _check_pretrain(config: dict[str, Any]) -> None:
+    _check("PretrainConfig", data=_ENGINE, out=_ENGINE)(config)
+    if not config.get("max_steps") and not config.get("max_time"):
+        raise ConfigError("set max_steps or max_time in the config: the run needs an end")
 
 
 # ------------------------------------------------------------------------------------ fine-tuning
@@ -296,7 +300,7 @@ register_stage(StageType("tokenizer", run_tokenizer, inputs=("documents",), chec
 register_stage(StageType("pack", run_pack, inputs=("documents", "tokenizer"), check=_check("PackConfig"),
                          code=("llmchain.data.pack", "llmchain.tokenizer"), help="documents → token shards"))
 register_stage(StageType("pretrain", run_pretrain, inputs=("shards",), optional=("tokenizer", "model"), output="final",
-                         check=_check("PretrainConfig", data=_ENGINE, out=_ENGINE),
+                         check=_check_pretrain,
                          code=("llmchain.train.pretrain", "llmchain.eval.lm", *_LOOP, *_MODEL),
                          help="token shards → base model (RUN/final)"))
 register_stage(StageType("finetune", run_finetune, inputs=("train",), optional=("model", "val", "test"),
