@@ -65,7 +65,9 @@ def run_and_report(recipe: str, *, dry_run: bool = False, **kwargs):
     if dry_run:
         _print_plan(console, runner, plan, title=f"{runner.recipe.name}: plan (dry run) — {where}")
     elif not ran:
-        console.print(f"Nothing to do: all {len(plan)} stages of '{runner.recipe.name}' are up to date ({where}).")
+        checked = [s for s in plan if s.reason != "not selected"]
+        which = f"all {len(plan)} stages" if len(checked) == len(plan) else f"the {len(checked)} selected stage(s)"
+        console.print(f"Nothing to do: {which} of '{runner.recipe.name}' are up to date ({where}).")
     else:
         total = sum(s.seconds for s in ran)
         _print_plan(console, runner, plan, title=f"{runner.recipe.name}: {len(ran)} stage(s) ran in {total:.0f}s")
