@@ -135,6 +135,12 @@ def test_eval_lm_text_file_and_errors(chain, tmp_path, shared_data):
     assert [s["name"] for s in report["systems"]] == ["model", "ngram3"]
     assert report["systems"][0]["bytes"] == report["systems"][1]["bytes"] == 20000
     assert "train split" in report["train_text"]
+    # --max-tokens on shards: the model and the baselines score exactly the same first tokens' bytes
+    code, _, err = run_cli("eval", "lm", "--model", str(model), "--data", str(shards), "--max-tokens", "3000",
+                           "--order", "3", "-o", str(tmp_path / "ev3"))  # fmt: skip
+    assert code == 0, err
+    r = json.loads((tmp_path / "ev3" / "report.json").read_text())
+    assert r["systems"][0]["bytes"] == r["systems"][1]["bytes"] and r["systems"][0]["tokens"] == 2999
     # baselines only, with an explicit training text
     code, _, err = run_cli("eval", "lm", "--data", str(text), "--train-text", str(shared_data / "sst2" / "train.tsv"),
                            "-o", str(tmp_path / "ev2"))  # fmt: skip

@@ -15,6 +15,7 @@ Where the training text comes from:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def decode_split(shards_dir: Path, split: str, tokenizer_dir: Path, max_tokens: 
         return []
     tokens = np.concatenate([np.asarray(a) for a in arrays])
     if max_tokens is not None:
-        tokens = tokens[: max_tokens + 1]  # + the leading EOS, as evaluate_lm counts predicted tokens
+        tokens = tokens[:max_tokens]  # the same first N tokens that evaluate_lm scores
     cuts = np.flatnonzero(tokens == eos) if eos is not None else np.zeros(0, dtype=np.int64)
     pieces = [p for p in np.split(tokens, cuts) if p.size]
     docs = [p[1:] if eos is not None and p[0] == eos else p for p in pieces]
@@ -184,6 +185,13 @@ def evaluate_language_model(
             systems.append({"name": f"ngram{order}", "title": f"{order}-gram, bytes (Kneser-Ney)", "baseline": True,
                             **r})  # fmt: skip
     notes = []
+    if mdir is not None and orders and data.is_dir() and not systems[0].get("bytes_exact", True):
+        # --max-tokens on shards: evaluate_lm scales the split's byte count; the decoded text gives it exactly
+        m = systems[0]
+        exact = systems[1]["bytes"]
+        m["bits_per_byte_proportional"] = m["bits_per_byte"]
+        m.update(bits_per_byte=m["loss"] * m["tokens"] / math.log(2) / exact, bytes=exact, bytes_exact=True)
+        notes.append(f"bytes of the first {max_tokens:,} tokens counted exactly by decoding them")
     if mdir is not None and orders and systems[0].get("bytes") != systems[1].get("bytes"):
         notes.append(f"the model scored {systems[0].get('bytes')} bytes, the baselines {systems[1].get('bytes')} "
                      "(decoded text); bits-per-byte still compares, the texts differ slightly")  # fmt: skip
