@@ -175,9 +175,10 @@ def fused_linear(x: torch.Tensor, layers: list[nn.Linear]) -> list[torch.Tensor]
 
     One big GEMM beats several small ones, and under autocast `x` is cast to bf16 once instead of
     once per projection. The parameters stay separate (HF names, LoRA targets): a layer that is not
-    a plain nn.Linear (e.g. wrapped by PEFT) falls back to calling each layer.
+    a plain nn.Linear (e.g. wrapped by PEFT) falls back to calling each layer, and so does a
+    compiled model (measured: the per-step weight concatenation costs more than it saves there).
     """
-    if not all(type(layer) is nn.Linear for layer in layers):
+    if _compiling() or not all(type(layer) is nn.Linear for layer in layers):
         return [layer(x) for layer in layers]
     weight = torch.cat([layer.weight for layer in layers])
     bias = None
@@ -221,7 +222,7 @@ class LlamaAttention(nn.Module):
     def forward(self, x, cos, sin, positions=None, cache: KVCache | None = None, slots=None, mask=None):
         B, T, _ = x.shape
         q, k, v = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj])
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not _compiling():
             # PyTorch's CPU attention kernels are faster in fp32 than in bf16 (fwd+bwd at T=256: 23 vs
             # 35 ms), so under autocast attend — and rotate — in fp32 on CPU; on GPU stay in bf16.
             q, k, v = q.float(), k.float(), v.float()
@@ -247,11 +248,16 @@ class LlamaAttention(nn.Module):
 def _attention(q, k, v, **kw) -> torch.Tensor:
     """SDPA with grouped-query attention: each kv head serves n_heads / n_kv query heads."""
     if k.shape[1] != q.shape[1]:
-        if _SDPA_GQA:  # the kernel indexes the shared kv heads itself: no copies of k and v
+        if _SDPA_GQA and not _compiling():  # the kernel indexes the shared kv heads itself: no copies
             return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v, **kw)
+
+
+def _compiling() -> bool:
+    # CPU-eager tricks below are for the eager kernels; under torch.compile inductor picks its own.
+    return torch.compiler.is_compiling()
 
 
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa is new in 2.5
@@ -415,7 +421,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     (measured, 2048 × 4096 logits under bf16 autocast: 78 vs 100 ms forward + backward).
     """
     flat, t = logits.flatten(0, 1), targets.flatten()
-    if logits.device.type != "cpu":
+    if logits.device.type != "cpu" or _compiling():  # compiled, the log-softmax is fused anyway
         return F.cross_entropy(flat.float(), t, ignore_index=-100)
     rows = max(1, (1 << 20) // logits.shape[-1])
     total = sum(
