@@ -111,3 +111,17 @@ def test_lora_wrapped_projections_are_not_bypassed_by_the_fused_matmuls():
         lora = get_peft_model(m, LoraConfig(r=4, target_modules=["q_proj", "up_proj"], init_lora_weights=False))
         after = lora(input_ids=ids)[0]
     assert (after - before).abs().max() > 1e-3
+
+
+def test_the_plain_path_used_under_torch_compile_gives_the_same_logits(monkeypatch):
+    import llmchain.model.llama as llama
+
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(**TINY)).eval()
+    ids = torch.randint(0, 97, (2, 13))
+    with torch.no_grad():
+        eager, eager_loss = m(ids, targets=ids)
+        monkeypatch.setattr(llama, "_compiling", lambda: True)
+        plain, plain_loss = m(ids, targets=ids)
+    torch.testing.assert_close(plain, eager, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain_loss, eager_loss, atol=1e-5, rtol=0)
