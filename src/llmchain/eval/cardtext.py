@@ -208,7 +208,7 @@ def training_section(facts: dict[str, Any], images: dict[str, str]) -> list[str]
             ["batch × grad_accum", f"{cfg.get('batch_size', '?')} × {cfg.get('grad_accum', '?')}"],
             ["lr / warmup / weight decay", f"{cfg.get('lr', '?')} / {cfg.get('warmup_steps', '?')} / "
                                            f"{cfg.get('weight_decay', '?')}"],
-            ["seed", fmt(cfg.get("seed"))], ["final train loss", fmt(tr["final_train_loss"])]]  # fmt: skip
+            ["seed", str(cfg.get("seed", MISSING))], ["final train loss", fmt(tr["final_train_loss"])]]  # fmt: skip
     rows += [[f"final val {k}", fmt(v)] for k, v in tr["final_val"].items() if isinstance(v, (int, float))]
     out += [table(["", ""], rows)]
     if "loss" in images:
