@@ -86,7 +86,8 @@ def loss_curves(
     if not train and not val:
         return None
     two = bool(val_bpb or baseline_bpb)
-    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6.5, 4))
+    # one step axis for both panels: a single val point must not get a zoomed axis of its own
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6.5, 4), sharex=True)
     ax = axes[0] if two else axes
     if train:
         ax.plot(*zip(*train, strict=True), label="train", color=MODEL_COLOR, lw=1)
@@ -101,6 +102,8 @@ def loss_curves(
         ax2 = axes[1]
         if val_bpb:
             ax2.plot(*zip(*val_bpb, strict=True), "o-", color="#dd6b20", ms=3, label="model (val)")
+            ax2.annotate(f"{val_bpb[-1][1]:.3f}", val_bpb[-1], textcoords="offset points", xytext=(-10, 6),
+                         fontsize=8, color="#dd6b20")  # fmt: skip
         for i, (name, v) in enumerate((baseline_bpb or {}).items()):
             ax2.axhline(v, ls="--", color=["#718096", "#a0aec0", "#4a5568"][i % 3], label=name)
         ax2.set_xlabel("step")
