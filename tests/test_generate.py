@@ -56,6 +56,7 @@ def test_chat_mode_renders_the_template(model_dir):
         (["--model", "{tmp}/nope"], "not a tokenizer directory"),
         (["--model", "{model}", "-n", "0"], "--max-new-tokens"),
         (["--model", "{model}", "--top-p", "1.5"], "--top-p"),
+        (["--model", "{model}", "--device", "tpu9"], "is not a device"),
         (["--model", "{model}", "-n", "60", "x " * 10], "context (64)"),
     ],
 )

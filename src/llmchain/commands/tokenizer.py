@@ -118,6 +118,14 @@ def generate(
         raise UserError("--max-new-tokens and --top-k must be ≥ 1, --temperature ≥ 0")
     if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"--top-p {top_p} must be in (0, 1]")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, mps ...)") from None
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or (
+        dev.type == "mps" and not torch.backends.mps.is_available()
+    ):
+        raise UserError(f"--device {device}: not available on this machine (use --device cpu)")
     tok = load_tokenizer(model)  # first: a dir without tokenizer files fails before loading weights
     lm = load_model(model, device=device)
     if chat:
