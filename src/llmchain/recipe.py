@@ -255,7 +255,7 @@ class Runner:
         plan = self.plan(only, start, force, until)
         todo = [s for s in plan if s.run]
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "recipe.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
+        atomic_write_json(self.run_dir / "recipe.json", self.describe())  # the recipe as it was run
         for n, status in enumerate(todo, 1):
             if status.reason.endswith(" re-runs") and not status.forced:
                 # Its upstream has run now: if that re-made the same output, this stage is still up to date.
