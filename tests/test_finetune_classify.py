@@ -175,6 +175,38 @@ def test_early_stopping_after_patience_evals_without_better_f1(tiny_decoder, sst
     assert s["early_stopped"] and s["epochs_run"] == 2 and s["best_epoch"] == 1
 
 
+def test_classify_resume_equals_uninterrupted(tiny_decoder, sst2, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    kw = dict(model=str(tiny_decoder), train=str(sst2["train"]), val=str(sst2["dev"]), epochs=3, lr=3e-3,
+              precision="fp32", batch_size=64, max_length=32, threads=1, patience=0)  # 5 steps per epoch
+    full = finetune_classifier(ClassifyConfig(out=str(tmp_path / "full"), **kw), quiet=True)
+    teardown_runtime()
+    original = BucketedBatches.get_batch
+
+    def stop_mid_epoch_2(self, step, rank, world_size):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, checkpoints and returns
+        return original(self, step, rank, world_size)
+
+    monkeypatch.setattr(BucketedBatches, "get_batch", stop_mid_epoch_2)
+    cut = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), **kw), quiet=True)
+    assert not cut["completed"] and cut["steps"] == 8
+    teardown_runtime()
+    monkeypatch.setattr(BucketedBatches, "get_batch", original)
+    resumed = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), resume="auto", **kw), quiet=True)
+    assert resumed["completed"] and resumed["steps"] == 15
+    history = [json.loads(p.read_text())["history"] for p in (tmp_path / "full" / "classify_state.json",
+                                                               tmp_path / "cut" / "classify_state.json")]
+    assert [h["step"] for h in history[1]] == [5, 10, 15]
+    assert history[0] == history[1] and resumed["best_epoch"] == full["best_epoch"]
+    a, b = (load_file(tmp_path / r / "best/model.safetensors") for r in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # --- user errors --------------------------------------------------------------------------------------
 
 

@@ -166,8 +166,9 @@ class Classifier:
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, truncated to the model's maximum length."""
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        """Token ids per text, truncated to the model's maximum length (an empty text gets one pad token)."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [x or [self.pad_id] for x in ids]
 
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:

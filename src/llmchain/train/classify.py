@@ -344,6 +344,7 @@ def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False) -> dict[str
     run_dir = Path(cfg.out)
     model_dir = resolve_model_dir(cfg.model)
     train, val, test, labels = load_splits(cfg)
+    torch.manual_seed(cfg.seed)  # the new head's init is part of the run: same seed, same model
     model, tokenizer = load_base(model_dir, labels)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
