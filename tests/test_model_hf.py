@@ -99,8 +99,7 @@ def test_bf16_weights_and_bf16_autocast_stay_close_to_fp32():
     assert abs(float(auto_loss) - float(ref_loss)) < 0.01
 
 
-def test_lora_wrapped_projections_are_not_bypassed_by_the_fused_matmuls():
-    # q|k|v and gate|up run as one matmul, unless a projection is wrapped (PEFT LoRA): then each is called.
+def test_peft_lora_targets_our_projections_by_their_hf_names():
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)

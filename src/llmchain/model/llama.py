@@ -170,24 +170,6 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin.to(x.dtype)
 
 
-def fused_linear(x: torch.Tensor, layers: list[nn.Linear]) -> list[torch.Tensor]:
-    """`[layer(x) for layer in layers]` as one matmul over the concatenated weights.
-
-    One big GEMM beats several small ones, and under autocast `x` is cast to bf16 once instead of
-    once per projection. The parameters stay separate (HF names, LoRA targets): a layer that is not
-    a plain nn.Linear (e.g. wrapped by PEFT) falls back to calling each layer, and so does a
-    compiled model (measured: the per-step weight concatenation costs more than it saves there).
-    """
-    if _compiling() or not all(type(layer) is nn.Linear for layer in layers):
-        return [layer(x) for layer in layers]
-    weight = torch.cat([layer.weight for layer in layers])
-    bias = None
-    if any(layer.bias is not None for layer in layers):
-        bias = torch.cat([layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
-                          for layer in layers])  # fmt: skip
-    return list(F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1))
-
-
 class KVCache:
     """Preallocated keys/values for `slots` sequences of up to `max_len` tokens, per layer.
 
@@ -221,7 +203,9 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x, cos, sin, positions=None, cache: KVCache | None = None, slots=None, mask=None):
         B, T, _ = x.shape
-        q, k, v = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj])
+        # Three matmuls, not one over concatenated weights: fusing measured no faster here (bf16) or
+        # slower (fp32: the per-step concatenation and the split of its gradient cost more).
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if x.device.type == "cpu" and not _compiling():
             # PyTorch's CPU attention kernels are faster in fp32 than in bf16 (fwd+bwd at T=256: 23 vs
             # 35 ms), so under autocast attend — and rotate — in fp32 on CPU; on GPU stay in bf16.
@@ -256,8 +240,8 @@ def _attention(q, k, v, **kw) -> torch.Tensor:
 
 
 def _compiling() -> bool:
-    # The speed tricks in this file (fused projections, GQA without copies, fp32 CPU attention, chunked
-    # loss) are for eager kernels; compiled, the plain HF-shaped graph measured faster, so take that.
+    # The speed tricks in this file (GQA without copies, fp32 CPU attention, chunked loss) are for
+    # eager kernels; compiled, the plain HF-shaped graph measured faster, so take that.
     return torch.compiler.is_compiling()
 
 
@@ -273,8 +257,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = fused_linear(x, [self.gate_proj, self.up_proj])
-        return self.down_proj(F.silu(gate) * up)  # SwiGLU
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
 
 
 class LlamaDecoderLayer(nn.Module):
