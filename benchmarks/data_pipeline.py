@@ -167,8 +167,9 @@ def run_datatrove(corpus: Path, out: Path, workers: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _tree_rss(pid: int) -> int:
-    """Summed RSS (bytes) of `pid` and all its descendants, from /proc."""
+def _tree_rss(pid: int, cpu: dict[int, float] | None = None) -> int:
+    """Summed RSS (bytes) of `pid` and all its descendants, from /proc; records each one's CPU
+    seconds so far in `cpu` (pool workers a run never waits for escape os.wait4's accounting)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -187,7 +188,11 @@ def _tree_rss(pid: int) -> int:
                 for line in f:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1]) * 1024
-        except OSError:
+            if cpu is not None:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
             pass
     return total
 
@@ -199,19 +204,21 @@ def measure(system: str, corpus: Path, out: Path, workers: int) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=open(result, "w"), stderr=subprocess.DEVNULL)
     peak = 0
+    sampled: dict[int, float] = {}
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, _tree_rss(proc.pid))
+        peak = max(peak, _tree_rss(proc.pid, sampled))
         time.sleep(0.05)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{system} with {workers} workers failed (exit {proc.returncode}); run it alone to see why")
     kept = int(result.read_text().strip().splitlines()[-1])
-    # CPU seconds of the run and of every worker it waited for (the machine may be shared)
-    cpu = usage.ru_utime + usage.ru_stime
+    # CPU seconds of the run and its workers (the machine may be shared): os.wait4 counts the
+    # processes that were waited for, the /proc samples also those that were not
+    cpu = max(usage.ru_utime + usage.ru_stime, sum(sampled.values()))
     return {"system": system, "workers": workers, "seconds": seconds, "cpu": cpu, "peak": peak, "kept": kept}
 
 

@@ -56,8 +56,8 @@ def detect_format(path: Path) -> tuple[str | None, str | None]:
     if suffixes and suffixes[-1] in COMPRESSIONS:
         compression = COMPRESSIONS[suffixes.pop()]
     fmt = FORMATS.get(suffixes[-1]) if suffixes else None
-    if fmt == "warc" and compression == "zstd":
-        return None, compression
+    if (fmt == "warc" and compression == "zstd") or (fmt == "parquet" and compression):
+        return None, compression  # warcio reads gzip only; parquet compresses inside the file
     return fmt, compression
 
 
