@@ -293,8 +293,11 @@ class EpochEvaluator:
                 save_classifier(unwrap(model), self.tokenizer, self.run_dir / BEST, self.labels.id2label,
                                 manifest=man)  # fmt: skip
             atomic_write_json(self.run_dir / STATE, {"history": self.history})
-        m["early_stop"] = float(bool(self.cfg.patience) and self.evals_since_best >= self.cfg.patience)
         return m
+
+    def should_stop(self) -> bool:
+        """Early stopping: `patience` evals in a row without a better macro-F1 (the same on every rank)."""
+        return bool(self.cfg.patience) and self.evals_since_best >= self.cfg.patience
 
 
 def _stratified_split(data: LabeledData, fraction: float, seed: int) -> tuple[LabeledData, LabeledData]:
@@ -384,7 +387,7 @@ def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False) -> dict[str
     step_box = {"step": 0}
     evaluator.step_of = lambda: step_box["step"]
     result = fit(model, _StepTracking(source, step_box), loop_cfg, run_dir, loss_fn=loss_fn, eval_fn=evaluator,
-                 quiet=quiet, should_stop=lambda metrics: bool(metrics.get("early_stop")))  # fmt: skip
+                 quiet=quiet, should_stop=lambda _metrics: evaluator.should_stop())  # fmt: skip
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "best_dir": str(run_dir / BEST), "labels": labels.names,
         "train_rows": len(tr.y), "val_rows": len(va.y), "rejected_rows": len(train.rejected) + len(val.rejected),
