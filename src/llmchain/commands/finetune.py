@@ -21,10 +21,12 @@ class Interrupted(UserError):
 
 
 def _quiet_hf() -> None:
-    # transformers' per-call progress bars ("Loading weights", "Writing model shards") are noise here.
+    # transformers' per-call progress bars ("Loading weights", "Writing model shards") and its warning about
+    # texts longer than the tokenizer's model_max_length (we truncate or drop them ourselves) are noise here.
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _resume_config(config: Path | None, resume: str | None, out: str | None) -> Path | None:
