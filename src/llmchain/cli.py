@@ -63,7 +63,8 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (also used by tests)."""
     try:
-        app(args=argv, prog_name="llmchain", standalone_mode=False)
+        # Without standalone mode, click hands back `typer.Exit(n)`'s code instead of exiting.
+        rc = app(args=argv, prog_name="llmchain", standalone_mode=False)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         return e.exit_code
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         # `llmchain ... | head`: quietly stop writing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
