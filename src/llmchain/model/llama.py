@@ -154,22 +154,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos.to(x.dtype)) + (rotate_half(x) * sin.to(x.dtype))
 
 
-def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """RotaryEmbedding's (B, 1, T, hd) cos/sin → (B, T, 1, hd) cos and *signed* sin for `_rope`.
-
-    With sin's first half negated, rotate_half(x) * sin == x.roll(hd / 2) * signed_sin, so a layer
-    does one roll instead of chunk + neg + cat per call (exact: only signs move).
-    """
-    half = sin.shape[-1] // 2
-    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return cos.transpose(1, 2), signed.transpose(1, 2)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    # x (B, T, heads, head_dim), before the heads move forward: the roll reads contiguous memory
-    return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin.to(x.dtype)
-
-
 class KVCache:
     """Preallocated keys/values for `slots` sequences of up to `max_len` tokens, per layer.
 
@@ -210,8 +194,8 @@ class LlamaAttention(nn.Module):
             # PyTorch's CPU attention kernels are faster in fp32 than in bf16 (fwd+bwd at T=256: 23 vs
             # 35 ms), so under autocast attend — and rotate — in fp32 on CPU; on GPU stay in bf16.
             q, k, v = q.float(), k.float(), v.float()
-        q = _rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin).transpose(1, 2)
-        k = _rope(k.view(B, T, self.n_kv, self.head_dim), cos, sin).transpose(1, 2)
+        q = apply_rotary(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
+        k = apply_rotary(k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2), cos, sin)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         if cache is not None:
             # Write this step's keys/values at (slot, position), then read the slot's prefix back.
@@ -295,7 +279,7 @@ class LlamaModel(nn.Module):
             length = int(positions.max()) + 1
             mask = torch.arange(length, device=input_ids.device)[None, None, :] <= positions[:, :, None]
             mask = mask[:, None]  # (B, 1, T, length), broadcast over heads
-        cos, sin = rope_tables(*self.rotary_emb(positions))  # the layers' layout (see `_rope`)
+        cos, sin = self.rotary_emb(positions)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, positions, cache, slots, mask)
