@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from llmchain.model.llama import KVCache, Llama, LlamaConfig
-from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong, prepare_decode, step_logits
+from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong
+from llmchain.serve.forward import prepare_decode, step_logits
 from llmchain.serve.sampling import SamplingParams
 from serve_fixtures import cached_model_dir
 

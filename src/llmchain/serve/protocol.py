@@ -1,4 +1,4 @@
-"""OpenAI-compatible request bodies (pydantic) and the error shape, as the server's OpenAPI schema shows them.
+"""OpenAI-compatible request bodies (pydantic), the error shape, and the response / stream-chunk builder.
 
 Unknown fields are ignored, as vLLM does, so clients that send newer OpenAI fields keep working.
 Fields beyond OpenAI's (top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos) are vLLM's.
@@ -6,10 +6,13 @@ Fields beyond OpenAI's (top_k, min_p, repetition_penalty, stop_token_ids, ignore
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmchain.serve.engine import Event
 from llmchain.serve.sampling import SamplingParams
 
 
@@ -115,3 +118,93 @@ class ChatCompletionRequest(_Sampling):
 class ClassifyRequest(_Body):
     model: str | None = None
     input: str | list[str] = Field(..., description="One text or a list of texts.")
+
+
+class Formatter:
+    """Builds OpenAI-shaped responses and stream chunks for `text_completion` or `chat.completion`."""
+
+    def __init__(self, state, kind: str, params, handles, echo: list[str]):
+        self.state, self.kind, self.params, self.handles, self.echo = state, kind, params, handles, echo
+        self.chat = kind == "chat.completion"
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.started: set[int] = set()
+        self.n = params.n
+
+    def _token(self, tid: int) -> str:
+        cache = self.state.token_text
+        if tid not in cache:
+            cache[tid] = self.state.tokenizer.decode([tid], skip_special_tokens=False)
+        return cache[tid]
+
+    def _logprobs(self, lps: list[dict] | None, offset: int = 0):
+        if lps is None or self.params.logprobs is None:
+            return None
+        if self.chat:
+            return {"content": [{"token": self._token(x["id"]), "logprob": x["logprob"],
+                                 "bytes": list(self._token(x["id"]).encode()),
+                                 "top_logprobs": [{"token": self._token(t), "logprob": lp,
+                                                   "bytes": list(self._token(t).encode())} for t, lp in x["top"]]}
+                                for x in lps]}  # fmt: skip
+        return {"tokens": [self._token(x["id"]) for x in lps], "token_logprobs": [x["logprob"] for x in lps],
+                "top_logprobs": [{self._token(t): lp for t, lp in x["top"]} for x in lps],
+                "text_offset": [offset] * len(lps)}  # fmt: skip
+
+    def usage(self) -> dict[str, int]:
+        p = sum(h.stats.prompt_tokens for h in self.handles)
+        c = sum(h.stats.completion_tokens for h in self.handles)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def full(self, per_handle: list[list[Event]]) -> dict[str, Any]:
+        choices = []
+        for i, events in enumerate(per_handle):
+            for j in range(self.n):
+                evs = [e for e in events if e.index == j]
+                text = self.echo[i] + "".join(e.text for e in evs)
+                reason = next((e.finish_reason for e in evs if e.finish_reason), None)
+                lps = [x for e in evs if e.logprobs for x in e.logprobs] if self.params.logprobs is not None else None
+                merged = self._logprobs(lps)
+                if self.chat:
+                    choices.append({"index": i * self.n + j, "message": {"role": "assistant", "content": text},
+                                    "logprobs": merged, "finish_reason": reason})  # fmt: skip
+                else:
+                    choices.append({"index": i * self.n + j, "text": text, "logprobs": merged,
+                                    "finish_reason": reason})  # fmt: skip
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.state.name,
+                "choices": choices, "usage": self.usage(), "timings": self.handles[0].stats.timings()}  # fmt: skip
+
+    def _wrap(self, choice: dict) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.state.name, "choices": [choice]}
+
+    def first_chunks(self) -> list[dict]:
+        out = []
+        for i in range(len(self.handles)):
+            for j in range(self.n):
+                if self.chat:
+                    out.append(self._wrap({"index": i * self.n + j, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}))  # fmt: skip
+                elif self.echo[i]:
+                    out.append(self._wrap({"index": i * self.n + j, "text": self.echo[i], "logprobs": None,
+                                           "finish_reason": None}))  # fmt: skip
+        return out
+
+    def chunk(self, i: int, e: Event) -> dict | None:
+        if not e.text and e.finish_reason is None and self.params.logprobs is None:
+            return None  # a token that produced no visible text yet (e.g. half a UTF-8 character)
+        index = i * self.n + e.index
+        lps = self._logprobs(e.logprobs)
+        if self.chat:
+            delta = {"content": e.text} if e.text else {}
+            choice = {"index": index, "delta": delta, "logprobs": lps, "finish_reason": e.finish_reason}
+        else:
+            choice = {"index": index, "text": e.text, "logprobs": lps, "finish_reason": e.finish_reason}
+        out = self._wrap(choice)
+        if e.finish_reason is not None:
+            out["timings"] = self.handles[i].stats.timings()
+        return out
+
+    def usage_chunk(self) -> dict:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.state.name, "choices": [],
+                "usage": self.usage()}  # fmt: skip
