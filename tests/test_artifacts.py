@@ -65,3 +65,18 @@ def test_config_bad_yaml_names_line(tmp_path):
     f.write_text("lr: [0.5\n")
     with pytest.raises(ConfigError, match=r"c\.yaml:\d+: invalid YAML"):
         load_config(_Cfg, f)
+
+
+def test_finished_artifacts_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            atomic_write_text(tmp / "inner.json", "{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d" / "inner.json").stat().st_mode & 0o777 == 0o644

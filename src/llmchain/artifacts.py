@@ -26,6 +26,18 @@ from llmchain import __version__
 MANIFEST = "manifest.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path) -> None:
+    # mkstemp/mkdtemp create 0600/0700 for safety while the temp name exists; the finished artifact
+    # gets the ordinary permissions a plain open()/mkdir() would give, so it can be shared.
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 def _fsync_dir(path: Path) -> None:
     # The rename is durable only once the directory entry is flushed (no-op where unsupported).
     with contextlib.suppress(OSError):
@@ -51,6 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        _default_mode(tmp_path)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -82,10 +95,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        _default_mode(tmp)
         for p in tmp.rglob("*"):
             if p.is_file():
                 with open(p, "rb+") as f:
                     os.fsync(f.fileno())
+                if p.stat().st_mode & 0o777 == 0o600:
+                    _default_mode(p)  # a file made by atomic_path inside the dir
         if path.exists():
             old = path.with_name(f"{path.name}.old-{os.getpid()}")
             os.replace(path, old)
