@@ -201,3 +201,18 @@ def test_python_api_with_a_custom_step(tmp_path, shared_data):
     )
     assert stats["kept"] > 400 and stats["steps"][-1]["removed"].get("not_a_question", 0) > 0
     assert all(d["text"].endswith("?") for d in iter_documents(tmp_path / "o"))
+
+
+def test_same_input_gives_byte_identical_stats_and_documents(tmp_path, shared_data):
+    # Content files carry no timings, so a re-run with nothing changed leaves every hashed byte as it was
+    # (a recipe then skips the stages downstream); timings live in manifest.json.
+    src = shared_data / "tinyshakespeare" / "input.txt"
+    outs = []
+    for name in ("a", "b"):
+        Pipeline([LengthFilter(min_chars=20)]).run([src], tmp_path / name)
+        outs.append(tmp_path / name)
+    from llmchain.artifacts import read_manifest, sha256_path
+
+    assert (outs[0] / "stats.json").read_bytes() == (outs[1] / "stats.json").read_bytes()
+    assert sha256_path(outs[0] / "documents") == sha256_path(outs[1] / "documents")
+    assert "total" in read_manifest(outs[0])["seconds"]

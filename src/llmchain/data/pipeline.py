@@ -298,9 +298,12 @@ class Pipeline:
             for f in unknown:
                 rej.write({"source": str(f), "line": 0, "step": "read", "reason": "unknown_file_type"})
             rej.close()
-        atomic_write_json(out / "stats.json", stats)
+        # Timings go to the manifest, not stats.json: stats.json is content (the same input and steps give
+        # the same file), so a recipe re-running this stage sees unchanged output and skips what follows.
+        atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "seconds"})
         write_manifest(out, "documents", inputs=[str(f) for f in files], config=config or {"steps": specs},
-                       counts={"documents": kept, "rejected": stats["rejected"], "shards": len(shards)})
+                       counts={"documents": kept, "rejected": stats["rejected"], "shards": len(shards)},
+                       extra={"seconds": stats["seconds"]})
         shutil.rmtree(work, ignore_errors=True)
         return stats
 
