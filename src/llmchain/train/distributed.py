@@ -244,3 +244,21 @@ def is_fsdp(model: nn.Module) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(unwrap(model), FSDPModule)
+
+
+def describe_hardware(rt: Runtime) -> dict[str, object]:
+    """What a run ran on, for manifests and model cards: CPU model, cores, threads, device, GPU, processes."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    hw: dict[str, object] = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                             "device": str(rt.device), "world_size": rt.world_size,
+                             "precision": str(rt.dtype).removeprefix("torch.")}  # fmt: skip
+    if rt.device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(rt.device)
+    return hw
