@@ -235,9 +235,8 @@ def export_gguf(
     """
     import gguf
     import torch
-    from safetensors.torch import load_file
 
-    from llmchain.model.io import read_config
+    from llmchain.model.io import read_config, read_state_dict
 
     if dtype not in GGUF_DTYPES:
         raise UserError(f"--dtype {dtype}: GGUF export writes one of {', '.join(GGUF_DTYPES)}")
@@ -249,12 +248,7 @@ def export_gguf(
     if cfg.attention_bias and cfg.model_type == "llama" or cfg.mlp_bias:
         raise UserError(f"{model_dir}: attention/MLP biases on a llama model are not exported to GGUF")
     tokenizer = read_hf_tokenizer(tok_dir, cfg.vocab_size)
-    files = sorted(model_dir.glob("model*.safetensors"))
-    if not files:
-        raise UserError(f"{model_dir}: no model.safetensors")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f))
+    state = read_state_dict(model_dir)
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     arch = "qwen2" if cfg.model_type == "qwen2" else "llama"

@@ -41,6 +41,17 @@ def read_config(model_dir: str | Path) -> LlamaConfig:
         raise UserError(f"{path}: {e}") from None
 
 
+def read_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of `model.safetensors` or sharded `model-*.safetensors`; UserError when there are none."""
+    files = sorted(Path(model_dir).glob("model*.safetensors"))
+    if not files:
+        raise UserError(f"{model_dir}: no model.safetensors (only safetensors weights are loaded)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    return state
+
+
 def load_model(
     model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Llama:
@@ -51,12 +62,7 @@ def load_model(
     """
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    files = sorted(model_dir.glob("model*.safetensors"))
-    if not files:
-        raise UserError(f"{model_dir}: no model.safetensors (only safetensors weights are loaded)")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f))
+    state = read_state_dict(model_dir)
     with torch.device("meta"):
         model = Llama(config)
     if config.tie_word_embeddings:
