@@ -61,6 +61,7 @@ def main() -> int:
     ap.add_argument("--min-lr", type=float, default=None)
     ap.add_argument("--warmup-steps", type=int, default=30)
     ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=0.0, help="training dropout (embeddings, residuals)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", default="auto", help="torch threads, or auto (timed: 1 vs all cores)")
     ap.add_argument("--work", type=Path, default=None, help="keep the artifacts here (default: a temp dir)")
@@ -103,8 +104,8 @@ def main() -> int:
     config = PretrainConfig(
         data=str(work / "shards"), out=str(run_dir), preset="micro", model=model, seq_len=args.seq_len,
         max_time=args.budget, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, precision=args.precision,
-        threads=threads, eval_every=0, eval_batches=4, save_every=0, log_every=50,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, dropout=args.dropout,
+        precision=args.precision, threads=threads, eval_every=0, eval_batches=4, save_every=0, log_every=50,
     )  # fmt: skip
     result = run_pretrain(config)
     teardown_runtime()
@@ -122,7 +123,8 @@ def main() -> int:
           f" (other jobs share these cores)")  # fmt: skip
     print(f"ours: BPE {args.vocab} ({chars_per_token:.2f} chars/token, tokenizer {t_tok:.1f} s, pack {t_pack:.1f} s); "
           f"model {result.params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers), seq {args.seq_len}, "
-          f"batch {args.batch_size}, lr {args.lr}, {fit.precision}; {fit.step:,} steps, {fit.tokens:,} tokens "
+          f"batch {args.batch_size}, lr {args.lr}, dropout {args.dropout}, {fit.precision}; "
+          f"{fit.step:,} steps, {fit.tokens:,} tokens "
           f"({fit.tokens * chars_per_token / info['splits']['train']['bytes']:.1f} epochs); eval {t_eval:.1f} s")
     print()
     print("| run | train time (s) | val nats/char | val bits/char (= bits/byte) |")

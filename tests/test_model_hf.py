@@ -124,3 +124,30 @@ def test_the_plain_path_used_under_torch_compile_gives_the_same_logits(monkeypat
         plain, plain_loss = m(ids, targets=ids)
     torch.testing.assert_close(plain, eager, atol=1e-5, rtol=0)
     torch.testing.assert_close(plain_loss, eager_loss, atol=1e-5, rtol=0)
+
+
+def test_dropout_is_training_only_and_off_by_default(tmp_path):
+    torch.manual_seed(0)
+    plain = Llama(LlamaConfig(**TINY))
+    torch.manual_seed(0)
+    dropped = Llama(LlamaConfig(**TINY, dropout=0.2))
+    ids = torch.randint(0, 97, (2, 17))
+    assert LlamaConfig().dropout == 0.0
+    # dropout 0 in training mode: deterministic, no RNG drawn (seeded runs stay as before)
+    state = torch.get_rng_state()
+    a, b = plain.train()(ids)[0], plain(ids)[0]
+    assert torch.equal(a, b) and torch.equal(state, torch.get_rng_state())
+    # same weights: eval output is identical with and without dropout; training output is not
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval()(ids)[0], plain.eval()(ids)[0], atol=0, rtol=0)
+        out1, out2 = dropped.train()(ids)[0], dropped(ids)[0]
+    assert not torch.allclose(out1, out2) and not torch.allclose(out1, plain.eval()(ids)[0])
+    # HF loads the saved config (it ignores the extra key) and gives the same eval logits
+    save_model(dropped.eval(), tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["dropout"] == 0.2
+    assert load_model(tmp_path / "m").config.dropout == 0.2
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m", torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, dropped(ids)[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="dropout"):
+        LlamaConfig(**TINY, dropout=1.0)

@@ -75,6 +75,14 @@ def test_loss_falls_on_tinyshakespeare_and_final_is_servable(shards, tmp_path):
     assert hf.config.vocab_size == 512 and tok.eos_token_id == hf.config.eos_token_id
 
 
+def test_dropout_flag_reaches_the_model_config(shards, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run_cli("pretrain", "--data", str(shards), "--out", str(out), "--max-steps", "3",
+                           "--dropout", "0.1", *TINY)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "final" / "config.json").read_text())["dropout"] == 0.1
+
+
 def _pretrain_subprocess(args: list[str], slow_from: int) -> subprocess.Popen:
     """`llmchain pretrain ARGS` in a child whose steps ≥ `slow_from` take 0.5 s, so a test can kill it there."""
     code = (
@@ -178,6 +186,7 @@ def test_ddp_and_fsdp_two_processes_match_one_process(shards, tmp_path):
         (["--max-steps", "0"], "max_steps"),
         ([], "--max-steps"),
         (["--max-steps", "5", "--batch-size", "-1"], "batch_size"),
+        (["--max-steps", "5", "--dropout", "1.5"], "dropout"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(shards, tmp_path, args, message):

@@ -286,6 +286,8 @@ class PretrainConfig(TrainConfig):
     seq_len: int | None = _Field(None, ge=2, description="tokens per sequence (default: min(512, context))")
     tokenizer: str | None = _Field(None, description="tokenizer dir copied into checkpoints/final (default: from shards)")
     init_from: str | None = _Field(None, description="start from this model dir instead of random weights")
+    dropout: float | None = _Field(None, ge=0, lt=1, description="training dropout on embeddings and "
+                                   "residual branches (default: the model's; 0 for presets)")
 
 
 # --- finetune --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ def pretrain_command(
     warmup_steps: int = typer.Option(None, "--warmup-steps"),
     weight_decay: float = typer.Option(None, "--weight-decay"),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Max global grad norm (0: off)."),
+    dropout: float = typer.Option(None, "--dropout", help="Training dropout (embeddings, residuals)."),
     precision: str = typer.Option(None, "--precision", help="auto, bf16, fp16, fp32."),
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N, mps."),

@@ -44,6 +44,9 @@ class LlamaConfig:
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     torch_dtype: str = "float32"
+    # Training-only dropout on the embeddings and on each residual branch (attention and MLP outputs);
+    # a no-op in eval mode and at 0. Not an HF Llama field: HF ignores the extra config.json key.
+    dropout: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # other keys of config.json, kept as they were
 
     def __post_init__(self) -> None:
@@ -51,6 +54,8 @@ class LlamaConfig:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def qkv_bias(self) -> bool:
@@ -251,10 +256,17 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(config, layer_idx)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
+        self.config = config  # read at run time: changing config.dropout takes effect without a rebuild
 
     def forward(self, x, cos, sin, positions=None, cache=None, slots=None, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, slots, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        p = self.config.dropout if self.training else 0.0
+        x = x + _dropout(self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, slots, mask), p)
+        return x + _dropout(self.mlp(self.post_attention_layernorm(x)), p)
+
+
+def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    # Skipped entirely at p = 0 so that the RNG stream (and so seeded runs) stay as without dropout.
+    return F.dropout(x, p, training=True) if p > 0 else x
 
 
 class LlamaModel(nn.Module):
@@ -266,6 +278,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.config = config
 
     def forward(self, input_ids, positions=None, cache: KVCache | None = None, slots=None):
         B, T = input_ids.shape
@@ -280,7 +293,7 @@ class LlamaModel(nn.Module):
             mask = torch.arange(length, device=input_ids.device)[None, None, :] <= positions[:, :, None]
             mask = mask[:, None]  # (B, 1, T, length), broadcast over heads
         cos, sin = self.rotary_emb(positions)
-        x = self.embed_tokens(input_ids)
+        x = _dropout(self.embed_tokens(input_ids), self.config.dropout if self.training else 0.0)
         for layer in self.layers:
             x = layer(x, cos, sin, positions, cache, slots, mask)
         return self.norm(x)

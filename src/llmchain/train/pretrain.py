@@ -118,8 +118,12 @@ def build_model(config: PretrainConfig, vocab_size: int, seq_len: int, special: 
         if model.config.vocab_size < vocab_size:
             raise UserError(f"--init-from {config.init_from}: vocab {model.config.vocab_size} < the shards' "
                             f"vocab {vocab_size}")  # fmt: skip
+        if config.dropout is not None:
+            model.config.dropout = config.dropout
         return model.float()
     overrides = dict(config.model)
+    if config.dropout is not None:
+        overrides["dropout"] = config.dropout
     overrides.setdefault("max_position_embeddings", seq_len)
     overrides["max_position_embeddings"] = max(overrides["max_position_embeddings"], seq_len)
     overrides.update({k: v for k, v in special.items() if v is not None})
