@@ -106,8 +106,9 @@ def test_model_card_has_every_section_with_real_numbers(chain):
         img = mpimg.imread(card / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
         assert f'src="{name}"' in html
-    assert "<table>" in html and "not recorded" not in md.split("## Training")[1].split("## Evaluation")[0].replace(
-        "hardware | _not recorded_", "")  # the one training fact the run does not record is the hardware
+    training = md.split("## Training")[1].split("## Evaluation")[0]
+    assert "<table>" in html and "not recorded" not in training  # every training fact, hardware included
+    assert "cpu_cores" in training and "world_size: 1" in training
 
 
 def test_card_of_a_bare_model_states_what_is_missing(chain, tmp_path):

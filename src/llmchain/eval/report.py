@@ -135,6 +135,8 @@ def training_facts(chain: Chain) -> dict[str, Any]:
     counts = man.get("counts") or {}
     hardware = {k: v for r in rows[-3:] for k, v in r.items() if k in ("device", "gpu", "hardware", "world_size")}
     hardware.update({k: v for k, v in man.items() if k in ("device", "hardware", "gpu")})
+    if isinstance(hardware.get("hardware"), dict):  # pretrain's manifest: {"hardware": {"cpu": ..., ...}}
+        hardware.update(hardware.pop("hardware"))
     return {
         "run": str(chain.run) if chain.run else None,
         "config": cfg or {},

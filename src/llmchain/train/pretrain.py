@@ -24,7 +24,7 @@ from llmchain.config import PretrainConfig
 from llmchain.errors import ConfigError, UserError
 from llmchain.eval.lm import loss_sums, metrics_from, open_split, read_shards_info, split_info
 from llmchain.train.checkpoint import list_checkpoints
-from llmchain.train.distributed import Runtime, setup_runtime, teardown_runtime
+from llmchain.train.distributed import Runtime, describe_hardware, setup_runtime, teardown_runtime
 from llmchain.train.loop import FitResult, fit
 
 
@@ -217,7 +217,8 @@ def run_pretrain(config: PretrainConfig, quiet: bool = False) -> PretrainResult:
         inputs = {"shards": shards} | ({"tokenizer": tokenizer_dir} if tokenizer_dir else {})
         evals = {k: v for k, v in result.eval.items() if isinstance(v, float) and math.isfinite(v)}
         manifest = {"kind": "model", "inputs": inputs, "config": config, "eval": evals,
-                    "counts": {"steps": result.step, "tokens": result.tokens}}  # fmt: skip
+                    "counts": {"steps": result.step, "tokens": result.tokens},
+                    "hardware": describe_hardware(rt), "train_seconds": round(result.elapsed_s, 1)}  # fmt: skip
         final = save_model(result.model, run_dir / "final", tokenizer_dir=tokenizer_dir, manifest=manifest)
     rt.barrier()
     return PretrainResult(run_dir, result, final, model.num_params(), seq_len, tokenizer_dir)
