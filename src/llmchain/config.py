@@ -7,11 +7,12 @@ becomes a `ConfigError` naming the file and the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmchain.errors import ConfigError
 
@@ -74,7 +75,6 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
 # ---------------------------------------------------------------------------------------------
 
 # --- data (data prepare) ---------------------------------------------------------------------
-import typing as _typing  # noqa: E402  (kept inside this section; a plain Literal import would clash)
 
 DEFAULT_DATA_STEPS = ["clean", "length", "gopher_quality", "gopher_repetition", "c4", "pii", "exact_dedup", "near_dedup"]
 
@@ -86,13 +86,13 @@ class DataReaderConfig(StageConfig):
     id_field: str | None = None  # JSONL / parquet field to use as document id (default: file:line)
     columns: list[str] = ["text"]  # CSV/TSV column names (or 0-based indices) joined by newlines
     csv_header: bool = True  # False: CSV/TSV without a header row (use indices in `columns`)
-    text_unit: _typing.Literal["file", "paragraph", "line"] = "file"  # .txt/.md: one document per ...
+    text_unit: Literal["file", "paragraph", "line"] = "file"  # .txt/.md: one document per ...
     warc_html_only: bool = True
 
 
 class CleanConfig(StageConfig):
     fix_unicode: bool = True  # ftfy
-    normalization: _typing.Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFC"
+    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFC"
     remove_control: bool = True
     collapse_whitespace: bool = True
 
@@ -114,7 +114,7 @@ class GopherQualityConfig(StageConfig):
     max_ellipsis_lines_ratio: float | None = 0.3
     min_alpha_words_ratio: float | None = 0.8
     min_stop_words: int | None = 2
-    segmenter: _typing.Literal["char", "jieba"] = "char"  # how CJK text is split into words
+    segmenter: Literal["char", "jieba"] = "char"  # how CJK text is split into words
 
 
 class GopherRepetitionConfig(StageConfig):
@@ -124,7 +124,7 @@ class GopherRepetitionConfig(StageConfig):
     dup_para_char_frac: float | None = 0.2
     top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
     dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
-    segmenter: _typing.Literal["char", "jieba"] = "char"
+    segmenter: Literal["char", "jieba"] = "char"
     cjk_ngram_scale: float = 1.5  # mostly-CJK text: character n-grams of round(1.5 · n)
 
 
@@ -188,16 +188,13 @@ class DataConfig(StageConfig):
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
     workers: int = 1
-    executor: _typing.Literal["local", "ray"] = "local"
+    executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     shard_mb: float = 16.0  # uncompressed line-based files are cut into shards of about this size
     strict: bool = False  # stop at the first unreadable record (exit code 2)
 
 
 # --- tokenizer + pack ------------------------------------------------------------------------
-from typing import Literal  # noqa: E402  (kept inside this section: it is only used here)
-
-from pydantic import Field  # noqa: E402
 
 
 class TokenizerConfig(StageConfig):
@@ -221,11 +218,6 @@ class PackConfig(StageConfig):
 
 
 # --- pretrain --------------------------------------------------------------------------------
-import re as _re  # noqa: E402
-from typing import Literal as _Literal  # noqa: E402
-
-from pydantic import Field as _Field  # noqa: E402
-from pydantic import field_validator  # noqa: E402
 
 
 def parse_duration(value: Any) -> float | None:
@@ -233,9 +225,9 @@ def parse_duration(value: Any) -> float | None:
     if value is None or isinstance(value, (int, float)):
         return None if value is None else float(value)
     text = str(value).strip().lower()
-    if _re.fullmatch(r"\d+(\.\d+)?", text):
+    if re.fullmatch(r"\d+(\.\d+)?", text):
         return float(text)
-    parts = _re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
     if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
         raise ValueError(f"{value!r} is not a duration (examples: 300, 90s, 5m, 1h30m)")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
@@ -244,31 +236,31 @@ def parse_duration(value: Any) -> float | None:
 class TrainConfig(StageConfig):
     """Knobs of the one training loop (`llmchain.train.loop.fit`), shared by pretraining and fine-tuning."""
 
-    seed: int = _Field(1337, description="data order and init are pure functions of (seed, step, rank)")
-    max_steps: int | None = _Field(None, ge=1, description="optimizer steps (the LR schedule spans them)")
-    max_time: float | None = _Field(None, gt=0, description="wall-time budget in seconds or 90s/5m/1h")
-    batch_size: int = _Field(16, ge=1, description="sequences per micro-batch per process")
-    grad_accum: int = _Field(1, ge=1, description="micro-batches per optimizer step")
-    lr: float = _Field(1e-3, gt=0, description="peak learning rate")
-    min_lr: float | None = _Field(None, ge=0, description="LR at the end of the cosine (default lr/10)")
-    warmup_steps: int = _Field(100, ge=0, description="linear warmup from 0 to lr")
-    weight_decay: float = _Field(0.1, ge=0, description="AdamW decay, applied to matrices only")
-    beta1: float = _Field(0.9, ge=0, lt=1)
-    beta2: float = _Field(0.95, ge=0, lt=1)
-    grad_clip: float = _Field(1.0, ge=0, description="clip the global grad norm to this (0: off)")
-    precision: _Literal["auto", "bf16", "fp16", "fp32"] = _Field(
+    seed: int = Field(1337, description="data order and init are pure functions of (seed, step, rank)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (the LR schedule spans them)")
+    max_time: float | None = Field(None, gt=0, description="wall-time budget in seconds or 90s/5m/1h")
+    batch_size: int = Field(16, ge=1, description="sequences per micro-batch per process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    min_lr: float | None = Field(None, ge=0, description="LR at the end of the cosine (default lr/10)")
+    warmup_steps: int = Field(100, ge=0, description="linear warmup from 0 to lr")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay, applied to matrices only")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="clip the global grad norm to this (0: off)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="autocast dtype; auto: bf16 where the device runs it faster than fp32"
     )
-    compile: bool = _Field(False, description="torch.compile the model (never forced)")
-    device: str = _Field("auto", description="auto, cpu, cuda, cuda:1, mps")
-    strategy: _Literal["ddp", "fsdp"] = _Field("ddp", description="under torchrun: DDP or FSDP2 (fully_shard)")
-    eval_every: int = _Field(200, ge=0, description="steps between evals (0: only at the end)")
-    eval_batches: int = _Field(20, ge=1, description="micro-batches per periodic eval")
-    save_every: int = _Field(500, ge=0, description="steps between checkpoints (0: only at the end/interrupt)")
-    keep_checkpoints: int = _Field(2, ge=1, description="newest checkpoints kept")
-    log_every: int = _Field(10, ge=1, description="steps between progress/metrics lines")
-    resume: str | None = _Field(None, description="auto (newest complete checkpoint), or a checkpoint dir")
-    threads: int | None = _Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    compile: bool = Field(False, description="torch.compile the model (never forced)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: DDP or FSDP2 (fully_shard)")
+    eval_every: int = Field(200, ge=0, description="steps between evals (0: only at the end)")
+    eval_batches: int = Field(20, ge=1, description="micro-batches per periodic eval")
+    save_every: int = Field(500, ge=0, description="steps between checkpoints (0: only at the end/interrupt)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    log_every: int = Field(10, ge=1, description="steps between progress/metrics lines")
+    resume: str | None = Field(None, description="auto (newest complete checkpoint), or a checkpoint dir")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
     @field_validator("max_time", mode="before")
     @classmethod
@@ -279,18 +271,19 @@ class TrainConfig(StageConfig):
 class PretrainConfig(TrainConfig):
     """`llmchain pretrain`: a Llama-family model from scratch on token shards."""
 
-    data: str = _Field(..., description="token shards dir (train-*.bin, val-*.bin, shards.json)")
-    out: str = _Field(..., description="run dir (runs/NAME): config.yaml, metrics.jsonl, tb/, checkpoints/, final/")
-    preset: str = _Field("micro", description="model size (llmchain presets)")
-    model: dict[str, Any] = _Field(default_factory=dict, description="overrides of the preset's config fields")
-    seq_len: int | None = _Field(None, ge=2, description="tokens per sequence (default: min(512, context))")
-    tokenizer: str | None = _Field(None, description="tokenizer dir copied into checkpoints/final (default: from shards)")
-    init_from: str | None = _Field(None, description="start from this model dir instead of random weights")
-    dropout: float | None = _Field(None, ge=0, lt=1, description="training dropout on embeddings and "
+    data: str = Field(..., description="token shards dir (train-*.bin, val-*.bin, shards.json)")
+    out: str = Field(..., description="run dir (runs/NAME): config.yaml, metrics.jsonl, tb/, checkpoints/, final/")
+    preset: str = Field("micro", description="model size (llmchain presets)")
+    model: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's config fields")
+    seq_len: int | None = Field(None, ge=2, description="tokens per sequence (default: min(512, context))")
+    tokenizer: str | None = Field(None, description="tokenizer dir copied into checkpoints/final (default: from shards)")
+    init_from: str | None = Field(None, description="start from this model dir instead of random weights")
+    dropout: float | None = Field(None, ge=0, lt=1, description="training dropout on embeddings and "
                                    "residual branches (default: the model's; 0 for presets)")
 
 
 # --- finetune --------------------------------------------------------------------------------
+
 
 class ClassifyConfig(TrainConfig):
     """`llmchain finetune classify`: a text classifier from an HF encoder dir (or `minilm`) or our decoder.
@@ -298,109 +291,105 @@ class ClassifyConfig(TrainConfig):
     Trains through the shared loop; one epoch = one pass over the training rows in length buckets.
     """
 
-    model: str = _Field(..., description="HF encoder dir, our decoder model dir, or 'minilm' (bundled MiniLM-L6)")
-    train: str = _Field(..., description="CSV, TSV or JSONL with a text and a label column")
-    val: str | None = _Field(None, description="validation file (default: val_fraction of train, stratified)")
-    test: str | None = _Field(None, description="optional test file, scored once with the best model")
-    out: str = _Field(..., description="run dir: metrics.jsonl, confusion-epoch-N.png, best/ (classifier dir)")
-    text_column: str | None = _Field(None, description="default: text, sentence, review, content, ...")
-    label_column: str | None = _Field(None, description="default: label, labels, class, category, target")
-    val_fraction: float = _Field(0.1, gt=0, lt=1, description="held out of train when no val file is given")
-    epochs: int = _Field(3, ge=1, description="passes over the training data (max_steps overrides)")
-    max_length: int = _Field(128, ge=2, description="tokens per text; longer texts are truncated")
-    class_weights: bool = _Field(False, description="weight the loss by inverse class frequency")
-    patience: int = _Field(2, ge=0, description="stop after this many evals without a better val macro-F1 (0: off)")
-    strict: bool = _Field(False, description="a malformed row is an error instead of being rejected")
-    eval_batch_size: int = _Field(128, ge=1)
+    model: str = Field(..., description="HF encoder dir, our decoder model dir, or 'minilm' (bundled MiniLM-L6)")
+    train: str = Field(..., description="CSV, TSV or JSONL with a text and a label column")
+    val: str | None = Field(None, description="validation file (default: val_fraction of train, stratified)")
+    test: str | None = Field(None, description="optional test file, scored once with the best model")
+    out: str = Field(..., description="run dir: metrics.jsonl, confusion-epoch-N.png, best/ (classifier dir)")
+    text_column: str | None = Field(None, description="default: text, sentence, review, content, ...")
+    label_column: str | None = Field(None, description="default: label, labels, class, category, target")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="held out of train when no val file is given")
+    epochs: int = Field(3, ge=1, description="passes over the training data (max_steps overrides)")
+    max_length: int = Field(128, ge=2, description="tokens per text; longer texts are truncated")
+    class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    patience: int = Field(2, ge=0, description="stop after this many evals without a better val macro-F1 (0: off)")
+    strict: bool = Field(False, description="a malformed row is an error instead of being rejected")
+    eval_batch_size: int = Field(128, ge=1)
     # Defaults that suit fine-tuning a pretrained encoder (BERT-style) rather than pretraining.
-    lr: float = _Field(5e-5, gt=0, description="peak learning rate")
-    min_lr: float | None = _Field(0.0, ge=0, description="LR at the end of the schedule")
-    batch_size: int = _Field(32, ge=1, description="texts per micro-batch per process")
-    warmup_steps: int | None = _Field(None, ge=0, description="default: 6% of the steps")
-    weight_decay: float = _Field(0.01, ge=0)
-    beta2: float = _Field(0.999, ge=0, lt=1)
-    eval_every: int = _Field(0, ge=0, description="steps between evals (0: once per epoch)")
-    save_every: int = _Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
-    log_every: int = _Field(20, ge=1)
-    seed: int = _Field(0)
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    min_lr: float | None = Field(0.0, ge=0, description="LR at the end of the schedule")
+    batch_size: int = Field(32, ge=1, description="texts per micro-batch per process")
+    warmup_steps: int | None = Field(None, ge=0, description="default: 6% of the steps")
+    weight_decay: float = Field(0.01, ge=0)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eval_every: int = Field(0, ge=0, description="steps between evals (0: once per epoch)")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
+    log_every: int = Field(20, ge=1)
+    seed: int = Field(0)
 
 
 class SFTConfig(TrainConfig):
     """`llmchain finetune sft`: chat/instruction fine-tuning of our decoder, full or LoRA (PEFT)."""
 
-    model: str = _Field(..., description="base model dir (HF format, with tokenizer + chat_template)")
-    data: str = _Field(..., description="JSONL/JSON: OpenAI messages, Alpaca or prompt/completion records")
-    out: str = _Field(..., description="run dir: metrics.jsonl, samples/, checkpoints/, adapter/, final/")
-    format: _Literal["auto", "messages", "alpaca", "prompt_completion"] = _Field(
+    model: str = Field(..., description="base model dir (HF format, with tokenizer + chat_template)")
+    data: str = Field(..., description="JSONL/JSON: OpenAI messages, Alpaca or prompt/completion records")
+    out: str = Field(..., description="run dir: metrics.jsonl, samples/, checkpoints/, adapter/, final/")
+    format: Literal["auto", "messages", "alpaca", "prompt_completion"] = Field(
         "auto", description="record format (auto: detected from the first record's fields)"
     )
-    val_data: str | None = _Field(None, description="validation file (default: val_fraction of data)")
-    val_fraction: float = _Field(0.1, ge=0, lt=1, description="examples held out when no val_data is given")
-    seq_len: int = _Field(512, ge=8, description="max tokens per example (and per packed row)")
-    too_long: _Literal["truncate", "drop"] = _Field("truncate", description="what to do with longer examples")
-    pack: bool = _Field(False, description="pack several examples per row (attention stays within each)")
-    system_prompt: str | None = _Field(None, description="system message added to records that have none")
-    epochs: float = _Field(3.0, gt=0, description="passes over the data (max_steps/max_time override)")
-    lora: bool = _Field(False, description="train LoRA adapters (PEFT) instead of all weights")
-    lora_r: int = _Field(8, ge=1)
-    lora_alpha: float = _Field(16.0, gt=0)
-    lora_dropout: float = _Field(0.05, ge=0, lt=1)
-    lora_targets: list[str] = _Field(
+    val_data: str | None = Field(None, description="validation file (default: val_fraction of data)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="examples held out when no val_data is given")
+    seq_len: int = Field(512, ge=8, description="max tokens per example (and per packed row)")
+    too_long: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer examples")
+    pack: bool = Field(False, description="pack several examples per row (attention stays within each)")
+    system_prompt: str | None = Field(None, description="system message added to records that have none")
+    epochs: float = Field(3.0, gt=0, description="passes over the data (max_steps/max_time override)")
+    lora: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="module names that get adapters",
     )
-    merge: bool = _Field(True, description="LoRA: also write the merged model to final/")
-    samples: int = _Field(3, ge=0, description="validation prompts to generate for after each eval")
-    sample_tokens: int = _Field(64, ge=1, description="max new tokens per sample generation")
-    strict: bool = _Field(False, description="a malformed record is an error instead of being rejected")
+    merge: bool = Field(True, description="LoRA: also write the merged model to final/")
+    samples: int = Field(3, ge=0, description="validation prompts to generate for after each eval")
+    sample_tokens: int = Field(64, ge=1, description="max new tokens per sample generation")
+    strict: bool = Field(False, description="a malformed record is an error instead of being rejected")
     # Defaults for fine-tuning (smaller LR, short warmup, eval every epoch-ish).
-    lr: float = _Field(2e-5, gt=0, description="peak LR (LoRA runs usually want ~1e-4..1e-3)")
-    min_lr: float | None = _Field(0.0, ge=0)
-    batch_size: int = _Field(8, ge=1)
-    warmup_steps: int | None = _Field(None, ge=0, description="default: 3% of the steps")
-    weight_decay: float = _Field(0.0, ge=0)
-    eval_every: int = _Field(0, ge=0, description="steps between evals (0: once per epoch)")
-    save_every: int = _Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
-    seed: int = _Field(0)
-
+    lr: float = Field(2e-5, gt=0, description="peak LR (LoRA runs usually want ~1e-4..1e-3)")
+    min_lr: float | None = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    warmup_steps: int | None = Field(None, ge=0, description="default: 3% of the steps")
+    weight_decay: float = Field(0.0, ge=0)
+    eval_every: int = Field(0, ge=0, description="steps between evals (0: once per epoch)")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
+    seed: int = Field(0)
 
 # --- eval ------------------------------------------------------------------------------------
-from typing import Literal as _EvalLiteral  # noqa: E402  (kept inside this section)
-
-from pydantic import Field as _EvalField  # noqa: E402
 
 
 class EvalLMConfig(StageConfig):
     """`llmchain eval lm`: model loss/perplexity/bits-per-byte beside byte-level n-gram baselines."""
 
-    orders: list[int] = _EvalField([3, 5], description="n-gram baseline orders (Kneser-Ney on bytes); [] for none")
-    batch_size: int = _EvalField(8, ge=1, description="windows per forward pass")
-    seq_len: int | None = _EvalField(None, ge=2, description="tokens per window (default: the model's context, ≤ 1024)")
-    max_tokens: int | None = _EvalField(None, ge=1, description="evaluate only the first N tokens")
-    device: str = _EvalField("auto", description="auto, cpu, cuda, mps")
+    orders: list[int] = Field([3, 5], description="n-gram baseline orders (Kneser-Ney on bytes); [] for none")
+    batch_size: int = Field(8, ge=1, description="windows per forward pass")
+    seq_len: int | None = Field(None, ge=2, description="tokens per window (default: the model's context, ≤ 1024)")
+    max_tokens: int | None = Field(None, ge=1, description="evaluate only the first N tokens")
+    device: str = Field("auto", description="auto, cpu, cuda, mps")
 
 
 class EvalClassifyConfig(StageConfig):
     """`llmchain eval classify`: a classifier beside Naive Bayes and TF-IDF + logistic regression."""
 
-    text_column: str | None = _EvalField(None, description="text column/field (default: text, sentence, review, ...)")
-    label_column: str | None = _EvalField(None, description="label column/field (default: label, class, ...)")
-    zh: _EvalLiteral["auto", "char", "jieba"] = _EvalField("auto", description="how baselines split Chinese text")
-    batch_size: int = _EvalField(32, ge=1, description="texts per model batch")
+    text_column: str | None = Field(None, description="text column/field (default: text, sentence, review, ...)")
+    label_column: str | None = Field(None, description="label column/field (default: label, class, ...)")
+    zh: Literal["auto", "char", "jieba"] = Field("auto", description="how baselines split Chinese text")
+    batch_size: int = Field(32, ge=1, description="texts per model batch")
     seed: int = 0
 
 
 class EvalGenerateConfig(StageConfig):
     """`llmchain eval generate`: generated text vs references (BLEU, chrF, ROUGE, exact match)."""
 
-    prompt_field: str | None = _EvalField(None, description="prompt column/field (default: prompt, source, ...)")
-    reference_field: str | None = _EvalField(None, description="reference column/field (default: reference(s), ...)")
-    max_new_tokens: int = _EvalField(64, ge=1, description="tokens generated per prompt")
-    temperature: float = _EvalField(0.0, ge=0, description="0 = greedy")
-    chat_template: bool | None = _EvalField(None, description="wrap prompts in the chat template (default: if any)")
-    stop: list[str] = _EvalField(default_factory=list, description="cut outputs at these strings")
-    limit: int | None = _EvalField(None, ge=1, description="score only the first N examples")
-    samples: int = _EvalField(5, ge=0, description="examples shown in the report")
+    prompt_field: str | None = Field(None, description="prompt column/field (default: prompt, source, ...)")
+    reference_field: str | None = Field(None, description="reference column/field (default: reference(s), ...)")
+    max_new_tokens: int = Field(64, ge=1, description="tokens generated per prompt")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    chat_template: bool | None = Field(None, description="wrap prompts in the chat template (default: if any)")
+    stop: list[str] = Field(default_factory=list, description="cut outputs at these strings")
+    limit: int | None = Field(None, ge=1, description="score only the first N examples")
+    samples: int = Field(5, ge=0, description="examples shown in the report")
     seed: int = 0
     device: str = "cpu"
 
@@ -408,13 +397,13 @@ class EvalGenerateConfig(StageConfig):
 class ReportConfig(StageConfig):
     """`llmchain report`: the model card of a run or model dir."""
 
-    samples: int = _EvalField(3, ge=0, description="sample generations in the card (0: none)")
-    sample_tokens: int = _EvalField(80, ge=1, description="tokens per sample generation")
-    prompts: list[str] = _EvalField(default_factory=list, description="sample prompts (default: starts of val text)")
-    temperature: float = _EvalField(0.8, ge=0, description="sampling temperature of the samples (0 = greedy)")
+    samples: int = Field(3, ge=0, description="sample generations in the card (0: none)")
+    sample_tokens: int = Field(80, ge=1, description="tokens per sample generation")
+    prompts: list[str] = Field(default_factory=list, description="sample prompts (default: starts of val text)")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature of the samples (0 = greedy)")
     seed: int = 0
-    intended_use: str | None = _EvalField(None, description="your statement of intended use (default: a generic one)")
-    limitations: str | None = _EvalField(None, description="your statement of limitations (added to the measured ones)")
+    intended_use: str | None = Field(None, description="your statement of intended use (default: a generic one)")
+    limitations: str | None = Field(None, description="your statement of limitations (added to the measured ones)")
 
 
 # --- serve -----------------------------------------------------------------------------------
