@@ -8,7 +8,6 @@ Nothing is guessed: a link that cannot be followed is left empty and the card sa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,7 @@ import yaml
 
 from llmchain.artifacts import read_manifest
 from llmchain.errors import UserError
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+from llmchain.eval.io import read_json_dict
 
 
 def _is_run(d: Path) -> bool:
@@ -171,7 +163,7 @@ def find_eval_reports(chain: Chain, extra: list[Path] | None = None) -> list[tup
     found: dict[Path, dict[str, Any]] = {}
     for root, pattern in patterns:
         for rp in sorted(root.glob(pattern)):
-            data = _json(rp)
+            data = read_json_dict(rp)
             if not data or not str(data.get("kind", "")).startswith("eval-"):
                 continue
             about = data.get("model")
@@ -181,7 +173,7 @@ def find_eval_reports(chain: Chain, extra: list[Path] | None = None) -> list[tup
                 found[rp.resolve()] = data
     for d in extra or []:
         rp = Path(d) / "report.json" if Path(d).is_dir() else Path(d)
-        data = _json(rp)
+        data = read_json_dict(rp)
         if not data:
             raise UserError(f"{d}: no readable report.json (from `llmchain eval ...`)")
         found[rp.resolve()] = data

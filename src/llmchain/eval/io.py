@@ -24,6 +24,15 @@ TEXT_FIELDS = ("text", "sentence", "review", "content", "document", "question", 
 LABEL_FIELDS = ("label", "labels", "class", "category", "coarse_label", "target", "sentiment")
 
 
+def read_json_dict(path: Path) -> dict[str, Any] | None:
+    """A JSON file's top-level object, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _check_file(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)
     if not p.is_file():

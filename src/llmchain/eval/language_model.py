@@ -14,7 +14,6 @@ Where the training text comes from:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 from llmchain.artifacts import read_manifest, sha256_file
 from llmchain.errors import UserError
 from llmchain.eval.baselines import ngram_bits_per_byte
-from llmchain.eval.io import write_report
+from llmchain.eval.io import read_json_dict, write_report
 
 COLUMNS = ["bits_per_byte", "loss", "perplexity"]
 DEFAULT_ORDERS = (3, 5)
@@ -83,7 +82,7 @@ def check_model_data(model_dir: Path, data: Path) -> None:
     from llmchain.model.io import read_config
 
     config = read_config(model_dir)
-    tok = _json_file(model_dir / "tokenizer.json")
+    tok = read_json_dict(model_dir / "tokenizer.json")
     if tok is not None:
         vocab = {**(tok.get("model") or {}).get("vocab", {}), **{t.get("content"): 0 for t in tok.get("added_tokens") or []}}
         if len(vocab) > config.vocab_size:
@@ -100,14 +99,6 @@ def check_model_data(model_dir: Path, data: Path) -> None:
     if want and tj.is_file() and sha256_file(tj) != want:
         raise UserError(f"{data}: shards were made with another tokenizer than {model_dir}'s (tokenizer.json "
                         "hashes differ); pack the data with the model's tokenizer")  # fmt: skip
-
-
-def _json_file(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def model_training_shards(model_dir: Path) -> Path | None:
