@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from llmchain.errors import UserError
-from llmchain.eval.lm import evaluate_lm, windows
+from llmchain.eval.lm import evaluate_lm, strided_windows, windows
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,45 @@ def test_windows_cover_each_token_once():
     assert predicted == list(range(1, 11))
 
 
+@pytest.mark.parametrize("n,seq_len,stride", [(11, 4, 1), (11, 4, 3), (12, 4, 2), (2, 4, 2), (5, 4, 4), (40, 7, 3)])
+def test_strided_windows_score_each_token_once(n, seq_len, stride):
+    tokens = np.arange(n)
+    spans = strided_windows(tokens, seq_len, stride)
+    scored = [t for s, e, skip in spans for t in range(s + 1 + skip, e)]
+    assert scored == list(range(1, n))  # every target exactly once, in order
+    for s, e, skip in spans:
+        assert e - 1 - s <= seq_len  # no window longer than the model is fed
+        if s > 0:  # after the first window: seq_len - stride tokens of context, at most `stride` scored
+            assert skip == seq_len - stride and e - (s + 1 + skip) <= stride
+    if stride == seq_len:
+        assert [(s, e) for s, e, _ in spans] == windows(tokens, seq_len)
+
+
+def test_stride_equal_to_window_is_the_plain_eval_and_smaller_strides_use_more_context(corpus):
+    model_dir = _model_dir(corpus, "random2", uniform=False)
+    plain = evaluate_lm(model_dir, corpus["val"], seq_len=16, batch_size=4)
+    same = evaluate_lm(model_dir, corpus["val"], seq_len=16, batch_size=4, stride=16)
+    assert same["loss"] == plain["loss"] and same["tokens"] == plain["tokens"] and same["stride"] == 16
+    slid = evaluate_lm(model_dir, corpus["val"], seq_len=16, batch_size=4, stride=4)
+    assert slid["tokens"] == plain["tokens"] and slid["bytes"] == plain["bytes"] and slid["stride"] == 4
+    assert slid["loss"] != pytest.approx(plain["loss"], rel=1e-6)
+    # stride 1 = every token scored with a full window of context: one forward per token, by hand
+    from llmchain.model.io import load_model
+
+    model = load_model(model_dir)
+    x = torch.tensor([[5, 9, 12, 7, 30, 2, 41, 8, 3, 17]])
+    ids = x[0].numpy()
+    nats = 0.0
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            ctx = x[:, max(t - 4, 0):t]
+            nats -= float(torch.log_softmax(model(ctx)[0][0, -1].float(), -1)[ids[t]])
+    from llmchain.eval.lm import loss_sums
+
+    got, count = loss_sums(model, ids, strided_windows(ids, 4, 1), 3, torch.device("cpu"))
+    assert count == len(ids) - 1 and got == pytest.approx(nats, rel=1e-5)
+
+
 def test_errors_name_the_problem(corpus, tmp_path):
     model_dir = _model_dir(corpus, "uniform4", uniform=True)
     with pytest.raises(UserError, match="no such file"):
@@ -113,6 +152,10 @@ def test_errors_name_the_problem(corpus, tmp_path):
         evaluate_lm(tmp_path, corpus["val"])
     with pytest.raises(UserError, match="context"):
         evaluate_lm(model_dir, corpus["val"], seq_len=10_000)
+    with pytest.raises(UserError, match="--stride 0"):
+        evaluate_lm(model_dir, corpus["val"], seq_len=16, stride=0)
+    with pytest.raises(UserError, match="--stride 17"):
+        evaluate_lm(model_dir, corpus["val"], seq_len=16, stride=17)
     (tmp_path / "notshards").mkdir()
     with pytest.raises(UserError, match="shards"):
         evaluate_lm(model_dir, tmp_path / "notshards")

@@ -6,7 +6,10 @@ where a byte is a character for ASCII text) compare on one scale.
 
 The text is cut into consecutive windows of `seq_len` predicted tokens; every token is predicted
 exactly once, with the tokens before it in its window as context (the first window starts after the
-document separator, EOS, so the first real token is predicted too).
+document separator, EOS, so the first real token is predicted too). With `stride` < `seq_len` the
+windows slide instead (the usual way perplexity is reported): each window scores only its last
+`stride` tokens and sees the `seq_len - stride` tokens before them as context — still every token
+scored exactly once, each with more context, at seq_len / stride times the compute.
 """
 
 from __future__ import annotations
@@ -75,20 +78,46 @@ def windows(tokens: np.ndarray, seq_len: int) -> list[tuple[int, int]]:
     return [(s, min(s + seq_len + 1, n)) for s in range(0, max(n - 1, 0), seq_len)]
 
 
-def loss_sums(model: torch.nn.Module, tokens: np.ndarray, spans: list[tuple[int, int]], batch_size: int,
+def strided_windows(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, skip) of sliding windows: window k feeds tokens[start:end-1] (≤ seq_len tokens) and
+    scores its targets tokens[start+1:end] except the first `skip`, i.e. it scores tokens[start+1+skip:end].
+
+    The first window scores all of its (up to seq_len) targets; every later one scores the next `stride`
+    targets with the `seq_len - stride` tokens before them as context. Each of tokens[1:] is scored
+    exactly once; stride == seq_len gives exactly `windows(tokens, seq_len)` (skip 0).
+    """
+    if not 1 <= stride <= seq_len:
+        raise UserError(f"--stride {stride} must be between 1 and the window length ({seq_len})")
+    n = len(tokens)
+    if n < 2:
+        return []
+    end = min(seq_len + 1, n)
+    spans = [(0, end, 0)]
+    while end < n:
+        new_end = min(end + stride, n)
+        start = max(end - 1 - (seq_len - stride), 0)
+        spans.append((start, new_end, end - 1 - start))
+        end = new_end
+    return spans
+
+
+def loss_sums(model: torch.nn.Module, tokens: np.ndarray, spans: list[tuple[int, ...]], batch_size: int,
               device: torch.device, autocast=None, progress=None) -> tuple[float, int]:
-    """(sum of next-token nats, tokens predicted) of `model` over the windows `spans` of `tokens`."""
+    """(sum of next-token nats, tokens predicted) of `model` over the windows `spans` of `tokens`:
+    (start, end) scores all targets tokens[start+1:end]; (start, end, skip) all but the first `skip`."""
     import contextlib
 
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for i in range(0, len(spans), batch_size):
         chunk = spans[i:i + batch_size]
-        width = max(e - s for s, e in chunk) - 1
+        width = max(span[1] - span[0] for span in chunk) - 1
         x = torch.zeros(len(chunk), width, dtype=torch.long)
         y = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for r, (s, e) in enumerate(chunk):
+        for r, (s, e, *skip) in enumerate(chunk):
             w = torch.from_numpy(np.asarray(tokens[s:e], dtype=np.int64))
             x[r, : len(w) - 1], y[r, : len(w) - 1] = w[:-1], w[1:]
+            if skip:
+                y[r, : skip[0]] = -100  # context only: scored by an earlier window
         x, y = x.to(device), y.to(device)
         with autocast or contextlib.nullcontext():
             out = model(x)
@@ -162,6 +191,7 @@ def evaluate_lm(
     batch_size: int = 8,
     seq_len: int | None = None,
     max_tokens: int | None = None,
+    stride: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = False,
@@ -171,8 +201,10 @@ def evaluate_lm(
     `data` is a token-shards dir (its val split; bytes from shards.json) or a UTF-8 text file (encoded
     with the model dir's tokenizer). `seq_len` defaults to the model's context (≤ 1024); `max_tokens`
     evaluates only the first N tokens (bytes then exact for text files, proportional for shards).
-    Returns dict(loss, perplexity, bits_per_byte, tokens, bytes, bytes_exact, seq_len). Raises
-    UserError for a missing/unusable model dir or data.
+    `stride` (1..seq_len; default seq_len: non-overlapping windows) slides the windows by `stride`
+    tokens, each scoring only its last `stride` tokens (see `strided_windows`).
+    Returns dict(loss, perplexity, bits_per_byte, tokens, bytes, bytes_exact, seq_len, stride). Raises
+    UserError for a missing/unusable model dir or data, or a stride outside 1..seq_len.
     """
     from llmchain.model.io import load_model, read_config
 
@@ -183,6 +215,8 @@ def evaluate_lm(
     seq_len = seq_len or min(config.max_position_embeddings, 1024)
     if seq_len > config.max_position_embeddings:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context ({config.max_position_embeddings})")
+    if stride is not None and not 1 <= stride <= seq_len:
+        raise UserError(f"--stride {stride} must be between 1 and the window length (--seq-len {seq_len})")
     if data.is_dir():
         eos = config.eos_token_id if config.eos_token_id is not None else config.bos_token_id
         tokens, n_bytes, exact = _shard_tokens(data, max_tokens, eos)
@@ -197,7 +231,8 @@ def evaluate_lm(
     model = load_model(model_dir, device=dev)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(device_type=dev.type, dtype=dtype) if dtype is not None else None
-    spans = windows(tokens, seq_len)
+    stride = seq_len if stride is None else stride
+    spans = windows(tokens, seq_len) if stride == seq_len else strided_windows(tokens, seq_len, stride)
     update = None
     bar = None
     if progress:
@@ -217,4 +252,4 @@ def evaluate_lm(
         if bar is not None:
             bar.stop()
     return {**metrics_from(nats, count, n_bytes), "tokens": count, "bytes": int(round(n_bytes)),
-            "bytes_exact": exact, "seq_len": seq_len}  # fmt: skip
+            "bytes_exact": exact, "seq_len": seq_len, "stride": stride}  # fmt: skip
