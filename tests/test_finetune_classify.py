@@ -175,13 +175,52 @@ def test_early_stopping_after_patience_evals_without_better_f1(tiny_decoder, sst
     assert s["early_stopped"] and s["epochs_run"] == 2 and s["best_epoch"] == 1
 
 
-def test_classify_resume_equals_uninterrupted(tiny_decoder, sst2, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer (random weights)."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    BertModel(cfg).save_pretrained(root)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (minilm_dir() / name).is_file():
+            shutil.copy(minilm_dir() / name, root / name)
+    return root
+
+
+def test_train_rows_embedding_trains_like_the_full_table(tiny_bert, sst2, tmp_path):
+    from safetensors.torch import load_file
+
+    kw = dict(model=str(tiny_bert), train=str(sst2["train"]), val=str(sst2["dev"]), epochs=2, lr=3e-3,
+              weight_decay=0.1, precision="fp32", batch_size=32, max_length=48, threads=1, patience=0)
+    runs = {}
+    for rows in (True, False):
+        runs[rows] = finetune_classifier(ClassifyConfig(out=str(tmp_path / str(rows)), **kw), quiet=True,
+                                         train_rows=rows)  # fmt: skip
+        teardown_runtime()
+    a, b = (load_file(tmp_path / str(r) / "best/model.safetensors") for r in (True, False))
+    assert a.keys() == b.keys() and "bert.embeddings.word_embeddings.weight" in a
+    for k in a:  # same math: only the summation order of the gradient norm differs
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    emb0 = load_file(tiny_bert / "model.safetensors")["embeddings.word_embeddings.weight"]
+    moved = (a["bert.embeddings.word_embeddings.weight"] != emb0).any(-1)
+    assert moved[emb0.any(-1)].all(), "rows never seen in training still get AdamW's weight decay"
+    assert runs[True]["best_val"]["accuracy"] == pytest.approx(runs[False]["best_val"]["accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("base", ["decoder", "bert"])
+def test_classify_resume_equals_uninterrupted(base, tiny_decoder, tiny_bert, sst2, tmp_path, monkeypatch):
     import os
     import signal
 
     from safetensors.torch import load_file
 
-    kw = dict(model=str(tiny_decoder), train=str(sst2["train"]), val=str(sst2["dev"]), epochs=3, lr=3e-3,
+    kw = dict(model=str(tiny_decoder if base == "decoder" else tiny_bert), train=str(sst2["train"]), val=str(sst2["dev"]), epochs=3, lr=3e-3,
               precision="fp32", batch_size=64, max_length=32, threads=1, patience=0)  # 5 steps per epoch
     full = finetune_classifier(ClassifyConfig(out=str(tmp_path / "full"), **kw), quiet=True)
     teardown_runtime()

@@ -20,6 +20,8 @@
 - `save_fn(model, dir)` / `load_fn(model, dir)`: the model part of a checkpoint (default: PEFT adapter
   only, HF `save_pretrained`, our HF-format dir, else `model.safetensors`; see `checkpoint.py`).
   The loop adds `trainer.pt` (optimizer, step, schedule clock, RNG) and `checkpoint.json`.
+- A submodule with `after_optimizer_step(lr, weight_decay)` is called after every optimizer step
+  (the classifier's `TrainRowsEmbedding` uses it to decay the embedding rows it keeps out of AdamW).
 - `config`: a `TrainConfig` (steps/time budget, batch, AdamW, schedule, precision, checkpoints...).
 
 Checkpoints go to `run_dir/checkpoints/step-N/` every `save_every` steps, at the end, on Ctrl-C and
@@ -250,6 +252,9 @@ def fit(
     t0 = time.perf_counter()
     meter = Throughput()
     loss_sum = torch.zeros((), device=rt.device)
+    step_hooks = [m for m in model.modules() if hasattr(m, "after_optimizer_step")]
+    # Clipping folded into fused AdamW (its grad_scale input); fp16's GradScaler uses that input itself.
+    fold_clip = bool(config.grad_clip) and optimizer.defaults.get("fused") and not scaler.is_enabled() and not fsdp
     loss_count = 0
 
     def elapsed() -> float:
@@ -316,11 +321,20 @@ def fit(
                     if flops_per_token is None and hasattr(unwrap(wrapped), "flops_per_token") and "input_ids" in mb:
                         flops_per_token = unwrap(wrapped).flops_per_token(mb["input_ids"].shape[1])
                 scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in wrapped.parameters() if p.requires_grad], config.grad_clip or math.inf
-                )
+                trained = [p for p in wrapped.parameters() if p.requires_grad]
+                if fold_clip:
+                    # clip_grad_norm_ would scale every gradient by min(1, clip / (norm + 1e-6)) in a pass of
+                    # its own; fused AdamW divides by `grad_scale` inside its single pass instead.
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None])
+                    optimizer.grad_scale = (grad_norm + 1e-6).div(config.grad_clip).clamp(min=1.0)
+                else:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip or math.inf)
+                scale = scaler.get_scale() if step_hooks and scaler.is_enabled() else 0.0
                 scaler.step(optimizer)
                 scaler.update()
+                if step_hooks and (not scaler.is_enabled() or scaler.get_scale() >= scale):  # fp16: not skipped
+                    for m in step_hooks:
+                        m.after_optimizer_step(lr, config.weight_decay)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
 
