@@ -9,7 +9,7 @@ import torch
 
 from llmchain.model.llama import KVCache, Llama, LlamaConfig
 from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong
-from llmchain.serve.forward import prepare_decode, step_logits
+from llmchain.serve.forward import bf16_supported, prepare_decode, step_logits
 from llmchain.serve.sampling import SamplingParams
 from serve_fixtures import cached_model_dir
 
@@ -28,35 +28,40 @@ def engine(tmp_path_factory, shared_data):
     eng.stop()
 
 
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not bf16_supported(), reason="no AMX bf16 on this CPU"))], ids=["fp32", "bf16"])  # fmt: skip
 @torch.inference_mode()
-def test_step_rows_are_bit_identical_whatever_the_batch():
+def test_step_rows_are_bit_identical_whatever_the_batch(bf16):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
     model = Llama(cfg).eval()
     g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in (3, 17, 40, 64, 65, 100, 9, 1, 33, 70)]
+    lens = (3, 17, 40, 64, 65, 100, 9, 1, 33, 70) * (2 if bf16 else 1)  # bf16: more than 16 rows too
+    prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in lens]
     B = len(prompts)
     cache = KVCache(cfg, B + 2, 256)
-    w = prepare_decode(model, 256)
+    w = prepare_decode(model, 256, bf16=bf16)
     none = torch.zeros(0, dtype=torch.long)
+    tol = dict(rtol=0, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-4)  # bf16 matmuls vs the fp32 model
 
-    def step(tokens, positions, slots, new_prompts):
-        return step_logits(model, cache, w, tokens, positions, slots, new_prompts)
+    def step(tokens, positions, slots, new_prompts, contiguous=False):
+        return step_logits(model, cache, w, tokens, positions, slots, new_prompts, contiguous=contiguous)
 
     # prefill: each prompt alone, then all of them in one step — the same bits
     alone = [step(none, none, none, [(p, i)])[0] for i, p in enumerate(prompts)]
     together = step(none, none, none, [(p, i) for i, p in enumerate(prompts)])
     assert all(torch.equal(a, t) for a, t in zip(alone, together, strict=True))
     ref, _ = model(torch.tensor([prompts[5]]), last_only=True)  # and the reference forward agrees
-    torch.testing.assert_close(alone[5], ref[0, -1].float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alone[5], ref[0, -1].float(), **tol)
     # decode: every row alone, in a mix, and beside a prompt being prefilled
     tokens = torch.randint(0, 1000, (B,), generator=g)
     positions = torch.tensor([len(p) for p in prompts])
     slots = torch.arange(B)
-    batched = step(tokens, positions, slots, [])
+    batched = step(tokens, positions, slots, [], contiguous=True)  # slots 0..B-1: a view of the cache
+    assert torch.equal(step(tokens, positions, slots, []), batched)  # the same as gathering it
     ref, _ = model(tokens[:, None], positions=positions[:, None], cache=cache, slots=slots)
-    torch.testing.assert_close(batched, ref[:, 0].float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(batched, ref[:, 0].float(), **tol)
     for i in range(B):
         assert torch.equal(step(tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], [])[0], batched[i])
     sub = [7, 2, 5]

@@ -396,19 +396,26 @@ async def _merged(handles: list[RequestHandle]):
 
 async def _stream(engine, handles, fmt: Formatter, include_usage: bool):
     try:
-        yield "".join(_sse(chunk) for chunk in fmt.first_chunks())
+        yield b"".join(_sse(chunk) for chunk in fmt.first_chunks())
         async for batch in _merged(handles):
             # one write per batch of events: fewer syscalls and event-loop turns per token
             chunks = [c for c in (fmt.chunk(i, e) for i, e in batch) if c is not None]
             if chunks:
-                yield "".join(_sse(c) for c in chunks)
+                yield b"".join(_sse(c) for c in chunks)
         if include_usage:
             yield _sse(fmt.usage_chunk())
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
     finally:  # normal end, or the client went away (the generator is closed/cancelled)
         for h in handles:
             engine.cancel(h)
 
 
-def _sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+try:  # orjson (when installed) encodes a chunk several times faster than json: it is paid per token
+    import orjson
+
+    def _sse(obj: dict) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+except ImportError:  # pragma: no cover
+
+    def _sse(obj: dict) -> bytes:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from llmchain.serve.forward import KEY_PAD, prepare_decode, step_logits
+from llmchain.serve.forward import KEY_PAD, bf16_supported, prepare_decode, step_logits
 from llmchain.serve.sampling import (
     IncrementalDetokenizer,
     Sampler,
@@ -182,6 +182,7 @@ class Engine:
         eos_token_ids: list[int] | None = None,
         metrics=None,
         threads: int | None = 1,
+        dtype: str = "auto",
     ):
         from llmchain.model.llama import KVCache
 
@@ -192,11 +193,17 @@ class Engine:
                                  self.config.max_position_embeddings)  # fmt: skip
         self.max_prefill_tokens = max_prefill_tokens
         self.eos_ids = set(eos_token_ids or [])
-        dtype = next(model.parameters()).dtype
+        weight_dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
-        self.cache = KVCache(self.config, max_batch_size, cache_len, device, dtype)
-        self.decode_weights = prepare_decode(model, cache_len)
+        self.cache = KVCache(self.config, max_batch_size, cache_len, device, weight_dtype)
+        if dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"dtype must be auto, bfloat16 or float32, not {dtype!r}")
+        # bf16 matmuls on fp32 weights (as vLLM serves fp32 checkpoints in half precision): on AMX
+        # CPUs a ≤ 16-row bf16 call costs what one row costs, so batch invariance needs no padding.
+        self.bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cpu"
+                                            and weight_dtype == torch.float32 and bf16_supported())
+        self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
         self.device = device
         self.free_slots: list[int] = list(range(max_batch_size))[::-1]
         self.waiting: deque[RequestHandle] = deque()
@@ -291,6 +298,7 @@ class Engine:
         prompts and decodes one token for every running sequence."""
         try:
             self._reap_cancelled()
+            self._compact()
             admitted = self._admit()
             if self.running or admitted:
                 self._forward(admitted)
@@ -305,6 +313,24 @@ class Engine:
                 self._finish_request(h, "abort")
         for s in [s for s in self.running if s.handle.cancelled]:
             self._finish_seq(s, "abort", emit=False)
+
+    def _compact(self) -> None:
+        """Move running sequences into the lowest slots, so the B decoding rows hold slots 0..B-1 and
+        attention reads a view of the cache rather than a gathered copy (a move copies one slot's
+        prefix, once, when a sequence below it finishes). Admission then takes the lowest free slots."""
+        B = len(self.running)
+        with self._cv:
+            high = sorted((s for s in self.running if s.slot >= B), key=lambda s: s.slot)
+            if high:  # here every used slot is a running sequence's, so there are as many holes below B
+                holes = sorted(x for x in self.free_slots if x < B)
+                for s, hole in zip(high, holes, strict=True):
+                    for k, v in zip(self.cache.k, self.cache.v, strict=True):
+                        k[hole, :, : s.pos] = k[s.slot, :, : s.pos]
+                        v[hole, :, : s.pos] = v[s.slot, :, : s.pos]
+                    self.free_slots.remove(hole)
+                    self.free_slots.append(s.slot)
+                    s.slot = hole
+            self.free_slots.sort(reverse=True)  # pop() gives the lowest
 
     def _admit(self) -> list[tuple[RequestHandle, list[int]]]:
         """Waiting requests that fit the free slots and this step's prefill budget (FIFO)."""
@@ -325,14 +351,15 @@ class Engine:
         return out
 
     def _forward(self, admitted: list[tuple[RequestHandle, list[int]]]) -> None:
-        seqs = list(self.running)
+        seqs = sorted(self.running, key=lambda s: s.slot)
         dev = self.device
         tokens = torch.tensor([s.last_token for s in seqs], dtype=torch.long, device=dev)
         positions = torch.tensor([s.pos for s in seqs], dtype=torch.long, device=dev)
         slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=dev)
         prompts = [(h.prompt_ids, sl[0]) for h, sl in admitted]
+        contiguous = all(s.slot == i for i, s in enumerate(seqs))
         logits = step_logits(self.model, self.cache, self.decode_weights, tokens, positions, slots, prompts,
-                             pad=self.max_batch_size > 1)  # fmt: skip
+                             pad=self.max_batch_size > 1, contiguous=contiguous)  # fmt: skip
         B = len(seqs)
         greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
         picks: dict[int, int] = {}

@@ -1,64 +1,113 @@
 """The engine's batch-invariant forward step over a `Llama` and its slot KV cache.
 
 `step_logits` computes, in one pass, the next-token logits of every decoding sequence and of every
-newly admitted prompt. CPU matmul kernels sum in different orders for different row counts (M = 1
-takes a GEMV path; MKL's blocking changes with M), and attention's softmax reduces differently when
-the key length has a ragged tail; so all of a step's tokens are stacked and padded to a multiple of
-16 rows, decoding attention's key length is padded to a multiple of 64, and each prompt attends on
-its own. Then no token's numbers depend on what else shares the step (tests/test_serve_engine.py).
+newly admitted prompt. CPU matmul kernels sum in different orders for different row counts (fp32:
+M = 1 takes a GEMV path and MKL's blocking changes with M; bf16: oneDNN's AMX kernel changes above
+16 rows), and attention's softmax reduces differently when the key length has a ragged tail. So:
+
+  * bf16 (the default on CPUs with AMX): every linear layer runs on oneDNN-prepacked bf16 weights in
+    calls of at most 16 rows, for which the kernel computes each row the same way whatever M is —
+    a lone sequence pays for one row, not sixteen;
+  * fp32: all of a step's tokens are stacked and padded to a multiple of 16 rows (one MKL call);
+
+and in both, decoding attention's key length is padded to a multiple of 64 and each prompt attends
+on its own. Then no token's numbers depend on what else shares the step (tests/test_serve_engine.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 ROW_PAD, KEY_PAD = 16, 64
+ROW_CHUNK = 16  # bf16: the most rows per oneDNN call for which every row is computed the same way
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN's bf16 AMX kernels (the row-invariance of ≤ 16-row calls was
+    verified on those; other bf16 paths are not assumed to share it)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+        return "amx_bf16" in flags and torch.backends.mkldnn.is_available() and \
+            bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # fmt: skip
+    except (OSError, RuntimeError, AttributeError):
+        return False
+
+
+class _Linear:
+    """y = x Wᵀ + b on fp32 weights (one call), or on oneDNN-prepacked bf16 weights in ≤ 16-row calls
+    (then y is bf16; the caller adds it to its fp32 residual stream)."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, bf16: bool):
+        self.bf16 = bf16
+        if bf16:
+            self.w = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16).contiguous(), ROW_CHUNK)
+            self.b = None if b is None else b.detach().to(torch.bfloat16).contiguous()
+        else:
+            self.w, self.b = w, b
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.bf16:
+            return F.linear(x, self.w, self.b)
+        x = x.to(torch.bfloat16)
+        lp = torch.ops.mkldnn._linear_pointwise
+        if x.shape[0] <= ROW_CHUNK:
+            return lp(x, self.w, self.b, "none", [], "")
+        return torch.cat([lp(c, self.w, self.b, "none", [], "") for c in x.split(ROW_CHUNK)])
 
 
 @dataclass
 class DecodeWeights:
-    """Per-layer fused projections (q|k|v and gate|up: fewer, larger matmuls) and RoPE tables by position.
+    """Per-layer linears (q|k|v and gate|up fused: fewer, larger matmuls), the LM head, RoPE tables."""
 
-    The model's own q/k/v and gate/up weights become views into the fused tensors, so nothing is
-    stored twice and `Llama.forward` (used for prefill) keeps working on the same numbers.
-    """
-
-    qkv: list[tuple[torch.Tensor, torch.Tensor | None]]
-    gate_up: list[tuple[torch.Tensor, torch.Tensor | None]]
+    qkv: list[_Linear]
+    o: list[_Linear]
+    gate_up: list[_Linear]
+    down: list[_Linear]
+    head: _Linear
     cos: torch.Tensor  # (max_len, head_dim)
     sin: torch.Tensor
+    bf16: bool
 
 
-def _fuse(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _fuse(linears, in_place: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     w = torch.cat([m.weight.detach() for m in linears]).contiguous()
     b = torch.cat([m.bias.detach() for m in linears]).contiguous() if linears[0].bias is not None else None
-    start = 0
-    for m in linears:
-        n = m.out_features
-        m.weight = torch.nn.Parameter(w[start : start + n], requires_grad=False)
-        if b is not None:
-            m.bias = torch.nn.Parameter(b[start : start + n], requires_grad=False)
-        start += n
+    if in_place:  # the model's own weights become views into the fused tensor: nothing stored twice
+        start = 0
+        for m in linears:
+            n = m.out_features
+            m.weight = torch.nn.Parameter(w[start : start + n], requires_grad=False)
+            if b is not None:
+                m.bias = torch.nn.Parameter(b[start : start + n], requires_grad=False)
+            start += n
     return w, b
 
 
 @torch.no_grad()
-def prepare_decode(model, max_len: int) -> DecodeWeights:
-    """Fuse `model`'s projections in place (views, no copies kept) and tabulate RoPE up to `max_len`."""
-    qkv, gate_up = [], []
+def prepare_decode(model, max_len: int, bf16: bool = False) -> DecodeWeights:
+    """The engine's weights for `model` and RoPE tables up to `max_len`.
+
+    fp32: q/k/v and gate/up fused in place (the model's weights become views; `Llama.forward` keeps
+    working on the same numbers). bf16: prepacked bf16 copies; the model is left as it was.
+    """
+    qkv, o, gate_up, down = [], [], [], []
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
-        qkv.append(_fuse([a.q_proj, a.k_proj, a.v_proj]))
-        gate_up.append(_fuse([m.gate_proj, m.up_proj]))
+        qkv.append(_Linear(*_fuse([a.q_proj, a.k_proj, a.v_proj], not bf16), bf16))
+        gate_up.append(_Linear(*_fuse([m.gate_proj, m.up_proj], not bf16), bf16))
+        o.append(_Linear(a.o_proj.weight, a.o_proj.bias, bf16))
+        down.append(_Linear(m.down_proj.weight, m.down_proj.bias, bf16))
+    head = _Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), bf16)
     # RoPE tables computed here (HF's formula) rather than through the model's rotary module, so the
     # engine depends only on the inv_freq buffer, not on how the model lays out its tables.
     inv_freq = model.model.rotary_emb.inv_freq.float()
     freqs = torch.arange(max_len, device=inv_freq.device).float()[:, None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    return DecodeWeights(qkv, gate_up, emb.cos(), emb.sin())
+    return DecodeWeights(qkv, o, gate_up, down, head, emb.cos(), emb.sin(), bf16)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -71,15 +120,14 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompts: list[tuple[list[int], int]],
-                pad: bool = True) -> torch.Tensor:
+                pad: bool = True, contiguous: bool = False) -> torch.Tensor:
     """One engine step: next-token logits for B decoding sequences (rows 0..B-1: one token each at its
     own (slot, position)) and for P new prompts (rows B..B+P-1: each prefilled into its slot).
 
-    Batch-invariant by construction: every linear layer sees all tokens of the step stacked, padded
-    to a multiple of 16 rows (MKL then sums each row the same way whatever the row count); decoding
-    rows attend over a key length rounded up to a multiple of 64; each prompt attends on its own.
-    So no token's numbers depend on what else shares the step. `pad=False` (batch size 1) skips the
-    padding, as nothing can share the step.
+    Batch-invariant by construction (see the module docstring): no token's numbers depend on what
+    else shares the step. `pad=False` (batch size 1) skips the fp32 row padding, as nothing can
+    share the step. `contiguous=True` says `slots` is 0..B-1 in order: decoding then attends over a
+    view of the cache instead of a gathered copy of it (the same numbers, without the copy).
     """
     m, B = model.model, tokens.shape[0]
     dev = tokens.device
@@ -87,18 +135,18 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     ids = torch.cat([tokens] + [torch.tensor(p, dtype=torch.long, device=dev) for p, _ in prompts])
     pos = torch.cat([positions] + [torch.arange(n, device=dev) for n in lens])
     N = ids.shape[0]
-    rows = -(-N // ROW_PAD) * ROW_PAD if pad else N
+    rows = -(-N // ROW_PAD) * ROW_PAD if pad and not w.bf16 else N
     if B:
         L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
         mask = (torch.arange(L, device=dev)[None, :] <= positions[:, None])[:, None, None, :]
     cos, sin = w.cos[pos][:, None], w.sin[pos][:, None]  # (N, 1, hd)
-    x = _pad_rows(m.embed_tokens(ids), rows)  # (rows, hidden)
+    x = _pad_rows(m.embed_tokens(ids).float(), rows)  # (rows, hidden), the fp32 residual stream
     eps = model.config.rms_norm_eps
     for i, layer in enumerate(m.layers):
         a = layer.self_attn
         nh, nkv, hd = a.n_heads, a.n_kv, a.head_dim
         h = F.rms_norm(x, (x.shape[-1],), layer.input_layernorm.weight, eps)
-        qkv = F.linear(h, *w.qkv[i])[:N].view(N, nh + 2 * nkv, hd)
+        qkv = w.qkv[i](h)[:N].float().view(N, nh + 2 * nkv, hd)
         qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
         ys = []
@@ -106,7 +154,10 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             q, k, v = qk[:B, :nh, None], qk[:B, nh:], qkv[:B, nh + nkv :]  # q (B, nh, 1, hd)
             kc[slots, :, positions] = k.to(kc.dtype)
             vc[slots, :, positions] = v.to(vc.dtype)
-            keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
+            if contiguous:
+                keys, values = kc[:B, :, :L], vc[:B, :, :L]
+            else:
+                keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
             y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
                                                enable_gqa=nkv != nh)  # fmt: skip
             ys.append(y.reshape(B, nh * hd))
@@ -120,13 +171,13 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, enable_gqa=nkv != nh)
             ys.append(y[0].transpose(0, 1).reshape(n, nh * hd))
             start += n
-        x = x + a.o_proj(_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows))
+        x = x + w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows))
         h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, eps)
-        gate, up = F.linear(h, *w.gate_up[i]).chunk(2, dim=-1)
-        x = x + layer.mlp.down_proj(F.silu(gate) * up)
+        gate, up = w.gate_up[i](h).chunk(2, dim=-1)
+        x = x + w.down[i](F.silu(gate) * up)
     # logits only where a next token is needed: every decoding row, and each prompt's last token
     last = torch.tensor(list(range(B)) + [B + sum(lens[: j + 1]) - 1 for j in range(len(lens))], device=dev)
-    out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad else last.shape[0]
+    out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad and not w.bf16 else last.shape[0]
     x = _pad_rows(x.index_select(0, last), out_rows)
     x = F.rms_norm(x, (x.shape[-1],), m.norm.weight, eps)
-    return model.lm_head(x)[: last.shape[0]].float()
+    return w.head(x)[: last.shape[0]].float()
