@@ -7,7 +7,9 @@ throughput and output tokens/s against:
 
   * `llmchain serve` with continuous batching (`--max-batch-size 64`),
   * the same server with `--max-batch-size 1` (one sequence at a time),
-  * Hugging Face `generate` (greedy, one request at a time, same weights, same thread count),
+  * Hugging Face `generate` (greedy, one request at a time, same weights, same thread count) in
+    fp32 and in bf16 — the server computes its matmuls in bf16 on AMX CPUs, so bf16 is the fair
+    reference and fp32 is shown beside it,
   * and, for single-stream decoding without HTTP, our engine in-process.
 
     flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/serve.py --preset tiny
@@ -142,14 +144,14 @@ def serve_and_measure(model: Path, batch: int, levels: list[int], reqs_for, outp
         proc.wait(timeout=30)
 
 
-def hf_generate(model: Path, reqs: list[list[int]], output_len: int, threads: int) -> dict:
-    """HF transformers `generate`, greedy, one request at a time; timings from a streamer."""
+def hf_generate(model: Path, reqs: list[list[int]], output_len: int, threads: int, dtype: str = "float32") -> dict:
+    """HF transformers `generate`, greedy, one request at a time, weights in `dtype`; timings from a streamer."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
     torch.set_num_threads(threads)
-    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
 
     class Clock(BaseStreamer):
         def __init__(self):
@@ -224,12 +226,15 @@ def main() -> None:
     def reqs_for(c):
         return pool[: max(8, args.prompts_per_level * c)]
 
+    from llmchain.serve.forward import bf16_supported
+
     load = os.getloadavg()[0]
     print(f"model: preset {args.preset} ({model}), input {args.input_len} / output {args.output_len} tokens, "
-          f"threads {args.threads}, load average {load:.1f} on {os.cpu_count()} CPUs", flush=True)  # fmt: skip
+          f"threads {args.threads}, load average {load:.1f} on {os.cpu_count()} CPUs; server matmuls in "
+          f"{'bf16 (AMX)' if bf16_supported() else 'fp32'}", flush=True)  # fmt: skip
     ours = serve_and_measure(model, args.batch, args.concurrency, reqs_for, args.output_len, args.threads)
     one = serve_and_measure(model, 1, args.concurrency, reqs_for, args.output_len, args.threads)
-    hf = hf_generate(model, reqs_for(1), args.output_len, args.threads)
+    hf = {dt: hf_generate(model, reqs_for(1), args.output_len, args.threads, dt) for dt in ("float32", "bfloat16")}
     eng = {b: engine_in_process(model, reqs_for(1), args.output_len, b, args.threads) for b in (args.batch, 1)}
 
     head = ("| system | conc. | req/s | out tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | "
@@ -243,17 +248,20 @@ def main() -> None:
     for c in args.concurrency:
         row(f"llmchain serve (batch {args.batch})", c, ours[c])
         row("llmchain serve (batch 1)", c, one[c])
-    row("HF generate (one at a time)", 1, hf)
+    for dt, m in hf.items():
+        row(f"HF generate (one at a time, {dt})", 1, m)
     for b, m in eng.items():
         row(f"llmchain engine in-process, no HTTP (batch {b})", 1, m)
     if 16 in args.concurrency:
         print(f"\ncontinuous batching vs batch 1 at concurrency 16: "
               f"{ours[16]['out tok/s'] / one[16]['out tok/s']:.1f}x output tokens/s (target ≥ 8x)")  # fmt: skip
     if 1 in args.concurrency:
-        print(f"single-stream decode (TPOT mean) vs HF generate: {hf['tpot_mean'] / ours[1]['tpot_mean']:.2f}x "
-              f"faster (batch-{args.batch} server), {hf['tpot_mean'] / one[1]['tpot_mean']:.2f}x (batch-1 server); "
-              f"in-process engine: {hf['tpot_mean'] / eng[args.batch]['tpot_mean']:.2f}x (batch {args.batch}), "
-              f"{hf['tpot_mean'] / eng[1]['tpot_mean']:.2f}x (batch 1) (target ≥ 1.5x)")  # fmt: skip
+        for dt, ref in hf.items():
+            t = ref["tpot_mean"]
+            print(f"single-stream decode (TPOT mean) vs HF generate {dt}: {t / ours[1]['tpot_mean']:.2f}x "
+                  f"faster (batch-{args.batch} server), {t / one[1]['tpot_mean']:.2f}x (batch-1 server); "
+                  f"in-process engine: {t / eng[args.batch]['tpot_mean']:.2f}x (batch {args.batch}), "
+                  f"{t / eng[1]['tpot_mean']:.2f}x (batch 1) (target ≥ 1.5x)")  # fmt: skip
 
 
 if __name__ == "__main__":
