@@ -49,6 +49,7 @@ class ServeOptions:
     max_body_bytes: int = 1 << 20
     device: str = "cpu"
     threads: int | None = 1  # torch threads; 1 keeps decoding batch-invariant at any batch size (engine.py)
+    dtype: str = "auto"  # matmul precision: auto (bf16 on AMX CPUs, else the weights'), bfloat16 or float32
 
 
 class State:
@@ -97,7 +98,7 @@ class State:
         eos.update(vocab[t] for t in END_OF_TURN if t in vocab)
         engine = Engine(model, tok, max_batch_size=self.opts.max_batch_size, max_queue=self.opts.max_queue,
                         max_model_len=self.opts.max_model_len, eos_token_ids=[e for e in eos if e is not None],
-                        metrics=self.metrics, threads=self.opts.threads)  # fmt: skip
+                        metrics=self.metrics, threads=self.opts.threads, dtype=self.opts.dtype)  # fmt: skip
         self.metrics.gauges = lambda: {
             "num_requests_running": engine.num_running,
             "num_requests_waiting": engine.num_waiting,
