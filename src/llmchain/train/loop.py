@@ -254,7 +254,8 @@ def fit(
     loss_sum = torch.zeros((), device=rt.device)
     step_hooks = [m for m in model.modules() if hasattr(m, "after_optimizer_step")]
     # Clipping folded into fused AdamW (its grad_scale input); fp16's GradScaler uses that input itself.
-    fold_clip = bool(config.grad_clip) and optimizer.defaults.get("fused") and not scaler.is_enabled() and not fsdp
+    fold_clip = (bool(config.grad_clip) and optimizer.defaults.get("fused") and not scaler.is_enabled() and not fsdp
+                 and hasattr(torch.nn.utils, "get_total_norm"))  # torch >= 2.6; older: a separate clip pass
     loss_count = 0
 
     def elapsed() -> float:
