@@ -74,9 +74,9 @@ def ours_row(args, work: Path, train_file: Path) -> dict:
         model="minilm", train=str(train_file), val=str(SST2 / "dev.tsv"), test=str(SST2 / "test.tsv"),
         out=str(work / "ours"), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, precision=args.precision, seed=args.seed, patience=0, log_every=50,
-        threads=args.threads,
+        threads=args.threads, embedding_rows="all" if args.all_rows else "used",
     )  # fmt: skip
-    s = finetune_classifier(cfg, quiet=not args.verbose, train_rows=not args.all_rows)
+    s = finetune_classifier(cfg, quiet=not args.verbose)
     teardown_runtime()
     return {"method": "llmchain finetune classify" + (" (all embedding rows)" if args.all_rows else ""), "dev": s["best_val"]["accuracy"], "test": s["test"]["accuracy"],
             "minutes": (time.perf_counter() - t) / 60, "epoch": s["best_epoch"],

@@ -200,8 +200,8 @@ def test_train_rows_embedding_trains_like_the_full_table(tiny_bert, sst2, tmp_pa
               weight_decay=0.1, precision="fp32", batch_size=32, max_length=48, threads=1, patience=0)
     runs = {}
     for rows in (True, False):
-        runs[rows] = finetune_classifier(ClassifyConfig(out=str(tmp_path / str(rows)), **kw), quiet=True,
-                                         train_rows=rows)  # fmt: skip
+        cfg = ClassifyConfig(out=str(tmp_path / str(rows)), embedding_rows="used" if rows else "all", **kw)
+        runs[rows] = finetune_classifier(cfg, quiet=True)
         teardown_runtime()
     a, b = (load_file(tmp_path / str(r) / "best/model.safetensors") for r in (True, False))
     assert a.keys() == b.keys() and "bert.embeddings.word_embeddings.weight" in a

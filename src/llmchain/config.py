@@ -304,6 +304,9 @@ class ClassifyConfig(TrainConfig):
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
     patience: int = Field(2, ge=0, description="stop after this many evals without a better val macro-F1 (0: off)")
     strict: bool = Field(False, description="a malformed row is an error instead of being rejected")
+    embedding_rows: Literal["used", "all"] = Field(
+        "used", description="used: AdamW sees only the word-embedding rows of tokens in the training data (same math, faster); all: the whole table"
+    )
     eval_batch_size: int = Field(128, ge=1)
     # Defaults that suit fine-tuning a pretrained encoder (BERT-style) rather than pretraining.
     lr: float = Field(5e-5, gt=0, description="peak learning rate")

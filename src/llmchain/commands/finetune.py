@@ -150,6 +150,8 @@ def classify_command(
     seed: int = typer.Option(None, "--seed"),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch."),
     strict: bool = typer.Option(None, "--strict/--no-strict", help="A malformed row is an error."),
+    embedding_rows: str = typer.Option(None, "--embedding-rows",
+                                       help="used (default: train only the rows of tokens in the data; same math) or all."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Fine-tune a text classifier; per epoch: accuracy, macro P/R/F1, confusion PNG; best model in OUT/best."""

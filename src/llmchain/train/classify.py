@@ -337,11 +337,11 @@ def load_splits(cfg: ClassifyConfig) -> tuple[LabeledData, LabeledData, LabeledD
     return train, val, test, labels
 
 
-def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False, train_rows: bool = True) -> dict[str, Any]:
+def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False) -> dict[str, Any]:
     """Train, keep the best epoch in `RUN/best/`, score the test file if given; returns a summary dict.
 
-    `train_rows` (default): an HF encoder's word embedding goes through `TrainRowsEmbedding` (same
-    math, less work per step); False updates the whole table as a plain parameter.
+    `cfg.embedding_rows="used"` (default): an HF encoder's word embedding goes through
+    `TrainRowsEmbedding` (same math, less work per step); "all" updates the whole table as one parameter.
 
     Raises UserError for bad inputs (missing file/column, empty file, val/test labels unseen in train).
     """
@@ -360,7 +360,7 @@ def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False, train_rows:
         return Split(d, ids, labels.encode(d.labels, str(d.path)))
 
     tr, va = encode(train), encode(val)
-    if train_rows and cfg.strategy != "fsdp":
+    if cfg.embedding_rows == "used" and cfg.strategy != "fsdp":
         train_rows_only(model, tr.ids + [[pad_id]])
     source = BucketedBatches(tr.ids, tr.y, cfg.batch_size, cfg.seed, pad_id)
     spe = source.steps_per_epoch
