@@ -6,10 +6,10 @@ running sequence. A finished or cancelled sequence frees its slot at once.
 
 Batch invariance (a request's tokens never depend on its neighbours): CPU matmul kernels pick
 different summation orders for different row counts (M = 1 takes a GEMV path), and attention's
-softmax reduces differently when the key length has a ragged tail. So a step stacks all its tokens
-and pads the rows to a multiple of 16, pads decoding attention's key length to a multiple of 64,
-and lets each prompt attend on its own — with those, every row's result is bit-identical whatever
-the batch (tests/test_serve_engine.py checks it). With `max_batch_size=1` no padding is needed.
+softmax reduces differently when the key length has a ragged tail. So a step's linears run in bf16
+calls of ≤ 16 rows on AMX CPUs (fp32 elsewhere: rows padded to a multiple of 16), decoding
+attention's key length is padded to a multiple of 64, and each prompt attends on its own — with
+those, every row's result is bit-identical whatever the batch (tests/test_serve_engine.py checks it).
 """
 
 from __future__ import annotations
