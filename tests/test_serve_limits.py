@@ -69,6 +69,9 @@ def test_cli_serve_rejects_a_bad_dir_and_chat_talks(tmp_path, tmp_path_factory, 
 
     code, _, err = run_cli("serve", str(tmp_path))
     assert code == 2 and "no config.json" in err
+    (tmp_path / "config.json").write_text("{}")
+    code, _, err = run_cli("serve", str(tmp_path), "--dtype", "fp16")
+    assert code == 2 and "dtype" in err and "float32" in err
     model = cached_model_dir(tmp_path_factory, shared_data)
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/reset\nAgain\n/exit\n"))
     code, out, err = run_cli("chat", str(model), "--max-tokens", "5", "--temperature", "0")

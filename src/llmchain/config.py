@@ -426,6 +426,9 @@ class ServeConfig(StageConfig):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     device: str = "cpu"
     threads: int = Field(1, ge=1)  # torch CPU threads; 1 keeps decoding batch-invariant (serve/engine.py)
+    # Matmul precision: auto = bf16 on CPUs with AMX (row-invariant oneDNN kernels, serve/forward.py), else
+    # the weights' own dtype; bfloat16 fails clearly where that path is unavailable.
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
 
 
 # --- recipe ----------------------------------------------------------------------------------

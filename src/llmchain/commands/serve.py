@@ -26,6 +26,8 @@ def serve(
     chat_template: Path = typer.Option(None, help="A Jinja chat template file replacing the tokenizer's."),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default 1: batch-invariant decoding at any "
                                 "batch size, no OpenMP stalls on a busy machine; more may be faster on idle cores)."),
+    dtype: str = typer.Option(None, help="Matmul precision: auto (default: bf16 on CPUs with AMX, else the "
+                              "weights' dtype), bfloat16 or float32."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""
@@ -37,13 +39,20 @@ def serve(
     _check_dir(model_dir)
     cfg = load_config(ServeConfig, config, host=host, port=port, api_key=api_key, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
-                      chat_template=str(chat_template) if chat_template else None, threads=threads)  # fmt: skip
+                      chat_template=str(chat_template) if chat_template else None, threads=threads,
+                      dtype=dtype)  # fmt: skip
+    if cfg.dtype == "bfloat16":
+        from llmchain.serve.forward import bf16_supported
+
+        if cfg.device != "cpu" or not bf16_supported():
+            raise UserError("--dtype bfloat16 needs a CPU with AMX (oneDNN's row-invariant bf16 kernels); "
+                            "use --dtype auto or float32")
     if cfg.chat_template and not Path(cfg.chat_template).is_file():
         raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
     opts = ServeOptions(model_dir=str(model_dir), served_model_name=cfg.served_model_name, api_key=cfg.api_key,
                         max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue, max_model_len=cfg.max_model_len,
                         chat_template=cfg.chat_template, max_body_bytes=cfg.max_body_bytes, device=cfg.device,
-                        threads=cfg.threads)  # fmt: skip
+                        threads=cfg.threads, dtype=cfg.dtype)  # fmt: skip
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         typer.echo(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it", err=True)
     typer.echo(f"serving {model_dir} at http://{cfg.host}:{cfg.port}  (chat page: /, API: /v1, docs: /docs)")

@@ -201,6 +201,9 @@ class Engine:
             raise ValueError(f"dtype must be auto, bfloat16 or float32, not {dtype!r}")
         # bf16 matmuls on fp32 weights (as vLLM serves fp32 checkpoints in half precision): on AMX
         # CPUs a ≤ 16-row bf16 call costs what one row costs, so batch invariance needs no padding.
+        if dtype == "bfloat16" and not (device.type == "cpu" and bf16_supported()):
+            raise ValueError("dtype bfloat16 needs a CPU with AMX (oneDNN's row-invariant bf16 kernels); "
+                             "use auto or float32, or load bf16 weights on a GPU")
         self.bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cpu"
                                             and weight_dtype == torch.float32 and bf16_supported())
         self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
