@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--min-lr", type=float, default=None)
     ap.add_argument("--warmup-steps", type=int, default=30)
-    ap.add_argument("--weight-decay", type=float, default=0.5)
+    ap.add_argument("--weight-decay", type=float, default=1.0)
     ap.add_argument("--dropout", type=float, default=0.0, help="training dropout (embeddings, residuals)")
     ap.add_argument("--precision", default="bf16", help="bf16 (measured faster here: AMX), fp32, or auto (timed)")
     ap.add_argument("--eval-stride", type=int, default=None,
