@@ -160,3 +160,19 @@ def test_errors_name_the_problem(corpus, tmp_path):
     (tmp_path / "notshards").mkdir()
     with pytest.raises(UserError, match="shards"):
         evaluate_lm(model_dir, tmp_path / "notshards")
+
+
+def test_cli_stride_reaches_the_report(corpus, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    model_dir = _model_dir(corpus, "random_cli", uniform=False)
+    code, _, err = run_cli("eval", "lm", "--model", str(model_dir), "--data", str(corpus["shards"]), "--seq-len",
+                           "16", "--stride", "4", "--baseline", "none", "-o", str(tmp_path / "ev"))  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["config"]["stride"] == 4 and report["systems"][0]["stride"] == 4
+    code, _, err = run_cli("eval", "lm", "--model", str(model_dir), "--data", str(corpus["shards"]), "--seq-len",
+                           "16", "--stride", "17", "--baseline", "none", "-o", str(tmp_path / "ev2"))  # fmt: skip
+    assert code == 2 and "--stride 17" in err

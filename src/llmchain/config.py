@@ -369,6 +369,9 @@ class EvalLMConfig(StageConfig):
     batch_size: int = Field(8, ge=1, description="windows per forward pass")
     seq_len: int | None = Field(None, ge=2, description="tokens per window (default: the model's context, ≤ 1024)")
     max_tokens: int | None = Field(None, ge=1, description="evaluate only the first N tokens")
+    stride: int | None = Field(
+        None, ge=1, description="sliding windows: each scores its last STRIDE tokens after seq_len - STRIDE of context"
+    )
     device: str = Field("auto", description="auto, cpu, cuda, mps")
 
 

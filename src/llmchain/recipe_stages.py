@@ -179,7 +179,7 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
         cfg = _cfg("EvalLMConfig", c)
         report, _ = run_lm_eval(ctx.out_dir, data=ins["data"], model_dir=ins.get("model"), train_text=ins.get("train"),
                                 orders=tuple(cfg.orders), batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                                max_tokens=cfg.max_tokens, device=cfg.device)  # fmt: skip
+                                max_tokens=cfg.max_tokens, stride=cfg.stride, device=cfg.device)  # fmt: skip
         line = summary_line(report)
         if line:
             ctx.log(line)

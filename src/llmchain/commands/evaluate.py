@@ -55,6 +55,8 @@ def eval_lm(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Windows per forward pass (default 8)."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: model context ≤ 1024)."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Evaluate only the first N tokens."),
+    stride: int | None = typer.Option(None, "--stride", help="Sliding windows: each scores its last N tokens, "
+                                      "the rest of the window is context (default: non-overlapping)."),
     device: str | None = typer.Option(None, "--device", help="auto (default), cpu, cuda, mps."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: RUN/eval/lm or ./eval/)."),
     config: Path | None = typer.Option(None, "--config", help="YAML with EvalLMConfig fields; flags win."),
@@ -68,13 +70,13 @@ def eval_lm(
     if baseline not in ("ngram", "none"):
         raise UserError(f"--baseline {baseline!r}: choose ngram or none")
     cfg = load_config(EvalLMConfig, config, orders=order or None, batch_size=batch_size, seq_len=seq_len,
-                      max_tokens=max_tokens, device=device)  # fmt: skip
+                      max_tokens=max_tokens, stride=stride, device=device)  # fmt: skip
     if model is None and baseline == "none":
         raise UserError("nothing to evaluate: give --model, or keep the n-gram baseline")
     out = out or default_out_dir(model, "lm")
     report, out = run_lm_eval(out, data=data, model_dir=model, orders=tuple(cfg.orders) if baseline == "ngram" else (),
                               train_text=train_text, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                              max_tokens=cfg.max_tokens, device=cfg.device)  # fmt: skip
+                              max_tokens=cfg.max_tokens, stride=cfg.stride, device=cfg.device)  # fmt: skip
     print_report(report, out, summary_line(report))
 
 

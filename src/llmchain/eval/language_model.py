@@ -120,6 +120,7 @@ def evaluate_language_model(
     seq_len: int | None = None,
     max_tokens: int | None = None,
     device: str = "auto",
+    stride: int | None = None,
 ) -> dict[str, Any]:
     """Score the model (if any) and byte-level n-gram baselines (one per order; none for `orders=()`).
 
@@ -143,7 +144,7 @@ def evaluate_language_model(
         from llmchain.eval.lm import evaluate_lm
 
         check_model_data(mdir, data)
-        m = evaluate_lm(mdir, data, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, device=device,
+        m = evaluate_lm(mdir, data, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, stride=stride, device=device,
                         progress=sys.stderr.isatty())  # fmt: skip
         eval_bytes = m["bytes"]
         systems.append({"name": "model", "title": f"model ({mdir.name})", "baseline": False, **m})
@@ -196,7 +197,8 @@ def evaluate_language_model(
         "columns": COLUMNS,
         "primary": "bits_per_byte",
         "higher_is_better": False,
-        "config": {"orders": list(orders), "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens},
+        "config": {"orders": list(orders), "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens,
+                   "stride": stride},
         "systems": systems,
         "notes": notes,
     }
