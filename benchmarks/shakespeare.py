@@ -148,9 +148,9 @@ def main() -> int:
         print(f"| {name} | {seconds} | {nats:.3f} | {nats / 0.693147:.2f} |")
     nats_per_byte = ev["bits_per_byte"] * 0.693147
     print(f"| llmchain pretrain, BPE {args.vocab}, {args.budget} budget; eval: {args.seq_len}-token windows | "
-          f"{fit.elapsed_s:.0f} | {nats_per_byte:.3f} | **{ev['bits_per_byte']:.2f}** |")
+          f"{fit.elapsed_s:.0f} | {nats_per_byte:.3f} | **{ev['bits_per_byte']:.3f}** |")
     print(f"| llmchain, same model; eval: sliding {args.seq_len}-token windows, stride {stride} | "
-          f"{fit.elapsed_s:.0f} | {slid['bits_per_byte'] * 0.693147:.3f} | **{slid['bits_per_byte']:.2f}** |")
+          f"{fit.elapsed_s:.0f} | {slid['bits_per_byte'] * 0.693147:.3f} | **{slid['bits_per_byte']:.3f}** |")
     print(f"| target | 300 | {2.1 * 0.693147:.3f} | ≤ 2.10 |")
     print()
     print(json.dumps({"bits_per_byte": ev["bits_per_byte"], "val_loss_per_token": ev["loss"],
