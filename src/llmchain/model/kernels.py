@@ -1,8 +1,9 @@
 """CPU training kernels for `llama.py`: hand-written backwards where PyTorch's eager kernels are slow.
 
-Used only in eager training on CPU (never for inference, the KV cache, or under torch.compile):
-`Rotary` (RoPE on the two halves, no `cat`) and `CausalMatmulAttention` (bf16 causal GQA attention as
-batched matmuls that keeps its probabilities for the backward). Each is checked against autograd of
+Used only in training on CPU (never for inference or the KV cache): `Rotary` (RoPE on the two halves,
+no `cat`; eager only — compiled, inductor fuses the plain form) and `CausalMatmulAttention` (bf16
+causal GQA attention as batched matmuls that keeps its probabilities for the backward; eager and
+compiled — inductor's CPU attention has the same fp32, recomputing backward as the eager kernel). Each is checked against autograd of
 the plain form in tests/test_model_kernels.py (gradcheck in fp64; bf16 gradients close to SDPA's).
 """
 
@@ -52,7 +53,6 @@ def use_matmul_attention(q: torch.Tensor, k: torch.Tensor, low: torch.dtype) -> 
         and (q.requires_grad or k.requires_grad)
         and 1 < T <= 1024
         and B * H * T * T <= MATMUL_ATTENTION_MAX_SCORES
-        and not torch.compiler.is_compiling()
     )
 
 
@@ -80,10 +80,14 @@ class CausalMatmulAttention(torch.autograd.Function):
         # no copies of k/v (rows r and r + T of a group are the same position).
         qg = q.reshape(B, kv, H // kv * T, D)
         key = (H // kv, T)
-        if key not in _CAUSAL_MASKS:
-            _CAUSAL_MASKS[key] = torch.ones(T, T, dtype=torch.bool).triu_(1).repeat(H // kv, 1)
+        if torch.compiler.is_compiling():
+            mask = torch.ones(T, T, dtype=torch.bool).triu(1).repeat(H // kv, 1)
+        else:
+            if key not in _CAUSAL_MASKS:
+                _CAUSAL_MASKS[key] = torch.ones(T, T, dtype=torch.bool).triu_(1).repeat(H // kv, 1)
+            mask = _CAUSAL_MASKS[key]
         with torch.autocast("cpu", enabled=False):  # inputs are bf16 already; keep p in bf16
-            s = torch.matmul(qg, k.transpose(-1, -2)).masked_fill_(_CAUSAL_MASKS[key], float("-inf"))
+            s = torch.matmul(qg, k.transpose(-1, -2)).masked_fill_(mask, float("-inf"))
             p = torch.softmax(s, dim=-1)
             ctx.save_for_backward(qg, k, v, p)
             return torch.matmul(p, v).view(B, H, T, D)
