@@ -41,12 +41,15 @@ def serve(
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
                       chat_template=str(chat_template) if chat_template else None, threads=threads,
                       dtype=dtype)  # fmt: skip
-    if cfg.dtype == "bfloat16":
-        from llmchain.serve.forward import bf16_supported
+    if cfg.dtype == "bfloat16":  # checked here too: the server loads the model after startup, too late for exit 2
+        import torch
 
-        if cfg.device != "cpu" or not bf16_supported():
-            raise UserError("--dtype bfloat16 needs a CPU with AMX (oneDNN's row-invariant bf16 kernels); "
-                            "use --dtype auto or float32")
+        from llmchain.serve.forward import use_bf16
+
+        try:
+            use_bf16(cfg.dtype, torch.device(cfg.device), torch.float32)
+        except ValueError as e:
+            raise UserError(f"--dtype: {e}") from None
     if cfg.chat_template and not Path(cfg.chat_template).is_file():
         raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
     opts = ServeOptions(model_dir=str(model_dir), served_model_name=cfg.served_model_name, api_key=cfg.api_key,

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from llmchain.serve.forward import KEY_PAD, bf16_supported, prepare_decode, step_logits
+from llmchain.serve.forward import KEY_PAD, prepare_decode, step_logits, use_bf16
 from llmchain.serve.sampling import (
     IncrementalDetokenizer,
     Sampler,
@@ -197,15 +197,7 @@ class Engine:
         device = next(model.parameters()).device
         cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
         self.cache = KVCache(self.config, max_batch_size, cache_len, device, weight_dtype)
-        if dtype not in ("auto", "bfloat16", "float32"):
-            raise ValueError(f"dtype must be auto, bfloat16 or float32, not {dtype!r}")
-        # bf16 matmuls on fp32 weights (as vLLM serves fp32 checkpoints in half precision): on AMX
-        # CPUs a ≤ 16-row bf16 call costs what one row costs, so batch invariance needs no padding.
-        if dtype == "bfloat16" and not (device.type == "cpu" and bf16_supported()):
-            raise ValueError("dtype bfloat16 needs a CPU with AMX (oneDNN's row-invariant bf16 kernels); "
-                             "use auto or float32, or load bf16 weights on a GPU")
-        self.bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cpu"
-                                            and weight_dtype == torch.float32 and bf16_supported())
+        self.bf16 = use_bf16(dtype, device, weight_dtype)  # bf16 linears on AMX CPUs (serve/forward.py)
         self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
         self.device = device
         self.free_slots: list[int] = list(range(max_batch_size))[::-1]

@@ -43,6 +43,22 @@ def bf16_supported() -> bool:
         return False
 
 
+def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> bool:
+    """Whether the engine runs its linears in bf16 for `dtype` (auto | bfloat16 | float32): auto picks
+    bf16 for fp32 weights on CPUs with AMX (as vLLM serves fp32 checkpoints in half precision — there a
+    ≤ 16-row bf16 call costs what one row costs, so batch invariance needs no padding). Raises
+    ValueError for an unknown dtype or bfloat16 where the row-invariant kernels are unavailable."""
+    if dtype not in ("auto", "bfloat16", "float32"):
+        raise ValueError(f"dtype must be auto, bfloat16 or float32, not {dtype!r}")
+    if dtype == "float32":
+        return False
+    supported = device.type == "cpu" and bf16_supported()
+    if dtype == "bfloat16" and not supported:
+        raise ValueError("dtype bfloat16 needs a CPU with AMX (oneDNN's row-invariant bf16 kernels); "
+                         "use auto or float32, or load bf16 weights on a GPU")
+    return supported and (dtype == "bfloat16" or weight_dtype == torch.float32)
+
+
 class _Linear:
     """y = x Wᵀ + b on fp32 weights (one call), or on oneDNN-prepacked bf16 weights in ≤ 16-row calls
     (then y is bf16; the caller adds it to its fp32 residual stream)."""
