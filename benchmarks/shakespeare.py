@@ -65,10 +65,14 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--min-lr", type=float, default=None)
+    ap.add_argument("--lr-schedule", default="cosine", choices=["cosine", "linear"], help="decay to --min-lr")
     ap.add_argument("--warmup-steps", type=int, default=30)
     ap.add_argument("--weight-decay", type=float, default=1.0)
+    ap.add_argument("--ema", type=float, default=0.99,
+                    help="decay of the moving average of the weights that becomes the final model (0: off)")
     ap.add_argument("--dropout", type=float, default=0.0, help="training dropout (embeddings, residuals)")
     ap.add_argument("--precision", default="bf16", help="bf16 (measured faster here: AMX), fp32, or auto (timed)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile (its compile time counts in the budget)")
     ap.add_argument("--eval-stride", type=int, default=None,
                     help="sliding-window eval stride in tokens (default seq_len / 2; the plain eval is always run)")
     ap.add_argument("--threads", default="all", help="torch threads: all (default), N, or auto (1 when busy)")
@@ -113,9 +117,10 @@ def main() -> int:
              "num_key_value_heads": args.kv_heads, "intermediate_size": args.ffn}  # fmt: skip
     config = PretrainConfig(
         data=str(work / "shards"), out=str(run_dir), preset="micro", model=model, seq_len=args.seq_len,
-        max_time=args.budget, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, dropout=args.dropout,
-        precision=args.precision, threads=threads, eval_every=args.eval_every, eval_batches=4, save_every=0, log_every=50,
+        max_time=args.budget, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, dropout=args.dropout, ema=args.ema,
+        precision=args.precision, compile=args.compile, threads=threads, eval_every=args.eval_every, eval_batches=4,
+        save_every=0, log_every=50,
     )  # fmt: skip
     result = run_pretrain(config)
     teardown_runtime()
@@ -137,7 +142,9 @@ def main() -> int:
           f" (this run's own threads count too)")  # fmt: skip
     print(f"ours: BPE {args.vocab} ({chars_per_token:.2f} chars/token, tokenizer {t_tok:.1f} s, pack {t_pack:.1f} s); "
           f"model {result.params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers), seq {args.seq_len}, "
-          f"batch {args.batch_size}, lr {args.lr}, dropout {args.dropout}, {fit.precision}; "
+          f"batch {args.batch_size}, lr {args.lr}, wd {args.weight_decay}, {args.lr_schedule} to {args.lr / 10 if args.min_lr is None else args.min_lr}, "
+          f"dropout {args.dropout}, ema {args.ema}, {fit.precision}"
+          f"{' compiled' if args.compile else ''}; "
           f"{fit.step:,} steps, {fit.tokens:,} tokens "
           f"({fit.tokens * chars_per_token / info['splits']['train']['bytes']:.1f} epochs); eval {t_eval:.1f} s "
           f"(sliding, stride {stride}: {t_slid:.1f} s)")

@@ -261,6 +261,9 @@ class TrainConfig(StageConfig):
     log_every: int = Field(10, ge=1, description="steps between progress/metrics lines")
     resume: str | None = Field(None, description="auto (newest complete checkpoint), or a checkpoint dir")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    lr_schedule: Literal["cosine", "linear"] = Field("cosine", description="decay from lr to min_lr after warmup")
+    ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights, "
+                       "updated every step; evals and the final model use it, checkpoints keep both (0: off)")
 
     @field_validator("max_time", mode="before")
     @classmethod

@@ -23,6 +23,8 @@
 - A submodule with `after_optimizer_step(lr, weight_decay)` is called after every optimizer step
   (the classifier's `TrainRowsEmbedding` uses it to decay the embedding rows it keeps out of AdamW).
 - `config`: a `TrainConfig` (steps/time budget, batch, AdamW, schedule, precision, checkpoints...).
+  With `config.ema` > 0 the loop keeps a moving average of the weights (`ema.WeightEMA`): evals
+  run on it, the returned model carries it, checkpoints hold the raw weights plus the average.
 
 Checkpoints go to `run_dir/checkpoints/step-N/` every `save_every` steps, at the end, on Ctrl-C and
 on SIGTERM; `config.resume="auto"` continues from the newest complete one (corrupt or half-written
@@ -55,6 +57,7 @@ from llmchain.train.distributed import (
     unwrap,
     wrap_model,
 )
+from llmchain.train.ema import WeightEMA
 from llmchain.train.monitor import Monitor, Throughput
 
 
@@ -88,7 +91,7 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
 
 
 def lr_at(config, step: int, elapsed: float) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from `lr` to `min_lr` over the run.
+    """Linear warmup over `warmup_steps`, then cosine (or linear: `lr_schedule`) from `lr` to `min_lr`.
 
     The run's length is `max_steps` when set, else the `max_time` budget: progress is then elapsed
     time over the budget (so a time-budget run ends exactly at min_lr, but is not bit-reproducible).
@@ -101,6 +104,8 @@ def lr_at(config, step: int, elapsed: float) -> float:
     else:
         progress = elapsed / config.max_time
     progress = min(max(progress, 0.0), 1.0)
+    if getattr(config, "lr_schedule", "cosine") == "linear":
+        return warm * (config.lr - (config.lr - min_lr) * progress)
     return warm * (min_lr + 0.5 * (config.lr - min_lr) * (1 + math.cos(math.pi * progress)))
 
 
@@ -233,6 +238,18 @@ def fit(
         step, elapsed_before, tokens_seen = trainer["step"], trainer["elapsed_s"], trainer["tokens"]
 
     fsdp = is_fsdp(wrapped)
+    ema = None
+    if config.ema:
+        if fsdp:
+            raise ConfigError("ema is not supported with --strategy fsdp (the average would be sharded)")
+        ema = WeightEMA(unwrap(wrapped), config.ema)
+        if trainer is not None and trainer.get("ema") is not None:
+            try:
+                ema.load_state_dict(trainer["ema"])
+            except ValueError as e:
+                raise UserError(f"cannot resume from {resume_dir}: {e}") from None
+        elif trainer is not None:
+            say("the checkpoint has no weight average: it starts from the resumed weights")
     if config.precision == "auto" and trainer is not None and trainer.get("dtype") in _DTYPES:
         rt.dtype = _DTYPES[trainer["dtype"]]  # a resumed run keeps the precision it was measured to run best in
     elif config.precision == "auto" and rt.device.type == "cpu" and not fsdp:
@@ -271,6 +288,8 @@ def fit(
             state = {"step": step, "optimizer": osd, "rng": ckpt.rng_state(), "elapsed_s": elapsed(),
                      "tokens": tokens_seen, "world_size": rt.world_size, "dtype": _dtype_name(rt.dtype),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "format": 1}  # fmt: skip
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             path = ckpt.save_checkpoint(run_dir, step, plain, state, save_fn, config.keep_checkpoints)
             mon.print(f"checkpoint: {path}")
         rt.barrier()
@@ -280,7 +299,7 @@ def fit(
         if eval_fn is None:
             return {}
         wrapped.eval()
-        with torch.no_grad(), rt.autocast():
+        with torch.no_grad(), rt.autocast(), (ema.swapped() if ema else contextlib.nullcontext()):
             metrics = eval_fn(wrapped, rt)
         wrapped.train()
         if mon is not None and metrics:
@@ -337,6 +356,8 @@ def fit(
                     for m in step_hooks:
                         m.after_optimizer_step(lr, config.weight_decay)
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update()
                 step += 1
 
                 if step % config.log_every == 0 or step == config.max_steps:
@@ -371,6 +392,8 @@ def fit(
             last_eval = evaluate() or last_eval
         if last_ckpt is None or last_ckpt.name != f"step-{step}":
             last_ckpt = save() if step > 0 else last_ckpt
+    if ema is not None:
+        ema.swap()  # the returned (final) model is the average; the checkpoint above kept both
     if mon is not None:
         mon.plot()
         if stopped_by:
