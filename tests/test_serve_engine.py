@@ -34,14 +34,15 @@ def engine(tmp_path_factory, shared_data):
 def test_step_rows_are_bit_identical_whatever_the_batch(bf16):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=640)  # fmt: skip
     model = Llama(cfg).eval()
     g = torch.Generator().manual_seed(1)
-    lens = (3, 17, 40, 64, 65, 100, 9, 1, 33, 70) * (2 if bf16 else 1)  # bf16: more than 16 rows too
+    # 300 and 530: keys beyond one 256-key block; bf16: more than 32 rows per step too
+    lens = (3, 17, 40, 64, 65, 100, 9, 1, 33, 300) * (4 if bf16 else 1) + (530,)
     prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in lens]
     B = len(prompts)
-    cache = KVCache(cfg, B + 2, 256)
-    w = prepare_decode(model, 256, bf16=bf16)
+    cache = KVCache(cfg, B + 2, 640)
+    w = prepare_decode(model, 640, bf16=bf16)
     none = torch.zeros(0, dtype=torch.long)
     tol = dict(rtol=0, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-4)  # bf16 matmuls vs the fp32 model
 

@@ -4,12 +4,9 @@ Every step the scheduler (1) drops cancelled sequences, (2) admits waiting reque
 slots, and (3) runs ONE forward that prefills the admitted prompts and decodes one token for every
 running sequence. A finished or cancelled sequence frees its slot at once.
 
-Batch invariance (a request's tokens never depend on its neighbours): CPU matmul kernels pick
-different summation orders for different row counts (M = 1 takes a GEMV path), and attention's
-softmax reduces differently when the key length has a ragged tail. So a step's linears run in bf16
-calls of ≤ 16 rows on AMX CPUs (fp32 elsewhere: rows padded to a multiple of 16), decoding
-attention's key length is padded to a multiple of 64, and each prompt attends on its own — with
-those, every row's result is bit-identical whatever the batch (tests/test_serve_engine.py checks it).
+Batch invariance (a request's tokens never depend on its neighbours) comes from how serve/forward.py
+computes a step: row-invariant matmul calls, key lengths padded so masked keys add exact zeros, each
+prompt attending on its own (tests/test_serve_engine.py checks it bit for bit).
 """
 
 from __future__ import annotations
@@ -198,7 +195,12 @@ class Engine:
         cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
         self.cache = KVCache(self.config, max_batch_size, cache_len, device, weight_dtype)
         self.bf16 = use_bf16(dtype, device, weight_dtype)  # bf16 linears on AMX CPUs (serve/forward.py)
-        self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads or prev)  # prepare_decode probes kernels: under the threads they will run on
+        try:
+            self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
+        finally:
+            torch.set_num_threads(prev)
         self.device = device
         self.free_slots: list[int] = list(range(max_batch_size))[::-1]
         self.waiting: deque[RequestHandle] = deque()

@@ -3,15 +3,17 @@
 `step_logits` computes, in one pass, the next-token logits of every decoding sequence and of every
 newly admitted prompt. CPU matmul kernels sum in different orders for different row counts (fp32:
 M = 1 takes a GEMV path and MKL's blocking changes with M; bf16: oneDNN's AMX kernel changes above
-16 rows), and attention's softmax reduces differently when the key length has a ragged tail. So:
+~32 rows), and MKL's matmul over the keys (p·V) blocks its sum differently once there are more than
+256 keys. So:
 
   * bf16 (the default on CPUs with AMX): every linear layer runs on oneDNN-prepacked bf16 weights in
-    calls of at most 16 rows, for which the kernel computes each row the same way whatever M is —
-    a lone sequence pays for one row, not sixteen;
+    calls of at most 32 rows (16 where a start-up probe finds 32 unsafe), for which the kernel computes
+    each row the same way whatever M is — a lone sequence pays for one row, not thirty-two;
   * fp32: all of a step's tokens are stacked and padded to a multiple of 16 rows (one MKL call);
 
-and in both, decoding attention's key length is padded to a multiple of 64 and each prompt attends
-on its own. Then no token's numbers depend on what else shares the step (tests/test_serve_engine.py).
+and in both, decoding attention's key length is padded to a multiple of 16 (masked keys then add
+exact zeros), p·V is summed in fixed blocks of 256 keys, and each prompt attends on its own. Then
+no token's numbers depend on what else shares the step (tests/test_serve_engine.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROW_PAD, KEY_PAD = 16, 64
-ROW_CHUNK = 16  # bf16: the most rows per oneDNN call for which every row is computed the same way
+ROW_PAD, KEY_PAD = 16, 16
+KEY_BLOCK = 256  # p·V over at most this many keys per matmul: one summation order for any key length
+# bf16: the most rows per oneDNN call for which every row is computed the same way. oneDNN's AMX
+# kernel keeps one reduction order up to ~32 rows on the shapes we measured (above that it may split
+# K); each weight shape is probed at start-up (`_row_chunk`) and falls back to 16 if 32 disagrees.
+ROW_CHUNKS = (32, 16)
 
 
 def bf16_supported() -> bool:
@@ -59,15 +65,33 @@ def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> boo
     return supported and (dtype == "bfloat16" or weight_dtype == torch.float32)
 
 
+_CHUNK_BY_SHAPE: dict[tuple[int, int, bool], int] = {}
+
+
+def _row_chunk(w: torch.Tensor, b: torch.Tensor | None) -> int:
+    """The largest of ROW_CHUNKS for which every call of ≤ that many rows on this (prepacked) weight
+    gives each row exactly its one-row result — probed once per weight shape on random rows."""
+    key = (*w.shape, b is not None)
+    if key not in _CHUNK_BY_SHAPE:
+        lp = torch.ops.mkldnn._linear_pointwise
+        x = torch.randn(max(ROW_CHUNKS), w.shape[1], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+        one = torch.cat([lp(r, w, b, "none", [], "") for r in x.split(1)])
+        _CHUNK_BY_SHAPE[key] = next((c for c in ROW_CHUNKS[:-1] if all(
+            torch.equal(lp(x[:m], w, b, "none", [], ""), one[:m]) for m in range(2, c + 1))), ROW_CHUNKS[-1])  # fmt: skip
+    return _CHUNK_BY_SHAPE[key]
+
+
 class _Linear:
-    """y = x Wᵀ + b on fp32 weights (one call), or on oneDNN-prepacked bf16 weights in ≤ 16-row calls
-    (then y is bf16; the caller adds it to its fp32 residual stream)."""
+    """y = x Wᵀ + b on fp32 weights (one call), or on oneDNN-prepacked bf16 weights in calls of at most
+    `rows` rows (then y is bf16; the caller adds it to its fp32 residual stream)."""
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None, bf16: bool):
         self.bf16 = bf16
         if bf16:
-            self.w = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16).contiguous(), ROW_CHUNK)
+            self.w = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16).contiguous(),
+                                                             max(ROW_CHUNKS))  # fmt: skip
             self.b = None if b is None else b.detach().to(torch.bfloat16).contiguous()
+            self.rows = _row_chunk(self.w, self.b)
         else:
             self.w, self.b = w, b
 
@@ -76,9 +100,9 @@ class _Linear:
             return F.linear(x, self.w, self.b)
         x = x.to(torch.bfloat16)
         lp = torch.ops.mkldnn._linear_pointwise
-        if x.shape[0] <= ROW_CHUNK:
+        if x.shape[0] <= self.rows:
             return lp(x, self.w, self.b, "none", [], "")
-        return torch.cat([lp(c, self.w, self.b, "none", [], "") for c in x.split(ROW_CHUNK)])
+        return torch.cat([lp(c, self.w, self.b, "none", [], "") for c in x.split(self.rows)])
 
 
 @dataclass
@@ -145,7 +169,10 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     nkv = keys.shape[1]
     qg = q.reshape(B, nkv, nh // nkv, hd) * (1.0 / math.sqrt(hd))  # query heads grouped by kv head (GQA)
     p = torch.softmax(torch.matmul(qg, keys.transpose(-1, -2)) + bias, dim=-1)
-    return torch.matmul(p, values).reshape(B, nh * hd)
+    y = torch.matmul(p[..., :KEY_BLOCK], values[:, :, :KEY_BLOCK])
+    for c in range(KEY_BLOCK, p.shape[-1], KEY_BLOCK):  # later blocks of a shorter row's keys add exact zeros
+        y += torch.matmul(p[..., c : c + KEY_BLOCK], values[:, :, c : c + KEY_BLOCK])
+    return y.reshape(B, nh * hd)
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
