@@ -6,7 +6,9 @@ tokenizer is trained on the train part only. The score is bits-per-byte on the F
 `seq_len`-token windows (a window's first tokens see little context) and sliding windows
 (`--eval-stride`: each window scores only its last `stride` tokens, with the `seq_len - stride` before
 them as context — how perplexity is usually reported). The text is ASCII, so bits per byte = bits
-per character and nanoGPT's character-level numbers compare directly.
+per character and nanoGPT's character-level numbers compare directly. The final model is the
+exponential moving average of the weights (`--ema 0.99`, the loop's `ema` option); the raw last
+weights (the run's final checkpoint) are scored too, on non-overlapping windows, for comparison.
 
 Reference (nanoGPT, measured on this 2-core machine): its documented CPU character-level config (4
 layers, 128 dims, block 64, batch 12) reaches 1.886 nats/char = 2.72 bits/char after 2,000 iterations
@@ -66,7 +68,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--min-lr", type=float, default=None)
     ap.add_argument("--lr-schedule", default="cosine", choices=["cosine", "linear"], help="decay to --min-lr")
-    ap.add_argument("--warmup-steps", type=int, default=30)
+    ap.add_argument("--warmup-steps", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=1.0)
     ap.add_argument("--ema", type=float, default=0.99,
                     help="decay of the moving average of the weights that becomes the final model (0: off)")
@@ -133,6 +135,9 @@ def main() -> int:
     t = time.perf_counter()
     slid = evaluate_lm(result.final, work / "val.txt", seq_len=args.seq_len, stride=stride, batch_size=32)
     t_slid = time.perf_counter() - t
+    raw = None  # the raw last weights (checkpoints keep them; the final model is their average)
+    if args.ema and result.fit.checkpoint is not None:
+        raw = evaluate_lm(result.fit.checkpoint, work / "val.txt", seq_len=args.seq_len, batch_size=32)
     fit = result.fit
     chars_per_token = info["splits"]["train"]["bytes"] / info["splits"]["train"]["tokens"]
 
@@ -142,7 +147,8 @@ def main() -> int:
           f" (this run's own threads count too)")  # fmt: skip
     print(f"ours: BPE {args.vocab} ({chars_per_token:.2f} chars/token, tokenizer {t_tok:.1f} s, pack {t_pack:.1f} s); "
           f"model {result.params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers), seq {args.seq_len}, "
-          f"batch {args.batch_size}, lr {args.lr}, wd {args.weight_decay}, {args.lr_schedule} to {args.lr / 10 if args.min_lr is None else args.min_lr}, "
+          f"batch {args.batch_size}, lr {args.lr} (warmup {args.warmup_steps}, {args.lr_schedule} to "
+          f"{args.lr / 10 if args.min_lr is None else args.min_lr}), wd {args.weight_decay}, "
           f"dropout {args.dropout}, ema {args.ema}, {fit.precision}"
           f"{' compiled' if args.compile else ''}; "
           f"{fit.step:,} steps, {fit.tokens:,} tokens "
@@ -158,10 +164,14 @@ def main() -> int:
           f"{fit.elapsed_s:.0f} | {nats_per_byte:.3f} | **{ev['bits_per_byte']:.3f}** |")
     print(f"| llmchain, same model; eval: sliding {args.seq_len}-token windows, stride {stride} | "
           f"{fit.elapsed_s:.0f} | {slid['bits_per_byte'] * 0.693147:.3f} | **{slid['bits_per_byte']:.3f}** |")
+    if raw is not None:
+        print(f"| llmchain, the raw last weights instead of their average (--ema 0); eval: {args.seq_len}-token "
+              f"windows | {fit.elapsed_s:.0f} | {raw['bits_per_byte'] * 0.693147:.3f} | {raw['bits_per_byte']:.3f} |")
     print(f"| target | 300 | {2.1 * 0.693147:.3f} | ≤ 2.10 |")
     print()
     print(json.dumps({"bits_per_byte": ev["bits_per_byte"], "val_loss_per_token": ev["loss"],
-                      "bits_per_byte_sliding": slid["bits_per_byte"], "stride": stride, "steps": fit.step,
+                      "bits_per_byte_sliding": slid["bits_per_byte"], "stride": stride,
+                      "bits_per_byte_raw_weights": raw["bits_per_byte"] if raw else None, "steps": fit.step,
                       "tokens": fit.tokens, "seconds": fit.elapsed_s, "threads": threads, "load": load,
                       "precision": fit.precision, "seconds_tokenizer": t_tok, "seconds_pack": t_pack,
                       "seconds_eval": t_eval, "seconds_eval_sliding": t_slid}))  # fmt: skip
