@@ -66,8 +66,8 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--min-lr", type=float, default=None)
-    ap.add_argument("--lr-schedule", default="cosine", choices=["cosine", "linear"], help="decay to --min-lr")
+    ap.add_argument("--min-lr", type=float, default=0.0, help="LR at the end of the decay (default 0)")
+    ap.add_argument("--lr-schedule", default="linear", choices=["cosine", "linear"], help="decay to --min-lr")
     ap.add_argument("--warmup-steps", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=1.0)
     ap.add_argument("--ema", type=float, default=0.99,
