@@ -95,23 +95,33 @@ class _Linear:
         else:
             self.w, self.b = w, b
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
+        """x Wᵀ + b, then `act` ("swish" = SiLU; bf16 only: oneDNN applies it in the GEMM's epilogue)."""
         if not self.bf16:
             return F.linear(x, self.w, self.b)
         x = x.to(torch.bfloat16)
         lp = torch.ops.mkldnn._linear_pointwise
         if x.shape[0] <= self.rows:
-            return lp(x, self.w, self.b, "none", [], "")
-        return torch.cat([lp(c, self.w, self.b, "none", [], "") for c in x.split(self.rows)])
+            return lp(x, self.w, self.b, act, [], "")
+        return torch.cat([lp(c, self.w, self.b, act, [], "") for c in x.split(self.rows)])
+
+    def times(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """(x Wᵀ + b) · other (bf16), the product fused into the GEMM's epilogue."""
+        x, lp = x.to(torch.bfloat16), torch.ops.mkldnn._linear_pointwise.binary
+        if x.shape[0] <= self.rows:
+            return lp(x, other, self.w, self.b, "mul")
+        return torch.cat([lp(c, o, self.w, self.b, "mul") for c, o in zip(x.split(self.rows),
+                                                                          other.split(self.rows), strict=True)])
 
 
 @dataclass
 class DecodeWeights:
-    """Per-layer linears (q|k|v and gate|up fused: fewer, larger matmuls), the LM head, RoPE tables."""
+    """Per-layer linears (q|k|v fused; gate|up fused in fp32, while bf16 keeps gate and up apart so
+    oneDNN fuses SiLU and the product into their GEMMs), the LM head, RoPE tables."""
 
     qkv: list[_Linear]
     o: list[_Linear]
-    gate_up: list[_Linear]
+    gate_up: list[_Linear] | list[tuple[_Linear, _Linear]]
     down: list[_Linear]
     head: _Linear
     cos: torch.Tensor  # (max_len, head_dim)
@@ -144,7 +154,10 @@ def prepare_decode(model, max_len: int, bf16: bool = False) -> DecodeWeights:
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
         qkv.append(_Linear(*_fuse([a.q_proj, a.k_proj, a.v_proj], not bf16), bf16))
-        gate_up.append(_Linear(*_fuse([m.gate_proj, m.up_proj], not bf16), bf16))
+        if bf16:
+            gate_up.append(tuple(_Linear(p.weight, p.bias, bf16) for p in (m.gate_proj, m.up_proj)))
+        else:
+            gate_up.append(_Linear(*_fuse([m.gate_proj, m.up_proj], True), bf16))
         o.append(_Linear(a.o_proj.weight, a.o_proj.bias, bf16))
         down.append(_Linear(m.down_proj.weight, m.down_proj.bias, bf16))
     head = _Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), bf16)
@@ -234,8 +247,13 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             start += n
         x = x + w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows))
         h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, eps)
-        gate, up = w.gate_up[i](h).chunk(2, dim=-1)
-        x = x + w.down[i](F.silu(gate) * up)
+        if w.bf16:
+            gate, up, hb = *w.gate_up[i], h.to(torch.bfloat16)
+            act = up.times(hb, gate(hb, "swish"))
+        else:
+            gate, up = w.gate_up[i](h).chunk(2, dim=-1)
+            act = F.silu(gate) * up
+        x = x + w.down[i](act)
     # logits only where a next token is needed: every decoding row, and each prompt's last token
     last = torch.tensor(list(range(B)) + [B + sum(lens[: j + 1]) - 1 for j in range(len(lens))], device=dev)
     out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad and not w.bf16 else last.shape[0]
