@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -83,3 +84,41 @@ def test_compiled_bf16_training_matches_eager():
     for name, g in g_eager.items():
         rel = float((g_c["_orig_mod." + name] - g).norm() / g.norm())  # torch.compile wraps the module
         assert rel < 0.03, f"{name}: relative gradient difference {rel:.3f}"
+
+
+def test_cross_entropy_sum_equals_f_cross_entropy_and_passes_gradcheck():
+    from llmchain.model.kernels import CrossEntropySum
+
+    torch.manual_seed(0)
+    t = torch.randint(0, 300, (700,))
+    t[::7] = -100  # ignored positions: no loss, no gradient
+    for dtype in (torch.float32, torch.bfloat16):  # bf16: logits under autocast, the loss in fp32
+        x = (torch.randn(700, 300) * 3).to(dtype).requires_grad_()
+        ours = CrossEntropySum.apply(x, t)
+        (0.5 * ours).backward()
+        g_ours, x.grad = x.grad, None
+        ref = F.cross_entropy(x.float(), t, ignore_index=-100, reduction="sum")
+        (0.5 * ref).backward()
+        assert ours.dtype == torch.float32 and g_ours.dtype == dtype
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+        torch.testing.assert_close(g_ours, x.grad, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-3)
+        assert not g_ours[::7].any()
+    x = torch.randn(50, 20, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 20, (50,))
+    t[3] = -100
+    assert torch.autograd.gradcheck(lambda a: CrossEntropySum.apply(a, t), (x,))
+    with pytest.raises(IndexError):
+        CrossEntropySum.apply(x, torch.full((50,), 20))
+
+
+def test_training_loss_equals_hf_cross_entropy():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = Llama(cfg).train()
+    x = torch.randint(0, 256, (4, 33))
+    y = x[:, 1:].clone()
+    y[0, :5] = -100
+    logits, loss = model(x[:, :-1], y)
+    ref = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmchain.model.kernels import CausalMatmulAttention, Rotary, use_matmul_attention
+from llmchain.model.kernels import CausalMatmulAttention, CrossEntropySum, Rotary, use_matmul_attention
 
 
 @dataclass
@@ -196,8 +196,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x, cos, sin, positions=None, cache: KVCache | None = None, slots=None, mask=None):
         B, T, _ = x.shape
-        # Three matmuls, not one over concatenated weights: fusing measured no faster here (bf16) or
-        # slower (fp32: the per-step concatenation and the split of its gradient cost more).
+        # Three matmuls, not one over concatenated weights: fusing measured no faster here (fp32 and
+        # bf16, eager and compiled: the per-step concatenation and the split of its gradient eat the gain).
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         low = v.dtype  # bf16 under autocast
         if x.device.type == "cpu" and not _compiling():
@@ -230,7 +230,8 @@ class LlamaAttention(nn.Module):
 def _attention(q, k, v, **kw) -> torch.Tensor:
     """SDPA with grouped-query attention: each kv head serves n_heads / n_kv query heads."""
     if k.shape[1] != q.shape[1]:
-        if _SDPA_GQA and not _compiling():  # the kernel indexes the shared kv heads itself: no copies
+        # The kernel indexes the shared kv heads itself: no copies (compiled too, as HF does, when unmasked).
+        if _SDPA_GQA and not (_compiling() and "attn_mask" in kw):
             return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -238,9 +239,9 @@ def _attention(q, k, v, **kw) -> torch.Tensor:
 
 
 def _compiling() -> bool:
-    # The speed tricks in this file (GQA without copies, fp32 CPU attention, chunked loss, Rotary) are
-    # for eager kernels; compiled, the plain HF-shaped graph measured faster, so take that — except
-    # bf16 CPU training attention, where CausalMatmulAttention is faster compiled too (1.17× HF).
+    # The speed tricks in this file (fp32 CPU attention, CrossEntropySum, Rotary) are for eager
+    # kernels; compiled, the plain HF-shaped graph measured faster, so take that — except bf16 CPU
+    # training attention, where CausalMatmulAttention is faster compiled too, and unmasked GQA.
     return torch.compiler.is_compiling()
 
 
@@ -408,18 +409,13 @@ class Llama(nn.Module):
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits (B, T, V) against targets (B, T), in fp32; -100 marks no loss.
 
-    On CPU a few hundred rows at a time: each chunk's fp32 log-softmax then stays in cache
-    (measured, 2048 × 4096 logits under bf16 autocast: 78 vs 100 ms forward + backward).
+    On CPU in eager mode through `CrossEntropySum`, which never materialises the (B·T, V) fp32
+    log-probabilities (kernels.py says why and how much it saves).
     """
     flat, t = logits.flatten(0, 1), targets.flatten()
     if logits.device.type != "cpu" or _compiling():  # compiled, the log-softmax is fused anyway
         return F.cross_entropy(flat.float(), t, ignore_index=-100)
-    rows = max(1, (1 << 20) // logits.shape[-1])
-    total = sum(
-        F.cross_entropy(chunk.float(), y, ignore_index=-100, reduction="sum")
-        for chunk, y in zip(flat.split(rows), t.split(rows), strict=True)
-    )
-    return total / (t != -100).sum()  # like reduction="mean": NaN when no position has a target
+    return CrossEntropySum.apply(flat, t) / (t != -100).sum()  # like "mean": NaN when no position has a target
 
 
 def sample_next(
