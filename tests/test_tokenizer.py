@@ -101,11 +101,35 @@ def test_cli_trains_a_loadable_tokenizer(tmp_path, shared_data):
     assert len(load_tokenizer(out)) == 400
 
 
+def test_val_fraction_leaves_the_val_split_out(tmp_path, shared_data):
+    """--val-fraction/--split-by as in `data pack`: no merge may come from text that pack puts in val."""
+    from llmchain.data.pack import pack_documents
+
+    train_text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:44_100]
+    src = tmp_path / "doc.txt"  # the last 10 % of the characters (pack's val part) is a word seen nowhere else
+    src.write_text(train_text + " Zyxwvq" * 700, encoding="utf-8")
+    plain, held = tmp_path / "plain", tmp_path / "held"
+    train_tokenizer(src, MIN_VOCAB + 300, plain)
+    code, _, err = run_cli("tokenizer", "train", str(src), "--vocab-size", str(MIN_VOCAB + 300), "--out", str(held),
+                           "--val-fraction", "0.1", "--split-by", "chars")  # fmt: skip
+    assert code == 0, err
+    assert "ĠZyxwvq" in json.loads((plain / "tokenizer.json").read_text())["model"]["vocab"]
+    vocab = json.loads((held / "tokenizer.json").read_text())["model"]["vocab"]
+    assert not any("Zy" in t or "xw" in t or "vq" in t for t in vocab)
+    manifest = json.loads((held / "manifest.json").read_text())
+    assert manifest["config"]["val_fraction"] == 0.1 and manifest["config"]["split_by"] == "chars"
+    # the part left out is exactly what pack sends to val
+    meta = pack_documents(src, held, tmp_path / "shards", val_fraction=0.1, split_by="chars")
+    assert manifest["counts"]["characters"] == meta["splits"]["train"]["bytes"] == int(len(src.read_text()) * 0.9)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--vocab-size", "100"], "at least 260"),
         (["--vocab-size", "1000", "--min-frequency", "0"], "min_frequency"),
+        (["--vocab-size", "1000", "--val-fraction", "1.5"], "val_fraction"),
+        (["--vocab-size", "1000", "--split-by", "lines"], "split_by"),
     ],
 )
 def test_cli_bad_flags_exit_2_with_one_line(tmp_path, shared_data, args, message):

@@ -204,6 +204,9 @@ class TokenizerConfig(StageConfig):
     min_frequency: int = Field(2, ge=1, description="a merge must occur at least this often")
     max_documents: int | None = Field(None, ge=1, description="train on the first N documents only")
     model_max_length: int = Field(2048, ge=1, description="recorded in tokenizer_config.json")
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="leave out what `data pack` with the same "
+                                "val_fraction and split_by sends to val: train on the train split only")
+    split_by: Literal["documents", "chars"] = Field("documents", description="as in PackConfig")
 
 
 class PackConfig(StageConfig):

@@ -57,7 +57,7 @@ def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
     cfg = _cfg("TokenizerConfig", ctx.config)
     summary = train_tokenizer(ctx.inputs["documents"], cfg.vocab_size, ctx.out_dir, min_frequency=cfg.min_frequency,
                               max_documents=cfg.max_documents, model_max_length=cfg.model_max_length,
-                              show_progress=True)  # fmt: skip
+                              val_fraction=cfg.val_fraction, split_by=cfg.split_by, show_progress=True)  # fmt: skip
     return {"vocab": summary["vocab_size"], "documents": summary["documents"]}
 
 

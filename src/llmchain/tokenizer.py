@@ -11,6 +11,7 @@ opens it, and so does anything else that reads HF tokenizers (vLLM, llama.cpp's 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,20 @@ def iter_documents(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def split_document(index: int, text: str, val_fraction: float, split_by: str) -> list[tuple[str, str]]:
+    """[(split, text)] of document number `index`: the train/val split of `llmchain data pack`.
+
+    split_by="documents": the whole document goes to "val" when `index` crosses a multiple of
+    1 / val_fraction (an exact share, spread evenly), else to "train". split_by="chars": the first
+    (1 - val_fraction) of its characters are "train", the rest "val". Pieces may be empty.
+    """
+    if split_by == "chars":
+        cut = int(len(text) * (1 - val_fraction))
+        return [("train", text[:cut]), ("val", text[cut:])]
+    to_val = math.floor((index + 1) * val_fraction) > math.floor(index * val_fraction)
+    return [("val" if to_val else "train", text)]
+
+
 def train_tokenizer(
     docs_path: str | os.PathLike,
     vocab_size: int,
@@ -57,12 +72,18 @@ def train_tokenizer(
     min_frequency: int = 2,
     max_documents: int | None = None,
     model_max_length: int = 2048,
+    val_fraction: float = 0.0,
+    split_by: str = "documents",
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Train byte-level BPE on the documents at `docs_path` and save the tokenizer dir at `out_dir`.
 
+    With `val_fraction` > 0 the tokenizer trains on the train split only: the part that `llmchain
+    data pack` with the same `val_fraction` and `split_by` sends to val is left out (`split_document`),
+    so no merge is learnt from validation text.
+
     Returns a summary (vocab size, documents, characters, path). Raises UserError for a vocabulary
-    outside [MIN_VOCAB, MAX_VOCAB], a missing/unreadable input, or input without any text.
+    outside [MIN_VOCAB, MAX_VOCAB], a bad split, a missing/unreadable input, or input without any text.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -73,6 +94,9 @@ def train_tokenizer(
         )
     if min_frequency < 1:
         raise UserError(f"--min-frequency {min_frequency} must be ≥ 1")
+    if not 0.0 <= val_fraction < 1.0 or split_by not in ("documents", "chars"):
+        raise UserError(f"--val-fraction {val_fraction} / --split-by {split_by!r}: need 0 ≤ fraction < 1 and "
+                        "documents or chars")  # fmt: skip
     if not Path(docs_path).exists():  # checked here, before the trainer starts drawing its progress bar
         raise UserError(
             f"{docs_path}: no such file or directory (documents: a prepared dir, .jsonl(.gz) or .txt)"
@@ -80,12 +104,15 @@ def train_tokenizer(
     stats = {"documents": 0, "characters": 0}
 
     def texts() -> Iterator[str]:
-        for doc in iter_documents(docs_path):
-            if max_documents is not None and stats["documents"] >= max_documents:
+        for i, doc in enumerate(iter_documents(docs_path)):
+            if max_documents is not None and i >= max_documents:
                 return
-            stats["documents"] += 1
-            stats["characters"] += len(doc["text"])
-            yield doc["text"]
+            parts = split_document(i, doc["text"], val_fraction, split_by) if val_fraction else [("train", doc["text"])]
+            for split, text in parts:
+                if split == "train" and text:
+                    stats["documents"] += 1
+                    stats["characters"] += len(text)
+                    yield text
 
     tok = Tokenizer(models.BPE())
     # GPT-2's split regex, then bytes → printable unicode; add_prefix_space=False keeps the round trip exact.
@@ -108,7 +135,8 @@ def train_tokenizer(
             tmp,
             "tokenizer",
             inputs={"documents": docs_path},
-            config={"vocab_size": vocab_size, "min_frequency": min_frequency, "max_documents": max_documents},
+            config={"vocab_size": vocab_size, "min_frequency": min_frequency, "max_documents": max_documents,
+                    "val_fraction": val_fraction, "split_by": split_by},
             counts=counts,
         )
     return {**counts, "requested_vocab_size": vocab_size, "path": str(out_dir)}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import math
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import numpy as np
 
 from llmchain.artifacts import atomic_dir, atomic_write_json, write_manifest
 from llmchain.errors import UserError
-from llmchain.tokenizer import EOS, check_tokenizer_dir, iter_documents, tokenizer_sha256
+from llmchain.tokenizer import EOS, check_tokenizer_dir, iter_documents, split_document, tokenizer_sha256
 
 SHARDS_JSON = "shards.json"
 SPLITS = ("train", "val")
@@ -103,15 +102,7 @@ class _SplitWriter:
 def _pieces(docs_path: Path, val_fraction: float, split_by: str) -> Iterator[tuple[str, str, int]]:
     """(split, text, utf-8 bytes) for every piece of every document, in order; empty pieces are skipped."""
     for i, doc in enumerate(iter_documents(docs_path)):
-        text = doc["text"]
-        if split_by == "chars":
-            cut = int(len(text) * (1 - val_fraction))
-            parts = [("train", text[:cut]), ("val", text[cut:])]
-        else:
-            # exact share, spread evenly: document i goes to val when i crosses a multiple of 1/val_fraction
-            to_val = math.floor((i + 1) * val_fraction) > math.floor(i * val_fraction)
-            parts = [("val" if to_val else "train", text)]
-        for split, piece in parts:
+        for split, piece in split_document(i, doc["text"], val_fraction, split_by):
             if not piece:
                 continue
             try:
