@@ -42,9 +42,13 @@ def bf16_supported() -> bool:
                 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):  # fmt: skip
             return False
         # The ops are internal to PyTorch: probe them once so a changed signature falls back to fp32.
-        w, x = torch.randn(32, 64), torch.randn(3, 64)
-        y = _Linear(w, None, bf16=True)(x).float()
-        return bool(torch.allclose(y, F.linear(x, w), rtol=0.05, atol=0.05))
+        # Fixed inputs (own generator) and a relative-norm check: an element-wise tolerance on random
+        # inputs failed for ~1 % of seeds (bf16 rounding near zero), so a server sometimes fell back to
+        # the ~2.5× slower fp32 path at random.
+        g = torch.Generator().manual_seed(0)
+        w, x = torch.randn(32, 64, generator=g), torch.randn(3, 64, generator=g)
+        y, ref = _Linear(w, None, bf16=True)(x).float(), F.linear(x, w)
+        return bool(torch.linalg.vector_norm(y - ref) <= 0.02 * torch.linalg.vector_norm(ref))
     except Exception:  # noqa: BLE001 — a capability probe: any failure means "use the fp32 path"
         return False
 
