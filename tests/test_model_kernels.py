@@ -40,6 +40,14 @@ def test_causal_matmul_attention_equals_sdpa_and_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, c: CausalMatmulAttention.apply(a, b, c), (q, k, v))
 
 
+def _tiny_model_and_batch() -> tuple[Llama, torch.Tensor]:
+    """A seeded 2-layer GQA Llama in training mode and a (4, 33) batch of token ids."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    return Llama(cfg).train(), torch.randint(0, 256, (4, 33))
+
+
 def _grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -49,11 +57,7 @@ def _grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, dict[str, to
 
 
 def test_bf16_training_gradients_match_the_sdpa_path(monkeypatch):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    model = Llama(cfg).train()
-    x = torch.randint(0, 256, (4, 33))
+    model, x = _tiny_model_and_batch()
     calls = []
     real = kernels.CausalMatmulAttention.apply
     monkeypatch.setattr(kernels.CausalMatmulAttention, "apply", lambda *a: calls.append(1) or real(*a))
@@ -71,11 +75,7 @@ def test_bf16_training_gradients_match_the_sdpa_path(monkeypatch):
 
 def test_compiled_bf16_training_matches_eager():
     # compiled, bf16 CPU attention still goes through CausalMatmulAttention (inductor traces the Function)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    model = Llama(cfg).train()
-    x = torch.randint(0, 256, (4, 33))
+    model, x = _tiny_model_and_batch()
     loss_eager, g_eager = _grads(model, x)
     torch._dynamo.reset()
     compiled = torch.compile(model)
@@ -112,11 +112,7 @@ def test_cross_entropy_sum_equals_f_cross_entropy_and_passes_gradcheck():
 
 
 def test_training_loss_equals_hf_cross_entropy():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    model = Llama(cfg).train()
-    x = torch.randint(0, 256, (4, 33))
+    model, x = _tiny_model_and_batch()
     y = x[:, 1:].clone()
     y[0, :5] = -100
     logits, loss = model(x[:, :-1], y)
