@@ -23,6 +23,7 @@ from llmchain.train import checkpoint as ckpt
 from llmchain.train.distributed import teardown_runtime
 from llmchain.train.ema import WeightEMA
 from llmchain.train.loop import fit, lr_at
+from train_fixtures import make_model, mse
 
 
 class Regression:
@@ -37,15 +38,6 @@ class Regression:
         g = torch.Generator().manual_seed(1000 + step)
         x = torch.randn(8, 4, generator=g)
         return {"x": x, "y": x.sum(-1, keepdim=True)}
-
-
-def mse(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
-
-
-def make_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
 
 
 def config(**kw) -> TrainConfig:

@@ -17,6 +17,7 @@ from llmchain.errors import ConfigError
 from llmchain.train import checkpoint as ckpt
 from llmchain.train.distributed import teardown_runtime
 from llmchain.train.loop import fit, lr_at
+from train_fixtures import make_model, mse
 
 
 class Regression:
@@ -27,15 +28,6 @@ class Regression:
         x = torch.randn(8 * world_size, 4, generator=g)
         rows = slice(rank * 8, (rank + 1) * 8)
         return {"x": x[rows], "y": x.sum(-1, keepdim=True)[rows]}
-
-
-def mse(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
-
-
-def make_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
 
 
 def config(**kw) -> TrainConfig:
