@@ -104,7 +104,7 @@ def lr_at(config, step: int, elapsed: float) -> float:
     else:
         progress = elapsed / config.max_time
     progress = min(max(progress, 0.0), 1.0)
-    if getattr(config, "lr_schedule", "cosine") == "linear":
+    if config.lr_schedule == "linear":
         return warm * (config.lr - (config.lr - min_lr) * progress)
     return warm * (min_lr + 0.5 * (config.lr - min_lr) * (1 + math.cos(math.pi * progress)))
 
