@@ -34,8 +34,8 @@ ROW_CHUNKS = (32, 16)
 
 
 def bf16_supported() -> bool:
-    """Whether this CPU runs oneDNN's bf16 AMX kernels (the row-invariance of ≤ 16-row calls was
-    verified on those; other bf16 paths are not assumed to share it)."""
+    """Whether this CPU runs oneDNN's bf16 AMX kernels (the row-invariance of small calls, ≤ 16 or 32
+    rows, was verified on those; other bf16 paths are not assumed to share it)."""
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
         if not ("amx_bf16" in flags and torch.backends.mkldnn.is_available()
@@ -56,7 +56,7 @@ def bf16_supported() -> bool:
 def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> bool:
     """Whether the engine runs its linears in bf16 for `dtype` (auto | bfloat16 | float32): auto picks
     bf16 for fp32 weights on CPUs with AMX (as vLLM serves fp32 checkpoints in half precision — there a
-    ≤ 16-row bf16 call costs what one row costs, so batch invariance needs no padding). Raises
+    ≤ 32-row bf16 call costs about what one row costs, so batch invariance needs no padding). Raises
     ValueError for an unknown dtype or bfloat16 where the row-invariant kernels are unavailable."""
     if dtype not in ("auto", "bfloat16", "float32"):
         raise ValueError(f"dtype must be auto, bfloat16 or float32, not {dtype!r}")
