@@ -99,23 +99,30 @@ class _Linear:
         else:
             self.w, self.b = w, b
 
-    def __call__(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
-        """x Wᵀ + b, then `act` ("swish" = SiLU; bf16 only: oneDNN applies it in the GEMM's epilogue)."""
+    def _pieces(self, x: torch.Tensor, segments: list[int] | None) -> list[torch.Tensor]:
+        """x's rows as the calls that compute them: the first segment (decoding rows, one token per
+        sequence) in calls of at most `self.rows`; every later segment (one prompt each) in ONE call —
+        its numbers then depend only on the prompt, and it reads the weights once, not once per 32 rows."""
+        if segments is None or len(segments) == 1:  # decoding rows only (the hot path: no slicing)
+            return (x,) if x.shape[0] <= self.rows else x.split(self.rows)
+        first = segments[0]
+        return (*(x[:first].split(self.rows) if first else ()), *x[first:].split(segments[1:]))
+
+    def __call__(self, x: torch.Tensor, act: str = "none", segments: list[int] | None = None) -> torch.Tensor:
+        """x Wᵀ + b, then `act` ("swish" = SiLU; bf16 only: oneDNN applies it in the GEMM's epilogue).
+        `segments` (bf16): row counts [decoding rows, prompt 1, prompt 2, ...] summing to len(x)."""
         if not self.bf16:
             return F.linear(x, self.w, self.b)
-        x = x.to(torch.bfloat16)
         lp = torch.ops.mkldnn._linear_pointwise
-        if x.shape[0] <= self.rows:
-            return lp(x, self.w, self.b, act, [], "")
-        return torch.cat([lp(c, self.w, self.b, act, [], "") for c in x.split(self.rows)])
+        out = [lp(c, self.w, self.b, act, [], "") for c in self._pieces(x.to(torch.bfloat16), segments)]
+        return out[0] if len(out) == 1 else torch.cat(out)
 
-    def times(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    def times(self, x: torch.Tensor, other: torch.Tensor, segments: list[int] | None = None) -> torch.Tensor:
         """(x Wᵀ + b) · other (bf16), the product fused into the GEMM's epilogue."""
-        x, lp = x.to(torch.bfloat16), torch.ops.mkldnn._linear_pointwise.binary
-        if x.shape[0] <= self.rows:
-            return lp(x, other, self.w, self.b, "mul")
-        return torch.cat([lp(c, o, self.w, self.b, "mul") for c, o in zip(x.split(self.rows),
-                                                                          other.split(self.rows), strict=True)])
+        lp = torch.ops.mkldnn._linear_pointwise.binary
+        pieces = zip(self._pieces(x.to(torch.bfloat16), segments), self._pieces(other, segments), strict=True)
+        out = [lp(c, o, self.w, self.b, "mul") for c, o in pieces]
+        return out[0] if len(out) == 1 else torch.cat(out)
 
 
 @dataclass
@@ -213,6 +220,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     pos = torch.cat([positions] + [torch.arange(n, device=dev) for n in lens])
     N = ids.shape[0]
     rows = -(-N // ROW_PAD) * ROW_PAD if pad and not w.bf16 else N
+    segs = [B, *lens]  # bf16: decoding rows in ≤ 32-row calls, each prompt in one call of its own
     if B:
         L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
         bias = torch.zeros(B, 1, 1, L, device=dev).masked_fill_(
@@ -223,11 +231,17 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     cos, sin = w.cos[pos][:, None], w.sin[pos][:, None]  # (N, 1, hd)
     x = _pad_rows(m.embed_tokens(ids).float(), rows)  # (rows, hidden), the fp32 residual stream
     eps = model.config.rms_norm_eps
+    # logits only where a next token is needed: every decoding row, and each prompt's last token
+    last = torch.tensor(list(range(B)) + [B + sum(lens[: j + 1]) - 1 for j in range(len(lens))], device=dev)
+    out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad and not w.bf16 else last.shape[0]
     for i, layer in enumerate(m.layers):
+        # The last layer writes every prompt token's key/value, but only those rows go on past attention
+        # (a prompt's last query attends alone): the rest of a prompt's rows would feed no logit.
+        prune = bool(prompts) and i == len(m.layers) - 1
         a = layer.self_attn
         nh, nkv, hd = a.n_heads, a.n_kv, a.head_dim
         h = F.rms_norm(x, (x.shape[-1],), layer.input_layernorm.weight, eps)
-        qkv = w.qkv[i](h)[:N].float().view(N, nh + 2 * nkv, hd)
+        qkv = w.qkv[i](h, segments=segs)[:N].float().view(N, nh + 2 * nkv, hd)
         qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
         ys = []
@@ -241,26 +255,26 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             ys.append(_decode_attention(qk[:B, :nh], keys.to(qk.dtype), values.to(qk.dtype), bias))
         start = B
         for (_, slot), n in zip(prompts, lens, strict=True):
-            q = qk[start : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n, hd)
+            q = qk[start + (n - 1 if prune else 0) : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
             k = qk[start : start + n, nh:].transpose(0, 1)[None]
             v = qkv[start : start + n, nh + nkv :].transpose(0, 1)[None]
             kc[slot, :, :n] = k[0].to(kc.dtype)
             vc[slot, :, :n] = v[0].to(vc.dtype)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, enable_gqa=nkv != nh)
-            ys.append(y[0].transpose(0, 1).reshape(n, nh * hd))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
+            ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
             start += n
-        x = x + w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows))
+        if prune:
+            x, rows, segs = _pad_rows(x.index_select(0, last), out_rows), out_rows, [last.shape[0]]
+        x = x + w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows), segments=segs)
         h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, eps)
         if w.bf16:
             gate, up, hb = *w.gate_up[i], h.to(torch.bfloat16)
-            act = up.times(hb, gate(hb, "swish"))
+            act = up.times(hb, gate(hb, "swish", segs), segs)
         else:
             gate, up = w.gate_up[i](h).chunk(2, dim=-1)
             act = F.silu(gate) * up
-        x = x + w.down[i](act)
-    # logits only where a next token is needed: every decoding row, and each prompt's last token
-    last = torch.tensor(list(range(B)) + [B + sum(lens[: j + 1]) - 1 for j in range(len(lens))], device=dev)
-    out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad and not w.bf16 else last.shape[0]
-    x = _pad_rows(x.index_select(0, last), out_rows)
+        x = x + w.down[i](act, segments=segs)
+    if not prompts:
+        x = _pad_rows(x[:B], out_rows)
     x = F.rms_norm(x, (x.shape[-1],), m.norm.weight, eps)
     return w.head(x)[: last.shape[0]].float()
