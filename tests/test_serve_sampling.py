@@ -91,3 +91,21 @@ def test_penalties_steer_away_from_seen_tokens():
 def test_invalid_params_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value}).validate()
+
+
+def test_detokenizer_on_a_fast_tokenizer_gives_its_decode(tmp_path):
+    """The Rust decoder path: the deltas add up to what `tokenizer.decode` gives (special tokens
+    skipped), and no delta ends in half a character, with multi-byte text split across BPE tokens."""
+    from transformers import AutoTokenizer
+
+    from serve_fixtures import make_tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(make_tokenizer_dir(tmp_path / "tok", None))
+    text = "First Citizen: héllo 世界 — before we proceed any further, hear me speak.<|endoftext|> ünd"
+    ids = tok.encode(text, add_special_tokens=False)
+    d = IncrementalDetokenizer(tok)
+    assert d._backend is not None
+    deltas = [d.push(i) for i in ids] + [d.flush()]
+    assert "".join(deltas) == tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert "世界" in "".join(deltas) and "<|endoftext|>" not in "".join(deltas)
+    assert all("\ufffd" not in x for x in deltas)
