@@ -10,6 +10,8 @@ import torch
 from llmchain.model.llama import KVCache, Llama, LlamaConfig
 from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong
 from llmchain.serve.forward import bf16_supported, prepare_decode, step_logits
+from llmchain.serve.kernel import BlockedKV
+from llmchain.serve.kernel import load as load_kernel
 from llmchain.serve.sampling import SamplingParams
 from serve_fixtures import cached_model_dir
 
@@ -28,10 +30,15 @@ def engine(tmp_path_factory, shared_data):
     eng.stop()
 
 
-@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not bf16_supported(), reason="no AMX bf16 on this CPU"))], ids=["fp32", "bf16"])  # fmt: skip
+NO_AMX = pytest.mark.skipif(not bf16_supported(), reason="no AMX bf16 on this CPU")
+NO_KERNEL = pytest.mark.skipif(load_kernel(32, 2) is None, reason="the decode-attention C kernel cannot be built here")
+
+
+@pytest.mark.parametrize("mode", ["fp32", pytest.param("bf16", marks=NO_AMX),
+                                  pytest.param("bf16-kernel", marks=[NO_AMX, NO_KERNEL])])  # fmt: skip
 @torch.inference_mode()
-def test_step_rows_are_bit_identical_whatever_the_batch(bf16):
+def test_step_rows_are_bit_identical_whatever_the_batch(mode):
+    bf16, kernel = mode != "fp32", mode == "bf16-kernel"
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=640)  # fmt: skip
@@ -41,8 +48,10 @@ def test_step_rows_are_bit_identical_whatever_the_batch(bf16):
     lens = (3, 17, 40, 64, 65, 100, 9, 1, 33, 300) * (4 if bf16 else 1) + (530,)
     prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in lens]
     B = len(prompts)
-    cache = KVCache(cfg, B + 2, 640)
+    cache = BlockedKV(cfg, B + 2, 640) if kernel else KVCache(cfg, B + 2, 640)
     w = prepare_decode(model, 640, bf16=bf16)
+    w.attn = load_kernel(cfg.head_dim, 2) if kernel else None  # bf16 keys/values, read by the C kernel
+    assert (w.attn is not None) == kernel
     none = torch.zeros(0, dtype=torch.long)
     tol = dict(rtol=0, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-4)  # bf16 matmuls vs the fp32 model
 
@@ -61,8 +70,13 @@ def test_step_rows_are_bit_identical_whatever_the_batch(bf16):
     slots = torch.arange(B)
     batched = step(tokens, positions, slots, [], contiguous=True)  # slots 0..B-1: a view of the cache
     assert torch.equal(step(tokens, positions, slots, []), batched)  # the same as gathering it
-    ref, _ = model(tokens[:, None], positions=positions[:, None], cache=cache, slots=slots)
-    torch.testing.assert_close(batched, ref[:, 0].float(), **tol)
+    if kernel:  # the model cannot read a BlockedKV: check rows against its forward over prompt + token
+        for i in (0, 5, 9, B - 1):
+            ref, _ = model(torch.tensor([prompts[i] + [int(tokens[i])]]), last_only=True)
+            torch.testing.assert_close(batched[i], ref[0, -1].float(), **tol)
+    else:
+        ref, _ = model(tokens[:, None], positions=positions[:, None], cache=cache, slots=slots)
+        torch.testing.assert_close(batched, ref[:, 0].float(), **tol)
     for i in range(B):
         assert torch.equal(step(tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], [])[0], batched[i])
     sub = [7, 2, 5]

@@ -9,7 +9,6 @@ import typer
 
 from llmchain.errors import UserError
 
-
 SWITCH_INTERVAL_S = 0.0002  # the server process's GIL switch interval (Python's default: 0.005)
 
 

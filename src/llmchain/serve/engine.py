@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
-from llmchain.serve.forward import KEY_PAD, prepare_decode, step_logits, use_bf16
+from llmchain.serve.forward import KEY_PAD, copy_prefix, prepare_decode, step_logits, use_bf16
+from llmchain.serve.kernel import BlockedKV
+from llmchain.serve.kernel import load as load_kernel
 from llmchain.serve.sampling import (
     IncrementalDetokenizer,
     Sampler,
@@ -193,12 +195,19 @@ class Engine:
         weight_dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
-        self.cache = KVCache(self.config, max_batch_size, cache_len, device, weight_dtype)
         self.bf16 = use_bf16(dtype, device, weight_dtype)  # bf16 linears on AMX CPUs (serve/forward.py)
+        # bf16 linears: keys/values in bf16 too (as vLLM's default cache dtype), read by the C kernel
+        cfg = self.config
+        kernel = load_kernel(cfg.head_dim, cfg.num_attention_heads // cfg.num_key_value_heads) if self.bf16 else None
+        if kernel is not None:
+            self.cache = BlockedKV(cfg, max_batch_size, cache_len, device)
+        else:
+            self.cache = KVCache(cfg, max_batch_size, cache_len, device, weight_dtype)
         prev = torch.get_num_threads()
         torch.set_num_threads(threads or prev)  # prepare_decode probes kernels: under the threads they will run on
         try:
             self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
+            self.decode_weights.attn = kernel
         finally:
             torch.set_num_threads(prev)
         self.device = device
@@ -321,9 +330,7 @@ class Engine:
             if high:  # here every used slot is a running sequence's, so there are as many holes below B
                 holes = sorted(x for x in self.free_slots if x < B)
                 for s, hole in zip(high, holes, strict=True):
-                    for k, v in zip(self.cache.k, self.cache.v, strict=True):
-                        k[hole, :, : s.pos] = k[s.slot, :, : s.pos]
-                        v[hole, :, : s.pos] = v[s.slot, :, : s.pos]
+                    copy_prefix(self.cache, hole, s.slot, s.pos)
                     self.free_slots.remove(hole)
                     self.free_slots.append(s.slot)
                     s.slot = hole
@@ -372,10 +379,8 @@ class Engine:
     def _start(self, h: RequestHandle, slots: list[int], row: torch.Tensor) -> None:
         """The prompt is in the cache of slots[0] and `row` holds its next-token logits: start its choices."""
         T = len(h.prompt_ids)
-        for k, v in zip(self.cache.k, self.cache.v, strict=True):  # n > 1: every choice starts from the same prompt cache
-            for s in slots[1:]:
-                k[s, :, :T] = k[slots[0], :, :T]
-                v[s, :, :T] = v[slots[0], :, :T]
+        for s in slots[1:]:  # n > 1: every choice starts from the same prompt cache
+            copy_prefix(self.cache, s, slots[0], T)
         max_new = self.max_model_len - T
         if h.params.max_tokens is not None:
             max_new = min(max_new, h.params.max_tokens)

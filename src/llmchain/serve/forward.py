@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from llmchain.serve.kernel import BLOCK, DecodeAttention
+
 ROW_PAD, KEY_PAD = 16, 16
 KEY_BLOCK = 256  # p·V over at most this many keys per matmul: one summation order for any key length
 # bf16: the most rows per oneDNN call for which every row is computed the same way. oneDNN's AMX
@@ -138,6 +140,7 @@ class DecodeWeights:
     cos: torch.Tensor  # (max_len, head_dim)
     sin: torch.Tensor
     bf16: bool
+    attn: DecodeAttention | None = None  # the C kernel over a bf16 `BlockedKV` cache (serve/kernel.py)
 
 
 def _fuse(linears, in_place: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -221,7 +224,10 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     N = ids.shape[0]
     rows = -(-N // ROW_PAD) * ROW_PAD if pad and not w.bf16 else N
     segs = [B, *lens]  # bf16: decoding rows in ≤ 32-row calls, each prompt in one call of its own
-    if B:
+    if B and w.attn is not None:  # the kernel: each row reads only its own positions 0..pos
+        L, lens_b = min(-(-(int(positions.max()) + 1) // BLOCK) * BLOCK, cache.max_len), positions + 1
+        at = cache.token_offsets(slots, positions)
+    elif B:
         L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
         bias = torch.zeros(B, 1, 1, L, device=dev).masked_fill_(
             (torch.arange(L, device=dev)[None, :] > positions[:, None])[:, None, None, :], float("-inf"))
@@ -245,7 +251,10 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
         ys = []
-        if B:
+        if B and w.attn is not None:
+            cache.write_tokens(a.layer_idx, at, qk[:B, nh:], qkv[:B, nh + nkv :])
+            ys.append(w.attn(qk[:B, :nh] * (1.0 / math.sqrt(hd)), kc, vc, slots, lens_b, L))
+        elif B:
             kc.view(-1, hd).index_copy_(0, at, qk[:B, nh:].reshape(-1, hd).to(kc.dtype))
             vc.view(-1, hd).index_copy_(0, at, qkv[:B, nh + nkv :].reshape(-1, hd).to(vc.dtype))
             if contiguous:
@@ -258,8 +267,11 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             q = qk[start + (n - 1 if prune else 0) : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
             k = qk[start : start + n, nh:].transpose(0, 1)[None]
             v = qkv[start : start + n, nh + nkv :].transpose(0, 1)[None]
-            kc[slot, :, :n] = k[0].to(kc.dtype)
-            vc[slot, :, :n] = v[0].to(vc.dtype)
+            if w.attn is not None:
+                cache.write_prompt(a.layer_idx, slot, k[0], v[0])
+            else:
+                kc[slot, :, :n] = k[0].to(kc.dtype)
+                vc[slot, :, :n] = v[0].to(vc.dtype)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
             ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
             start += n
@@ -278,3 +290,12 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         x = _pad_rows(x[:B], out_rows)
     x = F.rms_norm(x, (x.shape[-1],), m.norm.weight, eps)
     return w.head(x)[: last.shape[0]].float()
+
+
+def copy_prefix(cache, dst: int, src: int, n: int) -> None:
+    """Positions 0..n-1 of slot `src` into slot `dst`, in every layer (a `KVCache` or a `BlockedKV`)."""
+    if hasattr(cache, "copy_prefix"):
+        return cache.copy_prefix(dst, src, n)
+    for k, v in zip(cache.k, cache.v, strict=True):
+        k[dst, :, :n] = k[src, :, :n]
+        v[dst, :, :n] = v[src, :, :n]

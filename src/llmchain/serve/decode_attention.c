@@ -1,0 +1,71 @@
+/* Decode attention over a bf16 KV cache: one query token per sequence, each over its own slot.
+ *
+ * Built and loaded by serve/kernel.py (cc -O3 -march=native -DHD=<head_dim> -DG=<query heads per kv
+ * head>). Keys are stored in blocks of 64 positions, transposed: (slots, nkv, T/64, HD, 64), so the
+ * scores of 64 consecutive keys are summed over d in four vector registers from one contiguous 8 KB
+ * block; values are (slots, nkv, T, HD). Every sum runs in one fixed order per (sequence, head):
+ * d = 0..HD-1 for a score, l = 0..n-1 for an output row. So no result depends on what else is in the
+ * batch, and masked positions are never read. The softmax between the two calls is PyTorch's.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef float vf __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+#define W 16       /* floats per vector */
+#define NV 4       /* vectors per key block */
+#define KB 64      /* keys per block (NV * W) */
+
+static inline vf load_bf16(const uint16_t *p) { /* 16 bf16 -> 16 fp32, exact (bf16 is fp32's top half) */
+    vh h;
+    memcpy(&h, p, sizeof h);
+    return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+/* scores (B, nkv, G, L) = q (B, nkv, G, HD) . keys 0..lens[b]-1 of slot slots[b]; -inf from lens[b] on.
+ * L % 64 == 0 and L <= T. */
+void attn_scores(const float *restrict q, const uint16_t *restrict kc, const int64_t *restrict slots,
+                 const int64_t *restrict lens, float *restrict scores, int B, int nkv, int T, int L) {
+    for (int b = 0; b < B; b++)
+        for (int kh = 0; kh < nkv; kh++) {
+            const float *restrict qh = q + ((int64_t)b * nkv + kh) * G * HD;
+            const uint16_t *restrict K = kc + ((int64_t)slots[b] * nkv + kh) * T * HD;
+            float *restrict s = scores + ((int64_t)b * nkv + kh) * G * L;
+            int n = (int)lens[b];
+            for (int l0 = 0; l0 < n; l0 += KB) {
+                vf acc[G][NV];
+                for (int i = 0; i < G; i++)
+                    for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
+                const uint16_t *block = K + (int64_t)l0 * HD; /* (HD, 64) */
+                for (int d = 0; d < HD; d++)
+                    for (int v = 0; v < NV; v++) {
+                        vf k = load_bf16(block + d * KB + v * W);
+                        for (int i = 0; i < G; i++) acc[i][v] += qh[i * HD + d] * k;
+                    }
+                for (int i = 0; i < G; i++) memcpy(s + i * L + l0, acc[i], sizeof acc[i]);
+            }
+            for (int i = 0; i < G; i++)
+                for (int l = n; l < L; l++) s[i * L + l] = -INFINITY;
+        }
+}
+
+/* out (B, nkv, G, HD) = p (B, nkv, G, L) . values 0..lens[b]-1 of slot slots[b]. */
+void attn_values(const float *restrict p, const uint16_t *restrict vc, const int64_t *restrict slots,
+                 const int64_t *restrict lens, float *restrict out, int B, int nkv, int T, int L) {
+    for (int b = 0; b < B; b++)
+        for (int kh = 0; kh < nkv; kh++) {
+            const uint16_t *restrict V = vc + ((int64_t)slots[b] * nkv + kh) * T * HD;
+            const float *restrict ph = p + ((int64_t)b * nkv + kh) * G * L;
+            vf o[G][HD / W];
+            for (int i = 0; i < G; i++)
+                for (int c = 0; c < HD / W; c++) o[i][c] = (vf){0};
+            for (int l = 0; l < lens[b]; l++)
+                for (int c = 0; c < HD / W; c++) {
+                    vf v = load_bf16(V + (int64_t)l * HD + c * W);
+                    for (int i = 0; i < G; i++) o[i][c] += ph[i * L + l] * v;
+                }
+            memcpy(out + ((int64_t)b * nkv + kh) * G * HD, o, sizeof o);
+        }
+}

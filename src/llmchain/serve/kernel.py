@@ -1,0 +1,144 @@
+"""The decode-attention C kernel (`decode_attention.c`): built on first use, cached, called via ctypes.
+
+Why by hand: on a CPU, decoding attention is memory-bound — every step reads each running sequence's
+whole KV cache. Stored in bf16 it is half the bytes of fp32, but PyTorch's CPU bf16 batched matmul
+copies its strided inputs and runs 2x slower than fp32 (benchmarks/serve.py history in README). This
+kernel reads the bf16 cache directly, sums in fp32, and skips masked positions; it is built for the
+model's head_dim and GQA group with `cc -O3 -march=native` (a ~0.2 s compile, cached under
+~/.cache/llmchain/kernels keyed by the source, flags and CPU). Without a C compiler — or with
+LLMCHAIN_DECODE_KERNEL=0 — `load()` returns None and the engine keeps its fp32 cache and PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("llmchain.serve")
+SOURCE = Path(__file__).with_name("decode_attention.c")
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11"]
+BLOCK = 64  # keys per block of the transposed key cache (KB in the C source)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmchain" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+        return next((line for line in text.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+@cache
+def load(head_dim: int, group: int) -> DecodeAttention | None:
+    """The kernel for this head_dim and group (query heads per kv head), or None where it cannot be built."""
+    if os.environ.get("LLMCHAIN_DECODE_KERNEL", "1") == "0" or head_dim % 16 or platform.system() != "Linux":
+        return None
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        log.warning("no C compiler (cc): decoding attention uses PyTorch over an fp32 KV cache")
+        return None
+    flags = [*FLAGS, f"-DHD={head_dim}", f"-DG={group}"]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"decode_attention-hd{head_dim}-g{group}-{key}.so"
+    try:
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+            os.close(fd)
+            try:
+                subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True,
+                               text=True, timeout=120)  # fmt: skip
+                os.replace(tmp, out)  # atomic: a half-written library never has the final name
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        return DecodeAttention(ctypes.CDLL(str(out)), head_dim, group)
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or e
+        log.warning("building the decode-attention kernel failed (%s): using PyTorch over an fp32 KV cache", detail)
+        return None
+
+
+class DecodeAttention:
+    """softmax(q·Kᵀ)·V for one query per sequence over its slot of a `BlockedKV` layer (see the C source)."""
+
+    def __init__(self, lib: ctypes.CDLL, head_dim: int, group: int):
+        self.head_dim, self.group = head_dim, group
+        self._scores, self._values = lib.attn_scores, lib.attn_values
+        for f in (self._scores, self._values):
+            f.restype = None
+            f.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
+
+    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                 lens: torch.Tensor, L: int) -> torch.Tensor:  # fmt: skip
+        """q (B, nh, hd) fp32 (scaled by 1/√hd), slots/lens (B,) int64, L ≥ max(lens), a multiple of BLOCK
+        → (B, nh·hd) fp32. Sequence b attends to positions 0..lens[b]-1 of its slot."""
+        B, nh, hd = q.shape
+        nkv, T = values.shape[1], values.shape[2]
+        q = q.contiguous()
+        scores = torch.empty(B, nh, L)
+        self._scores(q.data_ptr(), keys.data_ptr(), slots.data_ptr(), lens.data_ptr(), scores.data_ptr(),
+                     B, nkv, T, L)  # fmt: skip
+        p = torch.softmax(scores, dim=-1)  # -inf from each row's own length on: exact zeros
+        out = torch.empty(B, nh * hd)
+        self._values(p.data_ptr(), values.data_ptr(), slots.data_ptr(), lens.data_ptr(), out.data_ptr(),
+                     B, nkv, T, L)  # fmt: skip
+        return out
+
+
+class BlockedKV:
+    """The kernel's KV cache, bf16: keys (slots, nkv, T/64, hd, 64) — blocks of 64 positions, transposed —
+    and values (slots, nkv, T, hd), per layer. T is max_len rounded up to 64."""
+
+    def __init__(self, config, slots: int, max_len: int, device=None):
+        T = -(-max_len // BLOCK) * BLOCK
+        nkv, hd = config.num_key_value_heads, config.head_dim
+        self.k = [torch.zeros(slots, nkv, T // BLOCK, hd, BLOCK, dtype=torch.bfloat16, device=device)
+                  for _ in range(config.num_hidden_layers)]  # fmt: skip
+        self.v = [torch.zeros(slots, nkv, T, hd, dtype=torch.bfloat16, device=device)
+                  for _ in range(config.num_hidden_layers)]  # fmt: skip
+        self.slots, self.max_len = slots, T
+
+    def write_prompt(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v (nkv, n, hd): positions 0..n-1 of `slot` (the last block's tail is zero-filled)."""
+        nkv, n, hd = k.shape
+        nb = -(-n // BLOCK)
+        kp = torch.nn.functional.pad(k, (0, 0, 0, nb * BLOCK - n)).view(nkv, nb, BLOCK, hd)
+        self.k[layer][slot, :, :nb] = kp.transpose(-1, -2).to(torch.bfloat16)
+        self.v[layer][slot, :, :n] = v.to(torch.bfloat16)
+
+    def token_offsets(self, slots: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where one token per sequence, at (slots[b], positions[b]), goes in every layer: flat offsets
+        of its B·nkv·hd key elements and of its B·nkv value rows (computed once per step)."""
+        nkv, nblk, hd, T = self.v[0].shape[1], self.k[0].shape[2], self.v[0].shape[3], self.v[0].shape[2]
+        heads = (slots[:, None] * nkv + torch.arange(nkv))[:, :, None]  # (B, nkv, 1)
+        blk, col = (positions // BLOCK)[:, None, None], (positions % BLOCK)[:, None, None]
+        kat = ((heads * nblk + blk) * hd + torch.arange(hd)) * BLOCK + col  # (B, nkv, hd)
+        return kat.flatten(), (heads * T + positions[:, None, None]).flatten()
+
+    def write_tokens(self, layer: int, at: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor,
+                     v: torch.Tensor) -> None:  # fmt: skip
+        """k, v (B, nkv, hd): one token per sequence, at the `token_offsets`."""
+        hd = k.shape[-1]
+        self.k[layer].view(-1).index_copy_(0, at[0], k.flatten().to(torch.bfloat16))
+        self.v[layer].view(-1, hd).index_copy_(0, at[1], v.reshape(-1, hd).to(torch.bfloat16))
+
+    def copy_prefix(self, dst: int, src: int, n: int) -> None:
+        """Positions 0..n-1 of slot `src` into slot `dst` (whole key blocks: past n is never read)."""
+        nb = -(-n // BLOCK)
+        for k, v in zip(self.k, self.v, strict=True):
+            k[dst, :, :nb] = k[src, :, :nb]
+            v[dst, :, :n] = v[src, :, :n]

@@ -1,0 +1,81 @@
+"""The decode-attention C kernel (serve/kernel.py) and its blocked bf16 KV cache, against plain PyTorch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llmchain.model.llama import LlamaConfig
+from llmchain.serve import kernel as K
+
+
+def _config(hd: int, nh: int, nkv: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=100, hidden_size=hd * nh, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=nh, num_key_value_heads=nkv, max_position_embeddings=300)  # fmt: skip
+
+
+def _need(hd: int, group: int) -> K.DecodeAttention:
+    attn = K.load(hd, group)
+    if attn is None:
+        pytest.skip("the decode-attention C kernel cannot be built here (no cc, or not Linux)")
+    return attn
+
+
+@pytest.mark.parametrize(("hd", "nh", "nkv"), [(64, 8, 4), (32, 4, 4), (16, 6, 2)])
+def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv):
+    attn = _need(hd, nh // nkv)
+    cfg, g = _config(hd, nh, nkv), torch.Generator().manual_seed(0)
+    cache = K.BlockedKV(cfg, slots=5, max_len=200)
+    assert cache.max_len == 256  # rounded up to whole 64-key blocks
+    lens = [1, 63, 64, 65, 200]  # within, at and across block edges
+    keys = [torch.randn(nkv, n, hd, generator=g) for n in lens]
+    values = [torch.randn(nkv, n, hd, generator=g) for n in lens]
+    for slot, (k, v) in enumerate(zip(keys, values, strict=True)):
+        cache.write_prompt(1, slot, k, v)
+    q = torch.randn(5, nh, hd, generator=g) / math.sqrt(hd)
+    slots = torch.tensor([3, 0, 4, 1, 2])  # rows in any slot order
+    n = torch.tensor([lens[s] for s in slots])
+    out = attn(q, cache.k[1], cache.v[1], slots, n, L=256)
+    for b, s in enumerate(slots.tolist()):  # float64 reference over the bf16-rounded keys/values
+        kk, vv = keys[s].bfloat16().double(), values[s].bfloat16().double()
+        qq = q[b].double().view(nkv, nh // nkv, hd)
+        p = torch.softmax(qq @ kk.transpose(-1, -2), dim=-1)
+        torch.testing.assert_close(out[b].double(), (p @ vv).reshape(-1), rtol=1e-5, atol=1e-5)
+    # a row alone gives its batched result bit for bit, whatever L covers
+    for b in range(5):
+        own = 64 * -(-int(n[b]) // 64)  # the row's own length in whole blocks
+        alone = attn(q[b : b + 1], cache.k[1], cache.v[1], slots[b : b + 1], n[b : b + 1], L=own)
+        assert torch.equal(alone[0], out[b])
+
+
+def test_tokens_written_one_by_one_equal_a_prompt_written_at_once():
+    cfg, g = _config(32, 4, 2), torch.Generator().manual_seed(1)
+    a, b = K.BlockedKV(cfg, 3, 150), K.BlockedKV(cfg, 3, 150)
+    k, v = torch.randn(2, 70, 32, generator=g), torch.randn(2, 70, 32, generator=g)
+    a.write_prompt(0, 2, k, v)
+    for t in range(70):  # slot 2 of b, one position per step (two sequences in the step: slots 2 and 0)
+        at = b.token_offsets(torch.tensor([2, 0]), torch.tensor([t, 5]))
+        b.write_tokens(0, at, torch.stack([k[:, t], k[:, 0]]), torch.stack([v[:, t], v[:, 0]]))
+    assert torch.equal(a.v[0][2, :, :70], b.v[0][2, :, :70])
+    keys = lambda c, s: c.k[0][s].transpose(-1, -2).reshape(2, -1, 32)  # noqa: E731 — (nkv, T, hd) again
+    assert torch.equal(keys(a, 2)[:, :70], k.bfloat16()) and torch.equal(keys(b, 2)[:, :70], k.bfloat16())
+    assert torch.equal(b.v[0][0, :, 5], v[:, 0].bfloat16())
+    b.copy_prefix(1, 2, 70)  # another slot starts from the same prefix (n > 1, compaction)
+    assert torch.equal(b.v[0][1, :, :70], b.v[0][2, :, :70]) and torch.equal(keys(b, 1)[:, :70], k.bfloat16())
+
+
+def test_without_a_compiler_or_when_disabled_there_is_no_kernel(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    K.load.cache_clear()
+    try:
+        monkeypatch.setenv("LLMCHAIN_DECODE_KERNEL", "0")
+        assert K.load(64, 2) is None
+        monkeypatch.delenv("LLMCHAIN_DECODE_KERNEL")
+        monkeypatch.setenv("CC", "no-such-compiler-xyz")
+        assert K.load(64, 2) is None
+        assert K.load(48 + 1, 1) is None  # a head_dim the kernel's vectors do not divide
+        assert not list(tmp_path.rglob("*.so"))
+    finally:
+        K.load.cache_clear()
