@@ -50,8 +50,8 @@ def test_step_rows_are_bit_identical_whatever_the_batch(mode):
     B = len(prompts)
     cache = BlockedKV(cfg, B + 2, 640) if kernel else KVCache(cfg, B + 2, 640)
     w = prepare_decode(model, 640, bf16=bf16)
-    w.attn = load_kernel(cfg.head_dim, 2) if kernel else None  # bf16 keys/values, read by the C kernel
-    assert (w.attn is not None) == kernel
+    w.kernels = load_kernel(cfg.head_dim, 2) if kernel else None  # bf16 keys/values, read by the C kernels
+    assert (w.kernels is not None) == kernel
     none = torch.zeros(0, dtype=torch.long)
     tol = dict(rtol=0, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-4)  # bf16 matmuls vs the fp32 model
 

@@ -16,11 +16,11 @@ def _config(hd: int, nh: int, nkv: int) -> LlamaConfig:
                        num_attention_heads=nh, num_key_value_heads=nkv, max_position_embeddings=300)  # fmt: skip
 
 
-def _need(hd: int, group: int) -> K.DecodeAttention:
-    attn = K.load(hd, group)
-    if attn is None:
-        pytest.skip("the decode-attention C kernel cannot be built here (no cc, or not Linux)")
-    return attn
+def _need(hd: int, group: int):
+    kernels = K.load(hd, group)
+    if kernels is None:
+        pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
+    return kernels.attention
 
 
 @pytest.mark.parametrize(("hd", "nh", "nkv"), [(64, 8, 4), (32, 4, 4), (16, 6, 2)])
@@ -50,6 +50,25 @@ def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv)
         assert torch.equal(alone[0], out[b])
 
 
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual):
+    kernels = K.load(64, 2)
+    if kernels is None:
+        pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(37, 512, generator=g) * 3, torch.randn(512, generator=g)
+    y = torch.randn(37, 512, generator=g).bfloat16() if with_residual else None
+    x0 = x.clone()
+    h = kernels.add_rms_norm(x, y, w, 1e-5)
+    want_x = x0 + y.float() if with_residual else x0
+    assert torch.equal(x, want_x)  # the residual stream, updated in place, exactly
+    want = torch.nn.functional.rms_norm(want_x, (512,), w, 1e-5)
+    assert h.dtype == torch.bfloat16
+    torch.testing.assert_close(h.float(), want, rtol=2**-8, atol=1e-6)  # within bf16 rounding
+    alone = kernels.add_rms_norm(x0[5:6].clone(), y[5:6] if with_residual else None, w, 1e-5)
+    assert torch.equal(alone, h[5:6])  # a row alone: the same bits
+
+
 def test_tokens_written_one_by_one_equal_a_prompt_written_at_once():
     cfg, g = _config(32, 4, 2), torch.Generator().manual_seed(1)
     a, b = K.BlockedKV(cfg, 3, 150), K.BlockedKV(cfg, 3, 150)
@@ -70,9 +89,9 @@ def test_without_a_compiler_or_when_disabled_there_is_no_kernel(monkeypatch, tmp
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     K.load.cache_clear()
     try:
-        monkeypatch.setenv("LLMCHAIN_DECODE_KERNEL", "0")
+        monkeypatch.setenv("LLMCHAIN_C_KERNELS", "0")
         assert K.load(64, 2) is None
-        monkeypatch.delenv("LLMCHAIN_DECODE_KERNEL")
+        monkeypatch.delenv("LLMCHAIN_C_KERNELS")
         monkeypatch.setenv("CC", "no-such-compiler-xyz")
         assert K.load(64, 2) is None
         assert K.load(48 + 1, 1) is None  # a head_dim the kernel's vectors do not divide

@@ -207,7 +207,7 @@ class Engine:
         torch.set_num_threads(threads or prev)  # prepare_decode probes kernels: under the threads they will run on
         try:
             self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
-            self.decode_weights.attn = kernel
+            self.decode_weights.kernels = kernel
         finally:
             torch.set_num_threads(prev)
         self.device = device

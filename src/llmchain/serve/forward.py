@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmchain.serve.kernel import BLOCK, DecodeAttention
+from llmchain.serve.kernel import BLOCK, CpuKernels
 
 ROW_PAD, KEY_PAD = 16, 16
 KEY_BLOCK = 256  # p·V over at most this many keys per matmul: one summation order for any key length
@@ -140,7 +140,7 @@ class DecodeWeights:
     cos: torch.Tensor  # (max_len, head_dim)
     sin: torch.Tensor
     bf16: bool
-    attn: DecodeAttention | None = None  # the C kernel over a bf16 `BlockedKV` cache (serve/kernel.py)
+    kernels: CpuKernels | None = None  # C attention over a bf16 `BlockedKV` cache, fused add+norm (serve/kernel.py)
 
 
 def _fuse(linears, in_place: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -224,7 +224,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     N = ids.shape[0]
     rows = -(-N // ROW_PAD) * ROW_PAD if pad and not w.bf16 else N
     segs = [B, *lens]  # bf16: decoding rows in ≤ 32-row calls, each prompt in one call of its own
-    if B and w.attn is not None:  # the kernel: each row reads only its own positions 0..pos
+    if B and w.kernels is not None:  # the kernel: each row reads only its own positions 0..pos
         L, lens_b = min(-(-(int(positions.max()) + 1) // BLOCK) * BLOCK, cache.max_len), positions + 1
         at = cache.token_offsets(slots, positions)
     elif B:
@@ -240,20 +240,29 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     # logits only where a next token is needed: every decoding row, and each prompt's last token
     last = torch.tensor(list(range(B)) + [B + sum(lens[: j + 1]) - 1 for j in range(len(lens))], device=dev)
     out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad and not w.bf16 else last.shape[0]
+
+    def add_norm(x: torch.Tensor, res: torch.Tensor | None, weight: torch.Tensor):
+        """x + res (a linear's output not yet added to the residual stream), and its RMSNorm."""
+        if w.kernels is not None:  # one C pass: x updated in place, the norm written in bf16
+            return x, w.kernels.add_rms_norm(x, res, weight, eps)
+        x = x if res is None else x + res
+        return x, F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    res = None
     for i, layer in enumerate(m.layers):
         # The last layer writes every prompt token's key/value, but only those rows go on past attention
         # (a prompt's last query attends alone): the rest of a prompt's rows would feed no logit.
         prune = bool(prompts) and i == len(m.layers) - 1
         a = layer.self_attn
         nh, nkv, hd = a.n_heads, a.n_kv, a.head_dim
-        h = F.rms_norm(x, (x.shape[-1],), layer.input_layernorm.weight, eps)
+        x, h = add_norm(x, res, layer.input_layernorm.weight)
         qkv = w.qkv[i](h, segments=segs)[:N].float().view(N, nh + 2 * nkv, hd)
         qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
         ys = []
-        if B and w.attn is not None:
+        if B and w.kernels is not None:
             cache.write_tokens(a.layer_idx, at, qk[:B, nh:], qkv[:B, nh + nkv :])
-            ys.append(w.attn(qk[:B, :nh] * (1.0 / math.sqrt(hd)), kc, vc, slots, lens_b, L))
+            ys.append(w.kernels.attention(qk[:B, :nh] * (1.0 / math.sqrt(hd)), kc, vc, slots, lens_b, L))
         elif B:
             kc.view(-1, hd).index_copy_(0, at, qk[:B, nh:].reshape(-1, hd).to(kc.dtype))
             vc.view(-1, hd).index_copy_(0, at, qkv[:B, nh + nkv :].reshape(-1, hd).to(vc.dtype))
@@ -267,7 +276,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             q = qk[start + (n - 1 if prune else 0) : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
             k = qk[start : start + n, nh:].transpose(0, 1)[None]
             v = qkv[start : start + n, nh + nkv :].transpose(0, 1)[None]
-            if w.attn is not None:
+            if w.kernels is not None:
                 cache.write_prompt(a.layer_idx, slot, k[0], v[0])
             else:
                 kc[slot, :, :n] = k[0].to(kc.dtype)
@@ -277,19 +286,18 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             start += n
         if prune:
             x, rows, segs = _pad_rows(x.index_select(0, last), out_rows), out_rows, [last.shape[0]]
-        x = x + w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows), segments=segs)
-        h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, eps)
+        res = w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows), segments=segs)
+        x, h = add_norm(x, res, layer.post_attention_layernorm.weight)
         if w.bf16:
             gate, up, hb = *w.gate_up[i], h.to(torch.bfloat16)
             act = up.times(hb, gate(hb, "swish", segs), segs)
         else:
             gate, up = w.gate_up[i](h).chunk(2, dim=-1)
             act = F.silu(gate) * up
-        x = x + w.down[i](act, segments=segs)
-    if not prompts:
-        x = _pad_rows(x[:B], out_rows)
-    x = F.rms_norm(x, (x.shape[-1],), m.norm.weight, eps)
-    return w.head(x)[: last.shape[0]].float()
+        res = w.down[i](act, segments=segs)
+    # rows: every decoding row (padded in fp32), then each prompt's last row (the last layer kept no others)
+    _, h = add_norm(x, res, m.norm.weight)
+    return w.head(h)[: last.shape[0]].float()
 
 
 def copy_prefix(cache, dst: int, src: int, n: int) -> None:

@@ -1,12 +1,15 @@
-"""The decode-attention C kernel (`decode_attention.c`): built on first use, cached, called via ctypes.
+"""The serving engine's C kernels (`kernels.c`): built on first use, cached, called via ctypes.
 
-Why by hand: on a CPU, decoding attention is memory-bound — every step reads each running sequence's
-whole KV cache. Stored in bf16 it is half the bytes of fp32, but PyTorch's CPU bf16 batched matmul
-copies its strided inputs and runs 2x slower than fp32 (benchmarks/serve.py history in README). This
-kernel reads the bf16 cache directly, sums in fp32, and skips masked positions; it is built for the
-model's head_dim and GQA group with `cc -O3 -march=native` (a ~0.2 s compile, cached under
-~/.cache/llmchain/kernels keyed by the source, flags and CPU). Without a C compiler — or with
-LLMCHAIN_DECODE_KERNEL=0 — `load()` returns None and the engine keeps its fp32 cache and PyTorch path.
+Why by hand:
+  * decoding attention is memory-bound on a CPU — every step reads each running sequence's whole KV
+    cache. Stored in bf16 it is half the bytes of fp32, but PyTorch's CPU bf16 batched matmul copies
+    its strided inputs and runs 2x slower than fp32. The kernel reads the bf16 cache directly, sums in
+    fp32 and skips masked positions;
+  * in a decode step every separate small op costs ~10-40 µs (its code is evicted by the streaming
+    matmuls), far more than its arithmetic: the residual add, RMSNorm and bf16 cast are one call.
+Built for the model's head_dim and GQA group with `cc -O3 -march=native` (a ~0.3 s compile, cached
+under ~/.cache/llmchain/kernels keyed by the source, flags and CPU). Without a C compiler — or with
+LLMCHAIN_C_KERNELS=0 — `load()` returns None and the engine keeps its fp32 cache and PyTorch ops.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("llmchain.serve")
-SOURCE = Path(__file__).with_name("decode_attention.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11"]
 BLOCK = 64  # keys per block of the transposed key cache (KB in the C source)
 
@@ -43,17 +46,17 @@ def _cpu_flags() -> str:
 
 
 @cache
-def load(head_dim: int, group: int) -> DecodeAttention | None:
-    """The kernel for this head_dim and group (query heads per kv head), or None where it cannot be built."""
-    if os.environ.get("LLMCHAIN_DECODE_KERNEL", "1") == "0" or head_dim % 16 or platform.system() != "Linux":
+def load(head_dim: int, group: int) -> CpuKernels | None:
+    """The kernels for this head_dim and group (query heads per kv head), or None where they cannot be built."""
+    if os.environ.get("LLMCHAIN_C_KERNELS", "1") == "0" or head_dim % 16 or platform.system() != "Linux":
         return None
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
-        log.warning("no C compiler (cc): decoding attention uses PyTorch over an fp32 KV cache")
+        log.warning("no C compiler (cc): the engine uses PyTorch ops and an fp32 KV cache")
         return None
     flags = [*FLAGS, f"-DHD={head_dim}", f"-DG={group}"]
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"decode_attention-hd{head_dim}-g{group}-{key}.so"
+    out = _cache_dir() / f"serve-kernels-hd{head_dim}-g{group}-{key}.so"
     try:
         if not out.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,27 +68,29 @@ def load(head_dim: int, group: int) -> DecodeAttention | None:
                 os.replace(tmp, out)  # atomic: a half-written library never has the final name
             finally:
                 Path(tmp).unlink(missing_ok=True)
-        return DecodeAttention(ctypes.CDLL(str(out)), head_dim, group)
+        return CpuKernels(ctypes.CDLL(str(out)), head_dim, group)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", "") or e
-        log.warning("building the decode-attention kernel failed (%s): using PyTorch over an fp32 KV cache", detail)
+        log.warning("building the C kernels failed (%s): the engine uses PyTorch ops and an fp32 KV cache", detail)
         return None
 
 
-class DecodeAttention:
-    """softmax(q·Kᵀ)·V for one query per sequence over its slot of a `BlockedKV` layer (see the C source)."""
+class CpuKernels:
+    """The C kernels, bound for one head_dim and GQA group (see kernels.c)."""
 
     def __init__(self, lib: ctypes.CDLL, head_dim: int, group: int):
         self.head_dim, self.group = head_dim, group
-        self._scores, self._values = lib.attn_scores, lib.attn_values
-        for f in (self._scores, self._values):
+        self._scores, self._values, self._norm = lib.attn_scores, lib.attn_values, lib.add_rms_norm
+        for f in (self._scores, self._values, self._norm):
             f.restype = None
-            f.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
+        self._scores.argtypes = self._values.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
+        self._norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float, ctypes.c_void_p] + [ctypes.c_int] * 2
 
-    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
-                 lens: torch.Tensor, L: int) -> torch.Tensor:  # fmt: skip
-        """q (B, nh, hd) fp32 (scaled by 1/√hd), slots/lens (B,) int64, L ≥ max(lens), a multiple of BLOCK
-        → (B, nh·hd) fp32. Sequence b attends to positions 0..lens[b]-1 of its slot."""
+    def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                  lens: torch.Tensor, L: int) -> torch.Tensor:  # fmt: skip
+        """softmax(q·Kᵀ)·V for one query per sequence over its slot of a `BlockedKV` layer: q (B, nh, hd)
+        fp32 (scaled by 1/√hd), slots/lens (B,) int64, L ≥ max(lens) a multiple of BLOCK → (B, nh·hd)
+        fp32. Sequence b attends to positions 0..lens[b]-1 of its slot."""
         B, nh, hd = q.shape
         nkv, T = values.shape[1], values.shape[2]
         q = q.contiguous()
@@ -96,6 +101,18 @@ class DecodeAttention:
         out = torch.empty(B, nh * hd)
         self._values(p.data_ptr(), values.data_ptr(), slots.data_ptr(), lens.data_ptr(), out.data_ptr(),
                      B, nkv, T, L)  # fmt: skip
+        return out
+
+    def add_rms_norm(self, x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """x += y (in place; y bf16, or None), then RMSNorm(x)·weight as bf16. x (rows, D) fp32 contiguous."""
+        rows, D = x.shape
+        assert x.is_contiguous() and x.dtype == torch.float32 and D % 16 == 0
+        if y is not None:
+            y = y.contiguous()
+            assert y.dtype == torch.bfloat16 and y.shape == x.shape
+        w = weight.detach().float().contiguous()
+        out = torch.empty(rows, D, dtype=torch.bfloat16)
+        self._norm(x.data_ptr(), None if y is None else y.data_ptr(), w.data_ptr(), eps, out.data_ptr(), rows, D)
         return out
 
 

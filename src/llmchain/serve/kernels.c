@@ -1,11 +1,17 @@
-/* Decode attention over a bf16 KV cache: one query token per sequence, each over its own slot.
+/* Hand-written CPU kernels of the serving engine's decode step (built and loaded by serve/kernel.py,
+ * cc -O3 -march=native -DHD=<head_dim> -DG=<query heads per kv head>).
  *
- * Built and loaded by serve/kernel.py (cc -O3 -march=native -DHD=<head_dim> -DG=<query heads per kv
- * head>). Keys are stored in blocks of 64 positions, transposed: (slots, nkv, T/64, HD, 64), so the
- * scores of 64 consecutive keys are summed over d in four vector registers from one contiguous 8 KB
- * block; values are (slots, nkv, T, HD). Every sum runs in one fixed order per (sequence, head):
- * d = 0..HD-1 for a score, l = 0..n-1 for an output row. So no result depends on what else is in the
- * batch, and masked positions are never read. The softmax between the two calls is PyTorch's.
+ * Decode attention over a bf16 KV cache: one query token per sequence, each over its own slot. Keys
+ * are stored in blocks of 64 positions, transposed: (slots, nkv, T/64, HD, 64), so the scores of 64
+ * consecutive keys are summed over d in four vector registers from one contiguous 8 KB block; values
+ * are (slots, nkv, T, HD). The softmax between the two calls is PyTorch's.
+ *
+ * add_rms_norm: the residual add and the RMSNorm that follows it, in one pass, writing the bf16 input
+ * of the next matmul (on a CPU each separate small op costs more than its arithmetic).
+ *
+ * Every sum runs in one fixed order per (sequence, head) or per row — d = 0..HD-1 for a score,
+ * l = 0..n-1 for an output row, 16 lanes then a fixed tree for a norm — so no result depends on what
+ * else is in the batch, and masked positions are never read.
  */
 #include <math.h>
 #include <stdint.h>
@@ -68,4 +74,35 @@ void attn_values(const float *restrict p, const uint16_t *restrict vc, const int
                 }
             memcpy(out + ((int64_t)b * nkv + kh) * G * HD, o, sizeof o);
         }
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as PyTorch's .to(bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Per row r of x (rows, D), fp32, updated in place: x += y (bf16, or NULL for none); then
+ * out = bf16(x * rsqrt(mean(x^2) + eps) * w). D % 16 == 0. */
+void add_rms_norm(float *restrict x, const uint16_t *restrict y, const float *restrict w, float eps,
+                  uint16_t *restrict out, int rows, int D) {
+    for (int r = 0; r < rows; r++) {
+        float *restrict xr = x + (int64_t)r * D;
+        vf acc = {0};
+        for (int c = 0; c < D; c += W) {
+            vf v;
+            memcpy(&v, xr + c, sizeof v);
+            if (y) {
+                v += load_bf16(y + (int64_t)r * D + c);
+                memcpy(xr + c, &v, sizeof v);
+            }
+            acc += v * v;
+        }
+        float lanes[W], ss = 0.0f;
+        memcpy(lanes, &acc, sizeof lanes);
+        for (int j = 0; j < W; j++) ss += lanes[j];
+        float inv = 1.0f / sqrtf(ss / (float)D + eps);
+        uint16_t *restrict o = out + (int64_t)r * D;
+        for (int c = 0; c < D; c++) o[c] = f32_to_bf16(xr[c] * inv * w[c]);
+    }
 }
