@@ -226,7 +226,6 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     segs = [B, *lens]  # bf16: decoding rows in ≤ 32-row calls, each prompt in one call of its own
     if B and w.kernels is not None:  # the kernel: each row reads only its own positions 0..pos
         L, lens_b = min(-(-(int(positions.max()) + 1) // BLOCK) * BLOCK, cache.max_len), positions + 1
-        at = cache.token_offsets(slots, positions)
     elif B:
         L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
         bias = torch.zeros(B, 1, 1, L, device=dev).masked_fill_(
@@ -261,7 +260,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
         ys = []
         if B and w.kernels is not None:
-            cache.write_tokens(a.layer_idx, at, qk[:B, nh:], qkv[:B, nh + nkv :])
+            w.kernels.write_tokens(kc, vc, qk[:B, nh:], qkv[:B, nh + nkv :], slots, positions)
             ys.append(w.kernels.attention(qk[:B, :nh] * (1.0 / math.sqrt(hd)), kc, vc, slots, lens_b, L))
         elif B:
             kc.view(-1, hd).index_copy_(0, at, qk[:B, nh:].reshape(-1, hd).to(kc.dtype))

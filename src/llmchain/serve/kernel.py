@@ -81,8 +81,11 @@ class CpuKernels:
     def __init__(self, lib: ctypes.CDLL, head_dim: int, group: int):
         self.head_dim, self.group = head_dim, group
         self._scores, self._values, self._norm = lib.attn_scores, lib.attn_values, lib.add_rms_norm
-        for f in (self._scores, self._values, self._norm):
+        self._write = lib.write_tokens
+        for f in (self._scores, self._values, self._norm, self._write):
             f.restype = None
+        c_int64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self._write.argtypes = [ptr, c_int64, ptr, c_int64] + [ptr] * 4 + [ctypes.c_int] * 3
         self._scores.argtypes = self._values.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
         self._norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float, ctypes.c_void_p] + [ctypes.c_int] * 2
 
@@ -102,6 +105,15 @@ class CpuKernels:
         self._values(p.data_ptr(), values.data_ptr(), slots.data_ptr(), lens.data_ptr(), out.data_ptr(),
                      B, nkv, T, L)  # fmt: skip
         return out
+
+    def write_tokens(self, keys: torch.Tensor, values: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     slots: torch.Tensor, positions: torch.Tensor) -> None:  # fmt: skip
+        """One token per sequence into a `BlockedKV` layer (keys, values): k, v (B, nkv, hd) fp32, rows
+        may be strided (views into the step's q|k|v), at (slots[b], positions[b])."""
+        B, nkv, hd = k.shape
+        assert k.dtype == v.dtype == torch.float32 and k.stride()[1:] == v.stride()[1:] == (hd, 1)
+        self._write(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), keys.data_ptr(), values.data_ptr(),
+                    slots.data_ptr(), positions.data_ptr(), B, nkv, values.shape[2])  # fmt: skip
 
     def add_rms_norm(self, x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x += y (in place; y bf16, or None), then RMSNorm(x)·weight as bf16. x (rows, D) fp32 contiguous."""
@@ -136,22 +148,6 @@ class BlockedKV:
         kp = torch.nn.functional.pad(k, (0, 0, 0, nb * BLOCK - n)).view(nkv, nb, BLOCK, hd)
         self.k[layer][slot, :, :nb] = kp.transpose(-1, -2).to(torch.bfloat16)
         self.v[layer][slot, :, :n] = v.to(torch.bfloat16)
-
-    def token_offsets(self, slots: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where one token per sequence, at (slots[b], positions[b]), goes in every layer: flat offsets
-        of its B·nkv·hd key elements and of its B·nkv value rows (computed once per step)."""
-        nkv, nblk, hd, T = self.v[0].shape[1], self.k[0].shape[2], self.v[0].shape[3], self.v[0].shape[2]
-        heads = (slots[:, None] * nkv + torch.arange(nkv))[:, :, None]  # (B, nkv, 1)
-        blk, col = (positions // BLOCK)[:, None, None], (positions % BLOCK)[:, None, None]
-        kat = ((heads * nblk + blk) * hd + torch.arange(hd)) * BLOCK + col  # (B, nkv, hd)
-        return kat.flatten(), (heads * T + positions[:, None, None]).flatten()
-
-    def write_tokens(self, layer: int, at: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor,
-                     v: torch.Tensor) -> None:  # fmt: skip
-        """k, v (B, nkv, hd): one token per sequence, at the `token_offsets`."""
-        hd = k.shape[-1]
-        self.k[layer].view(-1).index_copy_(0, at[0], k.flatten().to(torch.bfloat16))
-        self.v[layer].view(-1, hd).index_copy_(0, at[1], v.reshape(-1, hd).to(torch.bfloat16))
 
     def copy_prefix(self, dst: int, src: int, n: int) -> None:
         """Positions 0..n-1 of slot `src` into slot `dst` (whole key blocks: past n is never read)."""

@@ -30,6 +30,32 @@ static inline vf load_bf16(const uint16_t *p) { /* 16 bf16 -> 16 fp32, exact (bf
     return (vf)(__builtin_convertvector(h, vu) << 16);
 }
 
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as PyTorch's .to(bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* One new token per sequence into the cache, as bf16: k[b] and v[b] (nkv, HD) fp32, rows `ks` and `vs`
+ * floats apart, go to position positions[b] of slot slots[b]. */
+void write_tokens(const float *restrict k, int64_t ks, const float *restrict v, int64_t vs,
+                  uint16_t *restrict kc, uint16_t *restrict vc, const int64_t *restrict slots,
+                  const int64_t *restrict positions, int B, int nkv, int T) {
+    for (int b = 0; b < B; b++) {
+        int64_t t = positions[b];
+        for (int kh = 0; kh < nkv; kh++) {
+            int64_t head = (int64_t)slots[b] * nkv + kh;
+            uint16_t *kd = kc + (head * T + t / KB * KB) * HD + t % KB; /* block t/64, column t%64 */
+            uint16_t *vd = vc + (head * T + t) * HD;
+            const float *kb = k + b * ks + kh * HD, *vb = v + b * vs + kh * HD;
+            for (int d = 0; d < HD; d++) {
+                kd[d * KB] = f32_to_bf16(kb[d]);
+                vd[d] = f32_to_bf16(vb[d]);
+            }
+        }
+    }
+}
+
 /* scores (B, nkv, G, L) = q (B, nkv, G, HD) . keys 0..lens[b]-1 of slot slots[b]; -inf from lens[b] on.
  * L % 64 == 0 and L <= T. */
 void attn_scores(const float *restrict q, const uint16_t *restrict kc, const int64_t *restrict slots,
@@ -76,11 +102,6 @@ void attn_values(const float *restrict p, const uint16_t *restrict vc, const int
         }
 }
 
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as PyTorch's .to(bfloat16) */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 /* Per row r of x (rows, D), fp32, updated in place: x += y (bf16, or NULL for none); then
  * out = bf16(x * rsqrt(mean(x^2) + eps) * w). D % 16 == 0. */
