@@ -13,19 +13,26 @@ from llmchain.serve.forward import bf16_supported, prepare_decode, step_logits
 from llmchain.serve.kernel import BlockedKV
 from llmchain.serve.kernel import load as load_kernel
 from llmchain.serve.sampling import SamplingParams
+from llmchain.serve.worker import EngineProcess, EngineSpec
 from serve_fixtures import cached_model_dir
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory, shared_data):
+@pytest.fixture(scope="module", params=["thread", "process"])
+def engine(request, tmp_path_factory, shared_data):
+    """The engine on a thread of this process, and in a child process behind `EngineProcess` (how
+    `llmchain serve` runs it): every engine test runs against both."""
     from transformers import AutoTokenizer
 
     from llmchain.model.io import load_model
 
     d = cached_model_dir(tmp_path_factory, shared_data)
     tok = AutoTokenizer.from_pretrained(d)
-    eng = Engine(load_model(d), tok, max_batch_size=8, max_queue=16, eos_token_ids=[tok.eos_token_id],
-                 threads=1).start()
+    if request.param == "thread":
+        eng = Engine(load_model(d), tok, max_batch_size=8, max_queue=16, eos_token_ids=[tok.eos_token_id],
+                     threads=1).start()  # fmt: skip
+    else:
+        eng = EngineProcess(EngineSpec(str(d), max_batch_size=8, max_queue=16, threads=1)).start()
+        eng.tokenizer = tok
     yield eng
     eng.stop()
 
@@ -158,3 +165,22 @@ def test_bf16_probe_does_not_depend_on_the_global_rng():
         torch.manual_seed(seed)
         answers.add(bf16_supported())
     assert len(answers) == 1
+
+
+def test_a_dead_engine_process_ends_its_requests_and_says_why(tmp_path_factory, shared_data):
+    d = cached_model_dir(tmp_path_factory, shared_data)
+    eng = EngineProcess(EngineSpec(str(d), max_batch_size=2, threads=1)).start()
+    try:
+        h = eng.submit([1, 2, 3], SamplingParams(max_tokens=10_000, temperature=0, ignore_eos=True))
+        first = next(h.iter_events(timeout=60))  # generating...
+        assert first.token_ids
+        eng._proc.kill()  # ...when the engine process dies (OOM killer, segfault)
+        list(h.iter_events(timeout=30))  # the stream ends instead of hanging
+        deadline = time.time() + 30
+        while eng.error is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert "engine process" in str(eng.error)
+        with pytest.raises(RuntimeError, match="engine has failed"):
+            eng.submit([1, 2, 3], SamplingParams(max_tokens=2))
+    finally:
+        eng.stop()

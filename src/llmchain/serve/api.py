@@ -34,7 +34,6 @@ from llmchain.serve.protocol import (
 
 log = logging.getLogger("llmchain.serve")
 STATIC = Path(__file__).parent / "static"
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 
 
 @dataclass
@@ -50,6 +49,7 @@ class ServeOptions:
     device: str = "cpu"
     threads: int | None = 1  # torch threads; 1 keeps decoding batch-invariant at any batch size (engine.py)
     dtype: str = "auto"  # matmul precision: auto (bf16 on AMX CPUs, else the weights'), bfloat16 or float32
+    engine_process: bool = True  # run the engine in a child process (off the event loop's GIL)
 
 
 class State:
@@ -80,25 +80,16 @@ class State:
 
             self.classifier = load_classifier(self.opts.model_dir)
             return
-        from transformers import AutoTokenizer
+        from llmchain.serve.worker import EngineProcess, EngineSpec, build_engine, load_tokenizer
 
-        from llmchain.model.io import load_model
-        from llmchain.serve.engine import Engine
-
-        tok = AutoTokenizer.from_pretrained(self.opts.model_dir)
-        if self.opts.chat_template:
-            tok.chat_template = Path(self.opts.chat_template).read_text(encoding="utf-8")
-        model = load_model(self.opts.model_dir, device=self.opts.device)
-        eos = {tok.eos_token_id, model.config.eos_token_id}
-        gen = Path(self.opts.model_dir) / "generation_config.json"
-        if gen.is_file():
-            g = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
-            eos.update(g if isinstance(g, list) else [g])
-        vocab = tok.get_vocab()
-        eos.update(vocab[t] for t in END_OF_TURN if t in vocab)
-        engine = Engine(model, tok, max_batch_size=self.opts.max_batch_size, max_queue=self.opts.max_queue,
-                        max_model_len=self.opts.max_model_len, eos_token_ids=[e for e in eos if e is not None],
-                        metrics=self.metrics, threads=self.opts.threads, dtype=self.opts.dtype)  # fmt: skip
+        o = self.opts
+        spec = EngineSpec(model_dir=o.model_dir, chat_template=o.chat_template, device=o.device,
+                          max_batch_size=o.max_batch_size, max_queue=o.max_queue, max_model_len=o.max_model_len,
+                          threads=o.threads, dtype=o.dtype)  # fmt: skip
+        if o.engine_process:  # the engine in its own process (serve/worker.py), as `llmchain serve` runs it
+            tok, engine = load_tokenizer(spec), EngineProcess(spec, self.metrics)
+        else:
+            tok, engine = build_engine(spec, self.metrics)
         self.metrics.gauges = lambda: {
             "num_requests_running": engine.num_running,
             "num_requests_waiting": engine.num_waiting,

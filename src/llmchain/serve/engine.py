@@ -103,6 +103,20 @@ def _put_all(batch) -> None:
         h._queue.put_nowait(item)
 
 
+def check_request(prompt_ids: list[int], params: SamplingParams, max_model_len: int, vocab_size: int,
+                  max_batch_size: int) -> None:  # fmt: skip
+    """Raise PromptTooLong / ValueError for a request no engine of these limits can run."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    if len(prompt_ids) >= max_model_len:
+        raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens but the context is {max_model_len} "
+                            f"(max_model_len); shorten the prompt")  # fmt: skip
+    if max(prompt_ids) >= vocab_size or min(prompt_ids) < 0:
+        raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+    if params.n > max_batch_size:
+        raise ValueError(f"n={params.n} exceeds the server's max batch size ({max_batch_size})")
+
+
 class RequestHandle:
     """The caller's side of a request: iterate its events (async or sync), or cancel it."""
 
@@ -220,6 +234,7 @@ class Engine:
         self.error: BaseException | None = None
         self.threads, self._prev_threads = threads, None
         self._outbox: list[tuple[RequestHandle, Event | None]] = []  # delivered at the end of each step
+        self.deliver = _deliver_all  # how a step's events reach their callers (serve/worker.py: a pipe)
 
     # ---- public -------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -242,17 +257,7 @@ class Engine:
     def submit(
         self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop | None = None
     ) -> RequestHandle:
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) >= self.max_model_len:
-            raise PromptTooLong(
-                f"the prompt has {len(prompt_ids)} tokens but the context is {self.max_model_len} "
-                f"(max_model_len); shorten the prompt"
-            )
-        if max(prompt_ids) >= self.config.vocab_size or min(prompt_ids) < 0:
-            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
-        if params.n > self.max_batch_size:
-            raise ValueError(f"n={params.n} exceeds the server's max batch size ({self.max_batch_size})")
+        check_request(prompt_ids, params, self.max_model_len, self.config.vocab_size, self.max_batch_size)
         handle = RequestHandle(list(prompt_ids), params, loop)
         with self._cv:
             if self.error is not None:
@@ -294,10 +299,7 @@ class Engine:
         except BaseException as e:  # keep the server answering (503s), and say why
             log.exception("engine failed")
             self.error = e
-            for s in self.running:
-                s.handle._emit(None)
-            for h in self.waiting:
-                h._emit(None)
+            self.deliver([(s.handle, None) for s in self.running] + [(h, None) for h in self.waiting])
 
     def step(self) -> None:
         """One scheduler iteration: reap cancelled, admit, then ONE forward that prefills the admitted
@@ -310,7 +312,7 @@ class Engine:
                 self._forward(admitted)
         finally:
             outbox, self._outbox = self._outbox, []
-            _deliver_all(outbox)
+            self.deliver(outbox)
 
     def _reap_cancelled(self) -> None:
         with self._cv:
