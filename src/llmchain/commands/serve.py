@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from llmchain.errors import UserError
-
-SWITCH_INTERVAL_S = 0.0002  # the server process's GIL switch interval (Python's default: 0.005)
 
 
 def _check_dir(model_dir: Path) -> None:
@@ -62,10 +59,6 @@ def serve(
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         typer.echo(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it", err=True)
     typer.echo(f"serving {model_dir} at http://{cfg.host}:{cfg.port}  (chat page: /, API: /v1, docs: /docs)")
-    # The engine thread gives up the GIL in every torch op and must get it back at once: with Python's
-    # default 5 ms switch interval, a busy event loop (SSE chunks for many streams) held it for up to
-    # 5 ms each time, which measured +1-2 ms per decode step over HTTP (benchmarks/serve.py).
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvicorn.run(create_app(opts), host=cfg.host, port=cfg.port, log_level="info")
 
 
