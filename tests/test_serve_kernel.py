@@ -37,16 +37,14 @@ def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv)
     q = torch.randn(5, nh, hd, generator=g) / math.sqrt(hd)
     slots = torch.tensor([3, 0, 4, 1, 2])  # rows in any slot order
     n = torch.tensor([lens[s] for s in slots])
-    out = attn(q, cache.k[1], cache.v[1], slots, n, L=256)
+    out = attn(q, cache.k[1], cache.v[1], slots, n)
     for b, s in enumerate(slots.tolist()):  # float64 reference over the bf16-rounded keys/values
         kk, vv = keys[s].bfloat16().double(), values[s].bfloat16().double()
         qq = q[b].double().view(nkv, nh // nkv, hd)
         p = torch.softmax(qq @ kk.transpose(-1, -2), dim=-1)
         torch.testing.assert_close(out[b].double(), (p @ vv).reshape(-1), rtol=1e-5, atol=1e-5)
-    # a row alone gives its batched result bit for bit, whatever L covers
-    for b in range(5):
-        own = 64 * -(-int(n[b]) // 64)  # the row's own length in whole blocks
-        alone = attn(q[b : b + 1], cache.k[1], cache.v[1], slots[b : b + 1], n[b : b + 1], L=own)
+    for b in range(5):  # a row alone gives its batched result bit for bit
+        alone = attn(q[b : b + 1], cache.k[1], cache.v[1], slots[b : b + 1], n[b : b + 1])
         assert torch.equal(alone[0], out[b])
 
 

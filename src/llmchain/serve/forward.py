@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmchain.serve.kernel import BLOCK, CpuKernels
+from llmchain.serve.kernel import CpuKernels
 
 ROW_PAD, KEY_PAD = 16, 16
 KEY_BLOCK = 256  # p·V over at most this many keys per matmul: one summation order for any key length
@@ -225,7 +225,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     rows = -(-N // ROW_PAD) * ROW_PAD if pad and not w.bf16 else N
     segs = [B, *lens]  # bf16: decoding rows in ≤ 32-row calls, each prompt in one call of its own
     if B and w.kernels is not None:  # the kernel: each row reads only its own positions 0..pos
-        L, lens_b = min(-(-(int(positions.max()) + 1) // BLOCK) * BLOCK, cache.max_len), positions + 1
+        lens_b = positions + 1
     elif B:
         L = min(-(-(int(positions.max()) + 1) // KEY_PAD) * KEY_PAD, cache.max_len)
         bias = torch.zeros(B, 1, 1, L, device=dev).masked_fill_(
@@ -261,7 +261,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         ys = []
         if B and w.kernels is not None:
             w.kernels.write_tokens(kc, vc, qk[:B, nh:], qkv[:B, nh + nkv :], slots, positions)
-            ys.append(w.kernels.attention(qk[:B, :nh] * (1.0 / math.sqrt(hd)), kc, vc, slots, lens_b, L))
+            ys.append(w.kernels.attention(qk[:B, :nh] * (1.0 / math.sqrt(hd)), kc, vc, slots, lens_b))
         elif B:
             kc.view(-1, hd).index_copy_(0, at, qk[:B, nh:].reshape(-1, hd).to(kc.dtype))
             vc.view(-1, hd).index_copy_(0, at, qkv[:B, nh + nkv :].reshape(-1, hd).to(vc.dtype))

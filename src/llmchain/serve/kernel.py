@@ -80,30 +80,25 @@ class CpuKernels:
 
     def __init__(self, lib: ctypes.CDLL, head_dim: int, group: int):
         self.head_dim, self.group = head_dim, group
-        self._scores, self._values, self._norm = lib.attn_scores, lib.attn_values, lib.add_rms_norm
-        self._write = lib.write_tokens
-        for f in (self._scores, self._values, self._norm, self._write):
+        self._attn, self._norm, self._write = lib.decode_attention, lib.add_rms_norm, lib.write_tokens
+        for f in (self._attn, self._norm, self._write):
             f.restype = None
         c_int64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self._attn.argtypes = [ptr] * 7 + [ctypes.c_int] * 3
+        self._norm.argtypes = [ptr] * 3 + [ctypes.c_float, ptr] + [ctypes.c_int] * 2
         self._write.argtypes = [ptr, c_int64, ptr, c_int64] + [ptr] * 4 + [ctypes.c_int] * 3
-        self._scores.argtypes = self._values.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
-        self._norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float, ctypes.c_void_p] + [ctypes.c_int] * 2
 
     def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
-                  lens: torch.Tensor, L: int) -> torch.Tensor:  # fmt: skip
+                  lens: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """softmax(q·Kᵀ)·V for one query per sequence over its slot of a `BlockedKV` layer: q (B, nh, hd)
-        fp32 (scaled by 1/√hd), slots/lens (B,) int64, L ≥ max(lens) a multiple of BLOCK → (B, nh·hd)
-        fp32. Sequence b attends to positions 0..lens[b]-1 of its slot."""
+        fp32 (scaled by 1/√hd), slots/lens (B,) int64 → (B, nh·hd) fp32. Sequence b attends to positions
+        0..lens[b]-1 of its slot, and reads nothing else."""
         B, nh, hd = q.shape
         nkv, T = values.shape[1], values.shape[2]
         q = q.contiguous()
-        scores = torch.empty(B, nh, L)
-        self._scores(q.data_ptr(), keys.data_ptr(), slots.data_ptr(), lens.data_ptr(), scores.data_ptr(),
-                     B, nkv, T, L)  # fmt: skip
-        p = torch.softmax(scores, dim=-1)  # -inf from each row's own length on: exact zeros
-        out = torch.empty(B, nh * hd)
-        self._values(p.data_ptr(), values.data_ptr(), slots.data_ptr(), lens.data_ptr(), out.data_ptr(),
-                     B, nkv, T, L)  # fmt: skip
+        out, scratch = torch.empty(B, nh * hd), torch.empty(self.group * T)
+        self._attn(q.data_ptr(), keys.data_ptr(), values.data_ptr(), slots.data_ptr(), lens.data_ptr(),
+                   scratch.data_ptr(), out.data_ptr(), B, nkv, T)  # fmt: skip
         return out
 
     def write_tokens(self, keys: torch.Tensor, values: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -4,7 +4,7 @@
  * Decode attention over a bf16 KV cache: one query token per sequence, each over its own slot. Keys
  * are stored in blocks of 64 positions, transposed: (slots, nkv, T/64, HD, 64), so the scores of 64
  * consecutive keys are summed over d in four vector registers from one contiguous 8 KB block; values
- * are (slots, nkv, T, HD). The softmax between the two calls is PyTorch's.
+ * are (slots, nkv, T, HD). The softmax runs in between, on the scores of the sequence's own positions.
  *
  * add_rms_norm: the residual add and the RMSNorm that follows it, in one pass, writing the bf16 input
  * of the next matmul (on a CPU each separate small op costs more than its arithmetic).
@@ -14,6 +14,9 @@
  * else is in the batch, and masked positions are never read.
  */
 #include <math.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -25,9 +28,13 @@ typedef uint16_t vh __attribute__((vector_size(32)));
 #define KB 64      /* keys per block (NV * W) */
 
 static inline vf load_bf16(const uint16_t *p) { /* 16 bf16 -> 16 fp32, exact (bf16 is fp32's top half) */
+#ifdef __AVX512F__ /* one widening move: GCC lowers the generic form below through 256-bit halves */
+    return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#else
     vh h;
     memcpy(&h, p, sizeof h);
     return (vf)(__builtin_convertvector(h, vu) << 16);
+#endif
 }
 
 static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as PyTorch's .to(bfloat16) */
@@ -56,16 +63,50 @@ void write_tokens(const float *restrict k, int64_t ks, const float *restrict v, 
     }
 }
 
-/* scores (B, nkv, G, L) = q (B, nkv, G, HD) . keys 0..lens[b]-1 of slot slots[b]; -inf from lens[b] on.
- * L % 64 == 0 and L <= T. */
-void attn_scores(const float *restrict q, const uint16_t *restrict kc, const int64_t *restrict slots,
-                 const int64_t *restrict lens, float *restrict scores, int B, int nkv, int T, int L) {
+static inline vf exp_le0(vf x) { /* exp(x) for x <= 0: Cephes' expf (range reduction, degree-5 polynomial) */
+#ifdef __AVX512F__
+    __m512 v = _mm512_max_ps((__m512)x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(y, r), r, r), _mm512_set1_ps(1.0f));
+    return (vf)_mm512_scalef_ps(y, n);
+#else
+    vf out;
+    for (int j = 0; j < W; j++) out[j] = expf(x[j]);
+    return out;
+#endif
+}
+
+static inline vf vmax(vf a, vf b, int first) { /* lane-wise max; `first`: just b */
+    if (first) return b;
+#ifdef __AVX512F__
+    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#else
+    for (int j = 0; j < W; j++) a[j] = b[j] > a[j] ? b[j] : a[j];
+    return a;
+#endif
+}
+
+/* out (B, nkv, G, HD) = softmax(q (B, nkv, G, HD) . K^T) V over positions 0..lens[b]-1 of slot slots[b].
+ * q is scaled by 1/sqrt(HD) already; scratch holds G * T floats. */
+void decode_attention(const float *restrict q, const uint16_t *restrict kc, const uint16_t *restrict vc,
+                      const int64_t *restrict slots, const int64_t *restrict lens, float *restrict scratch,
+                      float *restrict out, int B, int nkv, int T) {
     for (int b = 0; b < B; b++)
         for (int kh = 0; kh < nkv; kh++) {
             const float *restrict qh = q + ((int64_t)b * nkv + kh) * G * HD;
-            const uint16_t *restrict K = kc + ((int64_t)slots[b] * nkv + kh) * T * HD;
-            float *restrict s = scores + ((int64_t)b * nkv + kh) * G * L;
+            int64_t head = (int64_t)slots[b] * nkv + kh;
+            const uint16_t *restrict K = kc + head * T * HD, *restrict V = vc + head * T * HD;
             int n = (int)lens[b];
+            /* scores, 64 keys at a time: 4 vectors per query head in flight, so the FMA chains overlap */
             for (int l0 = 0; l0 < n; l0 += KB) {
                 vf acc[G][NV];
                 for (int i = 0; i < G; i++)
@@ -76,32 +117,49 @@ void attn_scores(const float *restrict q, const uint16_t *restrict kc, const int
                         vf k = load_bf16(block + d * KB + v * W);
                         for (int i = 0; i < G; i++) acc[i][v] += qh[i * HD + d] * k;
                     }
-                for (int i = 0; i < G; i++) memcpy(s + i * L + l0, acc[i], sizeof acc[i]);
+                for (int i = 0; i < G; i++) memcpy(scratch + i * T + l0, acc[i], sizeof acc[i]);
             }
-            for (int i = 0; i < G; i++)
-                for (int l = n; l < L; l++) s[i * L + l] = -INFINITY;
-        }
-}
-
-/* out (B, nkv, G, HD) = p (B, nkv, G, L) . values 0..lens[b]-1 of slot slots[b]. */
-void attn_values(const float *restrict p, const uint16_t *restrict vc, const int64_t *restrict slots,
-                 const int64_t *restrict lens, float *restrict out, int B, int nkv, int T, int L) {
-    for (int b = 0; b < B; b++)
-        for (int kh = 0; kh < nkv; kh++) {
-            const uint16_t *restrict V = vc + ((int64_t)slots[b] * nkv + kh) * T * HD;
-            const float *restrict ph = p + ((int64_t)b * nkv + kh) * G * L;
+            /* softmax numerators e = exp(s - max) over l < n; the division waits for the output */
+            float inv[G];
+            int full = n / W * W; /* max and sum: 16 lanes over whole vectors, then the tail, then the lanes */
+            for (int i = 0; i < G; i++) {
+                float *restrict s = scratch + i * T, m = -INFINITY, sum = 0.0f, lanes[W];
+                vf acc = {0}, x;
+                for (int l0 = 0; l0 < full; l0 += W) {
+                    memcpy(&x, s + l0, sizeof x);
+                    acc = vmax(acc, x, l0 == 0);
+                }
+                memcpy(lanes, &acc, sizeof lanes);
+                for (int j = 0; j < (full ? W : 0); j++) m = lanes[j] > m ? lanes[j] : m;
+                for (int l = full; l < n; l++) m = s[l] > m ? s[l] : m;
+                acc = (vf){0};
+                for (int l0 = 0; l0 < n; l0 += W) {
+                    memcpy(&x, s + l0, sizeof x);
+                    x = exp_le0(x - m); /* lanes past n: whatever they hold, never read below */
+                    memcpy(s + l0, &x, sizeof x);
+                    if (l0 < full) acc += x;
+                }
+                for (int l = full; l < n; l++) sum += s[l];
+                memcpy(lanes, &acc, sizeof lanes);
+                for (int j = 0; j < W; j++) sum += lanes[j];
+                inv[i] = 1.0f / sum;
+            }
             vf o[G][HD / W];
             for (int i = 0; i < G; i++)
                 for (int c = 0; c < HD / W; c++) o[i][c] = (vf){0};
-            for (int l = 0; l < lens[b]; l++)
+            for (int l = 0; l < n; l++)
                 for (int c = 0; c < HD / W; c++) {
                     vf v = load_bf16(V + (int64_t)l * HD + c * W);
-                    for (int i = 0; i < G; i++) o[i][c] += ph[i * L + l] * v;
+                    for (int i = 0; i < G; i++) o[i][c] += scratch[i * T + l] * v;
                 }
-            memcpy(out + ((int64_t)b * nkv + kh) * G * HD, o, sizeof o);
+            float *restrict oh = out + ((int64_t)b * nkv + kh) * G * HD;
+            for (int i = 0; i < G; i++)
+                for (int c = 0; c < HD / W; c++) {
+                    vf r = o[i][c] * inv[i];
+                    memcpy(oh + i * HD + c * W, &r, sizeof r);
+                }
         }
 }
-
 
 /* Per row r of x (rows, D), fp32, updated in place: x += y (bf16, or NULL for none); then
  * out = bf16(x * rsqrt(mean(x^2) + eps) * w). D % 16 == 0. */
