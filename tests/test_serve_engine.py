@@ -46,15 +46,6 @@ NO_KERNEL = pytest.mark.skipif(load_kernel(32, 2) is None, reason="the decode-at
 @torch.inference_mode()
 def test_step_rows_are_bit_identical_whatever_the_batch(mode):
     bf16, kernel = mode != "fp32", mode == "bf16-kernel"
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)  # the engine's decode threads; prompts switch to 2 (prefill_threads below)
-    try:
-        _check_step_rows(bf16, kernel)
-    finally:
-        torch.set_num_threads(prev)
-
-
-def _check_step_rows(bf16: bool, kernel: bool) -> None:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=640)  # fmt: skip
@@ -65,7 +56,7 @@ def _check_step_rows(bf16: bool, kernel: bool) -> None:
     prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in lens]
     B = len(prompts)
     cache = BlockedKV(cfg, B + 2, 640) if kernel else KVCache(cfg, B + 2, 640)
-    w = prepare_decode(model, 640, bf16=bf16, prefill_threads=2)  # a prompt's own calls on 2 threads
+    w = prepare_decode(model, 640, bf16=bf16)
     w.kernels = load_kernel(cfg.head_dim, 2) if kernel else None  # bf16 keys/values, read by the C kernels
     assert (w.kernels is not None) == kernel
     none = torch.zeros(0, dtype=torch.long)

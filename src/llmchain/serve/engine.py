@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -179,8 +178,6 @@ class Engine:
     `threads` sets PyTorch's CPU threads (process-wide). The default, 1, keeps decoding
     batch-invariant for any batch size: with several threads MKL splits large matmuls' inner sums
     across threads differently for different row counts (seen from 64 rows up). None keeps torch's.
-    `prefill_threads` (default: every core this process may use) runs a prompt's own matmuls and
-    attention on more threads: prefill is compute-bound, and each prompt always gets the same count.
 
     `submit()` is thread-safe and returns at once; it raises EngineOverloaded when `max_queue`
     requests are already waiting and PromptTooLong when the prompt leaves no room to generate.
@@ -199,7 +196,6 @@ class Engine:
         metrics=None,
         threads: int | None = 1,
         dtype: str = "auto",
-        prefill_threads: int | None = None,
     ):
         from llmchain.model.llama import KVCache
 
@@ -224,9 +220,7 @@ class Engine:
         prev = torch.get_num_threads()
         torch.set_num_threads(threads or prev)  # prepare_decode probes kernels: under the threads they will run on
         try:
-            if prefill_threads is None:  # prefill is compute-bound: all the cores this process may use
-                prefill_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16, prefill_threads=prefill_threads)
+            self.decode_weights = prepare_decode(model, cache_len, bf16=self.bf16)
             self.decode_weights.kernels = kernel
         finally:
             torch.set_num_threads(prev)

@@ -19,7 +19,6 @@ no token's numbers depend on what else shares the step (tests/test_serve_engine.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,16 +100,15 @@ class _Linear:
             self.rows = _row_chunk(self.w, self.b)
         else:
             self.w, self.b = w, b
-        self.prefill_threads: int | None = None  # set by prepare_decode
 
-    def _pieces(self, x: torch.Tensor, segments: list[int] | None) -> tuple[tuple, tuple]:
-        """x's rows as the calls that compute them: (decoding rows — one token per sequence — in calls of
-        at most `self.rows`; every prompt in ONE call of its own). A prompt's numbers then depend only on
-        the prompt, and it reads the weights once, not once per 32 rows."""
+    def _pieces(self, x: torch.Tensor, segments: list[int] | None) -> list[torch.Tensor]:
+        """x's rows as the calls that compute them: the first segment (decoding rows, one token per
+        sequence) in calls of at most `self.rows`; every later segment (one prompt each) in ONE call —
+        its numbers then depend only on the prompt, and it reads the weights once, not once per 32 rows."""
         if segments is None or len(segments) == 1:  # decoding rows only (the hot path: no slicing)
-            return ((x,) if x.shape[0] <= self.rows else x.split(self.rows)), ()
+            return (x,) if x.shape[0] <= self.rows else x.split(self.rows)
         first = segments[0]
-        return tuple(x[:first].split(self.rows)) if first else (), x[first:].split(segments[1:])
+        return (*(x[:first].split(self.rows) if first else ()), *x[first:].split(segments[1:]))
 
     def __call__(self, x: torch.Tensor, act: str = "none", segments: list[int] | None = None) -> torch.Tensor:
         """x Wᵀ + b, then `act` ("swish" = SiLU; bf16 only: oneDNN applies it in the GEMM's epilogue).
@@ -118,36 +116,15 @@ class _Linear:
         if not self.bf16:
             return F.linear(x, self.w, self.b)
         lp = torch.ops.mkldnn._linear_pointwise
-        decode, prompts = self._pieces(x.to(torch.bfloat16), segments)
-        out = [lp(c, self.w, self.b, act, [], "") for c in decode]
-        with prefill_threads(self.prefill_threads if prompts else None):
-            out += [lp(c, self.w, self.b, act, [], "") for c in prompts]
+        out = [lp(c, self.w, self.b, act, [], "") for c in self._pieces(x.to(torch.bfloat16), segments)]
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def times(self, x: torch.Tensor, other: torch.Tensor, segments: list[int] | None = None) -> torch.Tensor:
         """(x Wᵀ + b) · other (bf16), the product fused into the GEMM's epilogue."""
         lp = torch.ops.mkldnn._linear_pointwise.binary
-        (xd, xp), (od, op) = self._pieces(x.to(torch.bfloat16), segments), self._pieces(other, segments)
-        out = [lp(c, o, self.w, self.b, "mul") for c, o in zip(xd, od, strict=True)]
-        with prefill_threads(self.prefill_threads if xp else None):
-            out += [lp(c, o, self.w, self.b, "mul") for c, o in zip(xp, op, strict=True)]
+        pieces = zip(self._pieces(x.to(torch.bfloat16), segments), self._pieces(other, segments), strict=True)
+        out = [lp(c, o, self.w, self.b, "mul") for c, o in pieces]
         return out[0] if len(out) == 1 else torch.cat(out)
-
-
-@contextmanager
-def prefill_threads(n: int | None):
-    """Run a prompt's own calls (its linears, its attention) on `n` threads, then go back. Prefill is
-    compute-bound and a prompt's numbers still depend only on the prompt (its calls always get `n`);
-    decoding rows keep the engine's threads, for which their kernels were checked row-invariant."""
-    prev = torch.get_num_threads()
-    if not n or n == prev:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 @dataclass
@@ -163,7 +140,6 @@ class DecodeWeights:
     cos: torch.Tensor  # (max_len, head_dim)
     sin: torch.Tensor
     bf16: bool
-    prefill_threads: int | None = None  # threads for a prompt's own calls (None: the engine's)
     kernels: CpuKernels | None = None  # C attention over a bf16 `BlockedKV` cache, fused add+norm (serve/kernel.py)
 
 
@@ -182,7 +158,7 @@ def _fuse(linears, in_place: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @torch.no_grad()
-def prepare_decode(model, max_len: int, bf16: bool = False, prefill_threads: int | None = None) -> DecodeWeights:
+def prepare_decode(model, max_len: int, bf16: bool = False) -> DecodeWeights:
     """The engine's weights for `model` and RoPE tables up to `max_len`.
 
     fp32: q/k/v and gate/up fused in place (the model's weights become views; `Llama.forward` keeps
@@ -199,14 +175,12 @@ def prepare_decode(model, max_len: int, bf16: bool = False, prefill_threads: int
         o.append(_Linear(a.o_proj.weight, a.o_proj.bias, bf16))
         down.append(_Linear(m.down_proj.weight, m.down_proj.bias, bf16))
     head = _Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), bf16)
-    for lin in [*qkv, *o, *down, head, *(x for g in gate_up for x in (g if isinstance(g, tuple) else (g,)))]:
-        lin.prefill_threads = prefill_threads
     # RoPE tables computed here (HF's formula) rather than through the model's rotary module, so the
     # engine depends only on the inv_freq buffer, not on how the model lays out its tables.
     inv_freq = model.model.rotary_emb.inv_freq.float()
     freqs = torch.arange(max_len, device=inv_freq.device).float()[:, None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    return DecodeWeights(qkv, o, gate_up, down, head, emb.cos(), emb.sin(), bf16, prefill_threads)
+    return DecodeWeights(qkv, o, gate_up, down, head, emb.cos(), emb.sin(), bf16)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -306,8 +280,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             else:
                 kc[slot, :, :n] = k[0].to(kc.dtype)
                 vc[slot, :, :n] = v[0].to(vc.dtype)
-            with prefill_threads(w.prefill_threads):
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
             ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
             start += n
         if prune:
