@@ -172,7 +172,13 @@ class EngineProcess:
         self._proc = ctx.Process(target=_child_main, args=(child, self.spec), name="llmchain-engine", daemon=True)
         self._proc.start()
         child.close()
-        kind, info = self._conn.recv()
+        try:
+            kind, info = self._conn.recv()
+        except EOFError:  # it died before saying anything: an import error, or a script without a main guard
+            self._proc.join(timeout=10)
+            kind, info = "failed", (f"it exited with code {self._proc.exitcode} before it was ready (see its "
+                                    "error above; a script that starts the server needs `if __name__ == "
+                                    "'__main__':`, as multiprocessing's spawn requires)")  # fmt: skip
         if kind != "ready":
             self._proc.join(timeout=10)
             raise RuntimeError(f"the engine process failed to start: {info}")
