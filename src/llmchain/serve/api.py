@@ -8,6 +8,7 @@ not — have their sequences cancelled so their KV slots are freed at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -69,6 +70,8 @@ class State:
     def load(self) -> None:
         try:
             self._load()
+            gc.collect()  # what is loaded now stays: keep the collector from re-walking it (worker.py)
+            gc.freeze()
         except Exception as e:  # shown by /health and in the log; the process keeps answering 503
             log.exception("loading %s failed", self.opts.model_dir)
             self.load_error = str(e)
