@@ -24,7 +24,6 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmchain.serve.engine import EngineOverloaded, Event, PromptTooLong, RequestHandle
 from llmchain.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -32,6 +31,7 @@ from llmchain.serve.protocol import (
     CompletionRequest,
     Formatter,
 )
+from llmchain.serve.requests import EngineOverloaded, Event, PromptTooLong, RequestHandle
 
 log = logging.getLogger("llmchain.serve")
 STATIC = Path(__file__).parent / "static"

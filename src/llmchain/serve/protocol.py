@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmchain.serve.engine import Event
+from llmchain.serve.requests import Event
 from llmchain.serve.sampling import SamplingParams
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from llmchain.serve.engine import EngineOverloaded, RequestHandle, _deliver_all, check_request
+from llmchain.serve.requests import EngineOverloaded, RequestHandle, _deliver_all, check_request
 from llmchain.serve.sampling import SamplingParams
 
 log = logging.getLogger("llmchain.serve")
