@@ -6,14 +6,17 @@ M = 1 takes a GEMV path and MKL's blocking changes with M; bf16: oneDNN's AMX ke
 ~32 rows), and MKL's matmul over the keys (p·V) blocks its sum differently once there are more than
 256 keys. So:
 
-  * bf16 (the default on CPUs with AMX): every linear layer runs on oneDNN-prepacked bf16 weights in
-    calls of at most 32 rows (16 where a start-up probe finds 32 unsafe), for which the kernel computes
-    each row the same way whatever M is — a lone sequence pays for one row, not thirty-two;
-  * fp32: all of a step's tokens are stacked and padded to a multiple of 16 rows (one MKL call);
+  * bf16 (the default on CPUs with AMX): every linear layer runs on oneDNN-prepacked bf16 weights,
+    decoding rows in calls of at most 32 rows (16 where a start-up probe finds 32 unsafe), for which
+    the kernel computes each row the same way whatever M is — a lone sequence pays for one row, not
+    thirty-two — and each prompt's rows in one call of its own;
+  * fp32: all of a step's tokens are stacked and padded to a multiple of 16 rows (one MKL call).
 
-and in both, decoding attention's key length is padded to a multiple of 16 (masked keys then add
-exact zeros), p·V is summed in fixed blocks of 256 keys, and each prompt attends on its own. Then
-no token's numbers depend on what else shares the step (tests/test_serve_engine.py).
+Decoding attention: with the C kernels (serve/kernel.py; bf16 KV cache) each sequence reads only its
+own positions, in one fixed order; in PyTorch (fp32 cache) the key length is padded to a multiple of
+16 (masked keys then add exact zeros) and p·V is summed in fixed blocks of 256 keys. Each prompt
+attends on its own. Then no token's numbers depend on what else shares the step
+(tests/test_serve_engine.py).
 """
 
 from __future__ import annotations
