@@ -20,10 +20,9 @@ from safetensors.torch import load_file
 from llmchain.config import TrainConfig
 from llmchain.errors import UserError
 from llmchain.train import checkpoint as ckpt
-from llmchain.train.distributed import teardown_runtime
 from llmchain.train.ema import WeightEMA
 from llmchain.train.loop import fit, lr_at
-from train_fixtures import make_model, mse
+from train_fixtures import fresh_runtime, make_model, mse  # noqa: F401 — fresh_runtime: autouse fixture
 
 
 class Regression:
@@ -45,13 +44,6 @@ def config(**kw) -> TrainConfig:
                 precision="fp32", batch_size=8)  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_runtime():
-    teardown_runtime()
-    yield
-    teardown_runtime()
 
 
 def weights(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -15,9 +15,8 @@ import torch
 from llmchain.config import TrainConfig
 from llmchain.errors import ConfigError
 from llmchain.train import checkpoint as ckpt
-from llmchain.train.distributed import teardown_runtime
 from llmchain.train.loop import fit, lr_at
-from train_fixtures import make_model, mse
+from train_fixtures import fresh_runtime, make_model, mse  # noqa: F401 — fresh_runtime: autouse fixture
 
 
 class Regression:
@@ -35,13 +34,6 @@ def config(**kw) -> TrainConfig:
                 precision="fp32", batch_size=4, grad_accum=2)  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_runtime():
-    teardown_runtime()
-    yield
-    teardown_runtime()
 
 
 def run(tmp_path, name="run", **kw):
