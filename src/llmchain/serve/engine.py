@@ -30,8 +30,8 @@ from llmchain.serve.requests import (  # noqa: F401 — EngineOverloaded, Prompt
     Event,
     PromptTooLong,
     RequestHandle,
-    _deliver_all,
     check_request,
+    deliver_all,
 )
 from llmchain.serve.sampling import (
     IncrementalDetokenizer,
@@ -122,7 +122,7 @@ class Engine:
         self.error: BaseException | None = None
         self.threads, self._prev_threads = threads, None
         self._outbox: list[tuple[RequestHandle, Event | None]] = []  # delivered at the end of each step
-        self.deliver = _deliver_all  # how a step's events reach their callers (serve/worker.py: a pipe)
+        self.deliver = deliver_all  # how a step's events reach their callers (serve/worker.py: a pipe)
 
     # ---- public -------------------------------------------------------------------------------
     def start(self) -> Engine:

@@ -60,7 +60,7 @@ class RequestStats:
         }
 
 
-def _deliver_all(items: list[tuple[RequestHandle, Event | None]]) -> None:
+def deliver_all(items: list[tuple[RequestHandle, Event | None]]) -> None:
     """Hand events to their callers: sync queues directly, each event loop in ONE thread-safe call
     per step (waking a loop once per token per request would cost more than the token)."""
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
@@ -112,7 +112,7 @@ class RequestHandle:
         self._open = params.n  # choices not finished yet
 
     def _emit(self, item: Event | None) -> None:
-        _deliver_all([(self, item)])
+        deliver_all([(self, item)])
 
     async def events(self):
         """Async iterator of Events until every choice has finished."""

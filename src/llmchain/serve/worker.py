@@ -22,9 +22,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
-from llmchain.serve.requests import EngineOverloaded, RequestHandle, _deliver_all, check_request
+from llmchain.serve.requests import EngineOverloaded, RequestHandle, check_request, deliver_all
 from llmchain.serve.sampling import SamplingParams
 
 log = logging.getLogger("llmchain.serve")
@@ -214,7 +213,7 @@ class EngineProcess:
                         if h is not None:
                             h.stats = stats or h.stats
                             items.append((h, event))
-                _deliver_all(items)
+                deliver_all(items)
                 if error is not None:
                     raise RuntimeError(error)
         except (EOFError, OSError, RuntimeError) as e:
@@ -228,7 +227,7 @@ class EngineProcess:
             self.error = e
         with self._lock:
             handles, self._handles = list(self._handles.values()), {}
-        _deliver_all([(h, None) for h in handles])
+        deliver_all([(h, None) for h in handles])
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, loop=None) -> RequestHandle:
         check_request(prompt_ids, params, self.max_model_len, self.config.vocab_size, self.max_batch_size)
@@ -273,6 +272,3 @@ class EngineProcess:
         self._proc.join(timeout=30)
         if self._proc.is_alive():
             self._proc.kill()
-
-    def __getstate__(self) -> Any:  # never pickled with its pipe and threads
-        raise TypeError("EngineProcess is not picklable")
