@@ -104,7 +104,7 @@ class _Linear:
         else:
             self.w, self.b = w, b
 
-    def _pieces(self, x: torch.Tensor, segments: list[int] | None) -> list[torch.Tensor]:
+    def _pieces(self, x: torch.Tensor, segments: list[int] | None) -> tuple[torch.Tensor, ...]:
         """x's rows as the calls that compute them: the first segment (decoding rows, one token per
         sequence) in calls of at most `self.rows`; every later segment (one prompt each) in ONE call —
         its numbers then depend only on the prompt, and it reads the weights once, not once per 32 rows."""
