@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -54,6 +56,24 @@ def test_detokenizer_waits_for_complete_utf8_characters():
     deltas = [d.push(i) for i in ids] + [d.flush()]
     assert "".join(deltas) == "héllo 世界"
     assert all("\ufffd" not in x for x in deltas)
+
+
+def test_detokenizer_streams_invalid_bytes_instead_of_stalling():
+    """A model that keeps emitting bytes that are not UTF-8 (as random weights do) must still stream:
+    only the last, possibly half, character waits; the deltas add up to the full decode."""
+    d = IncrementalDetokenizer(_BytesTok())
+    ids = [0xE2] * 10 + list("ok €".encode()) + [0x82, 0xFF, 0xE2, 0x82]
+    deltas = [d.push(i) for i in ids]
+    assert deltas[1] == "\ufffd" and all(x == "\ufffd" for x in deltas[1:10])  # one token behind, not stalled
+    assert "".join(deltas) + d.flush() == bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_detokenizer_deltas_add_up_on_random_bytes():
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.choice([rng.randrange(256), *"é世😀a ".encode()]) for _ in range(rng.randrange(1, 30))]
+        d = IncrementalDetokenizer(_BytesTok())
+        assert "".join(d.push(i) for i in ids) + d.flush() == bytes(ids).decode("utf-8", errors="replace")
 
 
 def test_sampler_greedy_topk1_and_seeds():
@@ -109,3 +129,9 @@ def test_detokenizer_on_a_fast_tokenizer_gives_its_decode(tmp_path):
     assert "".join(deltas) == tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     assert "世界" in "".join(deltas) and "<|endoftext|>" not in "".join(deltas)
     assert all("\ufffd" not in x for x in deltas)
+    rng = random.Random(0)  # any ids at all (a random model's output): still its decode, and no stall
+    ids = [rng.randrange(tok.vocab_size) for _ in range(300)]
+    d = IncrementalDetokenizer(tok)
+    deltas = [d.push(i) for i in ids]
+    assert "".join(deltas) + d.flush() == tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert sum(1 for x in deltas if x) > 200

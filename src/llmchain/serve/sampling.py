@@ -133,6 +133,12 @@ class IncrementalDetokenizer:
 
     Decodes a short window (prefix + new tokens) and emits the difference, as TGI does, so
     tokenizers that drop a leading space when decoding from mid-sequence stay correct.
+
+    A window whose text ends in U+FFFD may be half a character that the next token completes, so
+    that last character waits. Everything before it is final (UTF-8 resynchronises: only the last,
+    possibly incomplete, byte sequence can still change) and goes out at once. Holding the whole
+    window back instead (vLLM's and TGI's rule) stalls a stream until its end when a model keeps
+    emitting bytes that are not valid UTF-8 — as a random-weight model in a benchmark does.
     """
 
     def __init__(self, tokenizer: Any):
@@ -143,6 +149,7 @@ class IncrementalDetokenizer:
         self.ids: list[int] = []
         self.prefix_offset = 0
         self.read_offset = 0
+        self.sent = 0  # characters of the window's new text already emitted (while its end was held)
 
     def _decode(self, ids: list[int]) -> str:
         if self._backend is not None:
@@ -153,17 +160,24 @@ class IncrementalDetokenizer:
         self.ids.append(token)
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
-        if len(text) > len(prefix) and not text.endswith("\ufffd"):
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return text[len(prefix) :]
-        return ""  # an incomplete UTF-8 sequence (or nothing visible yet): wait for the next token
+        start = len(prefix) + self.sent
+        if text.endswith("\ufffd"):  # maybe half a character: all but it is final
+            delta = text[start:-1]
+            self.sent += len(delta)
+            return delta
+        if len(text) > len(prefix):
+            self.prefix_offset, self.read_offset, self.sent = self.read_offset, len(self.ids), 0
+            return text[start:]
+        return ""  # nothing visible yet (e.g. a special token): wait for the next token
 
     def flush(self) -> str:
         """Whatever is still held back (at the end of the sequence)."""
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
+        start = len(prefix) + self.sent
         self.prefix_offset = self.read_offset = len(self.ids)
-        return text[len(prefix) :] if len(text) > len(prefix) else ""
+        self.sent = 0
+        return text[start:]
 
 
 class StopStringFilter:
