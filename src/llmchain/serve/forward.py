@@ -9,7 +9,9 @@ M = 1 takes a GEMV path and MKL's blocking changes with M; bf16: oneDNN's AMX ke
   * bf16 (the default on CPUs with AMX): every linear layer runs on oneDNN-prepacked bf16 weights,
     decoding rows in calls of at most 32 rows (16 where a start-up probe finds 32 unsafe), for which
     the kernel computes each row the same way whatever M is — a lone sequence pays for one row, not
-    thirty-two — and each prompt's rows in one call of its own;
+    thirty-two — and all prompts' rows packed into calls of 64..240 rows, the kernel's second regime,
+    in which a row's numbers depend neither on M nor on where the row sits (also probed; a short lone
+    prompt is padded to 64 rows, and without the regime each prompt gets one call of its own);
   * fp32: all of a step's tokens are stacked and padded to a multiple of 16 rows (one MKL call).
 
 Decoding attention: with the C kernels (serve/kernel.py; bf16 KV cache) each sequence reads only its
@@ -75,6 +77,14 @@ def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> boo
 
 
 _CHUNK_BY_SHAPE: dict[tuple[int, int, bool], int] = {}
+# bf16 prompt rows: oneDNN's AMX kernel has a second regime above 32 rows in which, on the shapes we
+# measured, a row's numbers depend neither on M (up to ~255) nor on the row's place in the call. So all
+# of a step's prompt rows are packed into calls of PROMPT_MIN..hi rows (a short lone prompt padded up to
+# PROMPT_MIN), as many calls as needed — far cheaper than one call per prompt (each re-reads the
+# weight) — and each prompt's numbers are still those it gets alone. Probed per weight shape
+# (`_prompt_band`); where no band holds, each prompt keeps one call of its own.
+PROMPT_MIN, PROMPT_MAX = 64, (240, 128)
+_BAND_BY_SHAPE: dict[tuple[int, int, bool], int | None] = {}
 
 
 def _row_chunk(w: torch.Tensor, b: torch.Tensor | None) -> int:
@@ -90,9 +100,34 @@ def _row_chunk(w: torch.Tensor, b: torch.Tensor | None) -> int:
     return _CHUNK_BY_SHAPE[key]
 
 
+def _prompt_band(w: torch.Tensor, b: torch.Tensor | None) -> int | None:
+    """The largest `hi` of PROMPT_MAX for which PROMPT_MIN rows come out the same in calls of any
+    M in [PROMPT_MIN, hi] rows, wherever they sit in the call (M sampled at the kernel's likely
+    blocking edges); None if none does."""
+    key = (*w.shape, b is not None)
+    if key not in _BAND_BY_SHAPE:
+        lp = torch.ops.mkldnn._linear_pointwise
+        g = torch.Generator().manual_seed(0)
+        lo = PROMPT_MIN
+        x = torch.randn(max(PROMPT_MAX) + lo, w.shape[1], generator=g).to(torch.bfloat16)
+        ref = lp(x[:lo], w, b, "none", [], "")
+
+        def same(m: int) -> bool:
+            other = x[lo : lo + m - lo]
+            return all(torch.equal(lp(torch.cat(parts), w, b, "none", [], "")[at : at + lo], ref)
+                       for parts, at in (((x[:lo], other), 0), ((other, x[:lo]), m - lo)))  # fmt: skip
+
+        def band_holds(hi: int) -> bool:
+            ms = {lo + 1, lo + 15, lo + 16, 2 * lo - 1, 2 * lo, 2 * lo + 1, (lo + hi) // 2, hi - 1, hi}
+            return all(same(m) for m in sorted(m for m in ms if lo < m <= hi))
+
+        _BAND_BY_SHAPE[key] = next((hi for hi in PROMPT_MAX if band_holds(hi)), None)
+    return _BAND_BY_SHAPE[key]
+
+
 class _Linear:
-    """y = x Wᵀ + b on fp32 weights (one call), or on oneDNN-prepacked bf16 weights in calls of at most
-    `rows` rows (then y is bf16; the caller adds it to its fp32 residual stream)."""
+    """y = x Wᵀ + b on fp32 weights (one call), or on oneDNN-prepacked bf16 weights in batch-invariant
+    calls (then y is bf16; the caller adds it to its fp32 residual stream)."""
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None, bf16: bool):
         self.bf16 = bf16
@@ -101,33 +136,56 @@ class _Linear:
                                                              max(ROW_CHUNKS))  # fmt: skip
             self.b = None if b is None else b.detach().to(torch.bfloat16).contiguous()
             self.rows = _row_chunk(self.w, self.b)
+            self.band = _prompt_band(self.w, self.b)
         else:
             self.w, self.b = w, b
 
-    def _pieces(self, x: torch.Tensor, segments: list[int] | None) -> tuple[torch.Tensor, ...]:
-        """x's rows as the calls that compute them: the first segment (decoding rows, one token per
-        sequence) in calls of at most `self.rows`; every later segment (one prompt each) in ONE call —
-        its numbers then depend only on the prompt, and it reads the weights once, not once per 32 rows."""
-        if segments is None or len(segments) == 1:  # decoding rows only (the hot path: no slicing)
-            return (x,) if x.shape[0] <= self.rows else x.split(self.rows)
-        first = segments[0]
-        return (*(x[:first].split(self.rows) if first else ()), *x[first:].split(segments[1:]))
+    def _calls(self, segments: list[int] | None, n: int) -> list[tuple[int, int, int]]:
+        """(start, stop, padding rows) of the calls that compute n rows: the first segment (decoding
+        rows, one token per sequence) in calls of at most `self.rows`; the later segments (one prompt
+        each) packed together into calls of PROMPT_MIN..band rows, or one call per prompt where this
+        weight has no band."""
+        first = n if segments is None else segments[0]
+        out = [(i, min(i + self.rows, first), 0) for i in range(0, first, self.rows)]
+        if first == n:
+            return out
+        if self.band is None:
+            for size in segments[1:]:
+                out.append((first, first + size, 0))
+                first += size
+            return out
+        rows = n - first
+        k = -(-rows // self.band)  # as few calls as fit, of (nearly) equal size
+        for j in range(k):
+            a, z = first + rows * j // k, first + rows * (j + 1) // k
+            out.append((a, z, max(0, PROMPT_MIN - (z - a))))
+        return out
+
+    @staticmethod
+    def _rows(x: torch.Tensor, a: int, z: int, pad: int) -> torch.Tensor:
+        return x[a:z] if not pad else F.pad(x[a:z], (0, 0, 0, pad))
 
     def __call__(self, x: torch.Tensor, act: str = "none", segments: list[int] | None = None) -> torch.Tensor:
         """x Wᵀ + b, then `act` ("swish" = SiLU; bf16 only: oneDNN applies it in the GEMM's epilogue).
         `segments` (bf16): row counts [decoding rows, prompt 1, prompt 2, ...] summing to len(x)."""
         if not self.bf16:
             return F.linear(x, self.w, self.b)
-        lp = torch.ops.mkldnn._linear_pointwise
-        out = [lp(c, self.w, self.b, act, [], "") for c in self._pieces(x.to(torch.bfloat16), segments)]
-        return out[0] if len(out) == 1 else torch.cat(out)
+        lp, x = torch.ops.mkldnn._linear_pointwise, x.to(torch.bfloat16)
+        calls = self._calls(segments, x.shape[0])
+        if len(calls) == 1 and not calls[0][2]:
+            return lp(x, self.w, self.b, act, [], "")
+        out = [lp(self._rows(x, a, z, p), self.w, self.b, act, [], "")[: z - a] for a, z, p in calls]
+        return torch.cat(out)
 
     def times(self, x: torch.Tensor, other: torch.Tensor, segments: list[int] | None = None) -> torch.Tensor:
         """(x Wᵀ + b) · other (bf16), the product fused into the GEMM's epilogue."""
-        lp = torch.ops.mkldnn._linear_pointwise.binary
-        pieces = zip(self._pieces(x.to(torch.bfloat16), segments), self._pieces(other, segments), strict=True)
-        out = [lp(c, o, self.w, self.b, "mul") for c, o in pieces]
-        return out[0] if len(out) == 1 else torch.cat(out)
+        lp, x = torch.ops.mkldnn._linear_pointwise.binary, x.to(torch.bfloat16)
+        calls = self._calls(segments, x.shape[0])
+        if len(calls) == 1 and not calls[0][2]:
+            return lp(x, other, self.w, self.b, "mul")
+        out = [lp(self._rows(x, a, z, p), self._rows(other, a, z, p), self.w, self.b, "mul")[: z - a]
+               for a, z, p in calls]  # fmt: skip
+        return torch.cat(out)
 
 
 @dataclass
