@@ -67,24 +67,38 @@ def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual):
     assert torch.equal(alone, h[5:6])  # a row alone: the same bits
 
 
-def test_tokens_written_one_by_one_equal_a_prompt_written_at_once():
+def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row():
+    from llmchain.serve.forward import _rope
+
     kernels = K.load(32, 2)
     if kernels is None:
         pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
     cfg, g = _config(32, 4, 2), torch.Generator().manual_seed(1)
+    nh, nkv, hd, n = 4, 2, 32, 70
+    inv = 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd)
+    emb = torch.cat([torch.arange(150).float()[:, None] * inv] * 2, dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    qkv = torch.randn(n, (nh + 2 * nkv) * hd, generator=g).bfloat16()  # a prompt's rows, as the matmul gives them
+    pos, slot2 = torch.arange(n), torch.full((n,), 2)
     a, b = K.BlockedKV(cfg, 3, 150), K.BlockedKV(cfg, 3, 150)
-    k, v = torch.randn(2, 70, 32, generator=g), torch.randn(2, 70, 32, generator=g)
-    a.write_prompt(0, 2, k, v)
-    qkv = torch.randn(2, 6, 32, generator=g)  # a step's rows: 2 sequences × (2 q | 2 k | 2 v heads)
-    for t in range(70):  # slot 2 of b, one position per step, beside slot 0 at position 5
-        qkv[0, 2:4], qkv[0, 4:6] = k[:, t], v[:, t]
-        kernels.write_tokens(b.k[0], b.v[0], qkv[:, 2:4], qkv[:, 4:6], torch.tensor([2, 0]), torch.tensor([t, 5]))
-    assert torch.equal(a.v[0][2, :, :70], b.v[0][2, :, :70])
-    keys = lambda c, s: c.k[0][s].transpose(-1, -2).reshape(2, -1, 32)  # noqa: E731 — (nkv, T, hd) again
-    assert torch.equal(keys(a, 2)[:, :70], k.bfloat16()) and torch.equal(keys(b, 2)[:, :70], k.bfloat16())
-    assert torch.equal(b.v[0][0, :, 5], qkv[1, 4:6].bfloat16()) and torch.equal(keys(b, 0)[:, 5], qkv[1, 2:4].bfloat16())
-    b.copy_prefix(1, 2, 70)  # another slot starts from the same prefix (n > 1, compaction)
-    assert torch.equal(b.v[0][1, :, :70], b.v[0][2, :, :70]) and torch.equal(keys(b, 1)[:, :70], k.bfloat16())
+    q, k, v = kernels.rope_write(qkv, cos, sin, pos, slot2, a.k[0], a.v[0], 0.5, 3, kv_out=True)
+    heads = qkv.float().view(n, nh + 2 * nkv, hd)
+    want = _rope(heads[:, : nh + nkv], cos[:n, None], sin[:n, None])
+    torch.testing.assert_close(q[3:], want[3:, :nh], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(q[:3], want[:3, :nh] * 0.5, rtol=1e-6, atol=1e-6)  # rows < nscaled: scaled
+    torch.testing.assert_close(k, want[:, nh:], rtol=1e-6, atol=1e-6)
+    assert torch.equal(v, heads[:, nh + nkv :])
+    keys = lambda c, s: c.k[0][s].transpose(-1, -2).reshape(nkv, -1, hd)  # noqa: E731 — (nkv, T, hd) again
+    assert torch.equal(keys(a, 2)[:, :n], k.transpose(0, 1).bfloat16())
+    assert torch.equal(a.v[0][2, :, :n], qkv.view(n, -1, hd)[:, nh + nkv :].transpose(0, 1))  # v's bits unchanged
+    for t in range(n):  # one position per step (decoding), beside another sequence in slot 0 at position 5
+        rows = torch.stack([qkv[t], qkv[0]])
+        qt, kt, vt = kernels.rope_write(rows, cos, sin, torch.tensor([t, 5]), torch.tensor([2, 0]), b.k[0], b.v[0],
+                                        0.5, int(t < 3), kv_out=False)  # fmt: skip
+        assert kt is None and vt is None and torch.equal(qt[0], q[t])  # a row's numbers do not depend on its call
+    assert torch.equal(keys(b, 2)[:, :n], keys(a, 2)[:, :n]) and torch.equal(b.v[0][2, :, :n], a.v[0][2, :, :n])
+    b.copy_prefix(1, 2, n)  # another slot starts from the same prefix (n > 1, compaction)
+    assert torch.equal(b.v[0][1, :, :n], b.v[0][2, :, :n]) and torch.equal(keys(b, 1)[:, :n], keys(a, 2)[:, :n])
 
 
 def test_without_a_compiler_or_when_disabled_there_is_no_kernel(monkeypatch, tmp_path):

@@ -284,7 +284,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     pos = torch.cat([positions] + [torch.arange(n, device=dev) for n in lens])
     N = ids.shape[0]
     rows = -(-N // ROW_PAD) * ROW_PAD if pad and not w.bf16 else N
-    segs = [B, *lens]  # bf16: decoding rows in ≤ 32-row calls, each prompt in one call of its own
+    segs = [B, *lens]  # bf16: decoding rows in ≤ 32-row calls, prompt rows packed (see _Linear._calls)
     if B and w.kernels is not None:  # the kernel: each row reads only its own positions 0..pos
         lens_b = positions + 1
     elif B:
@@ -294,7 +294,10 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         # where each decoding token's key/value goes in a (slots·nkv·max_len, hd) view of a layer's cache
         nkv0, T = cache.k[0].shape[1], cache.k[0].shape[2]
         at = (((slots * nkv0)[:, None] + torch.arange(nkv0, device=dev)) * T + positions[:, None]).flatten()
-    cos, sin = w.cos[pos][:, None], w.sin[pos][:, None]  # (N, 1, hd)
+    if w.kernels is not None:  # each row's cache slot (its position is in `pos`): the C RoPE writes the cache
+        row_slots = torch.cat([slots] + [torch.full((len(p),), slot, device=dev) for p, slot in prompts])
+    else:
+        cos, sin = w.cos[pos][:, None], w.sin[pos][:, None]  # (N, 1, hd)
     x = _pad_rows(m.embed_tokens(ids).float(), rows)  # (rows, hidden), the fp32 residual stream
     eps = model.config.rms_norm_eps
     # logits only where a next token is needed: every decoding row, and each prompt's last token
@@ -316,34 +319,42 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         a = layer.self_attn
         nh, nkv, hd = a.n_heads, a.n_kv, a.head_dim
         x, h = add_norm(x, res, layer.input_layernorm.weight)
-        qkv = w.qkv[i](h, segments=segs)[:N].float().view(N, nh + 2 * nkv, hd)
-        qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
+        qkv = w.qkv[i](h, segments=segs)[:N]
         kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
         ys = []
-        if B and w.kernels is not None:
-            w.kernels.write_tokens(kc, vc, qk[:B, nh:], qkv[:B, nh + nkv :], slots, positions)
-            ys.append(w.kernels.attention(qk[:B, :nh] * (1.0 / math.sqrt(hd)), kc, vc, slots, lens_b))
-        elif B:
-            kc.view(-1, hd).index_copy_(0, at, qk[:B, nh:].reshape(-1, hd).to(kc.dtype))
-            vc.view(-1, hd).index_copy_(0, at, qkv[:B, nh + nkv :].reshape(-1, hd).to(vc.dtype))
-            if contiguous:
-                keys, values = kc[:B, :, :L], vc[:B, :, :L]
-            else:
-                keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
-            ys.append(_decode_attention(qk[:B, :nh], keys.to(qk.dtype), values.to(qk.dtype), bias))
-        start = B
-        for (_, slot), n in zip(prompts, lens, strict=True):
-            q = qk[start + (n - 1 if prune else 0) : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
-            k = qk[start : start + n, nh:].transpose(0, 1)[None]
-            v = qkv[start : start + n, nh + nkv :].transpose(0, 1)[None]
-            if w.kernels is not None:
-                cache.write_prompt(a.layer_idx, slot, k[0], v[0])
-            else:
+        if w.kernels is not None:  # RoPE, q's scale and the cache write in one C pass over the bf16 q|k|v
+            q, k, v = w.kernels.rope_write(qkv, w.cos, w.sin, pos, row_slots, kc, vc, 1.0 / math.sqrt(hd), B,
+                                           kv_out=bool(prompts))  # fmt: skip
+            if B:
+                ys.append(w.kernels.attention(q[:B], kc, vc, slots, lens_b))
+            start = B
+            for n in lens:
+                qp = q[start + (n - 1 if prune else 0) : start + n].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
+                kp, vp = k[start : start + n].transpose(0, 1)[None], v[start : start + n].transpose(0, 1)[None]
+                y = F.scaled_dot_product_attention(qp, kp, vp, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
+                ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
+                start += n
+        else:
+            qkv = qkv.float().view(N, nh + 2 * nkv, hd)
+            qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
+            if B:
+                kc.view(-1, hd).index_copy_(0, at, qk[:B, nh:].reshape(-1, hd).to(kc.dtype))
+                vc.view(-1, hd).index_copy_(0, at, qkv[:B, nh + nkv :].reshape(-1, hd).to(vc.dtype))
+                if contiguous:
+                    keys, values = kc[:B, :, :L], vc[:B, :, :L]
+                else:
+                    keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
+                ys.append(_decode_attention(qk[:B, :nh], keys.to(qk.dtype), values.to(qk.dtype), bias))
+            start = B
+            for (_, slot), n in zip(prompts, lens, strict=True):
+                q = qk[start + (n - 1 if prune else 0) : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
+                k = qk[start : start + n, nh:].transpose(0, 1)[None]
+                v = qkv[start : start + n, nh + nkv :].transpose(0, 1)[None]
                 kc[slot, :, :n] = k[0].to(kc.dtype)
                 vc[slot, :, :n] = v[0].to(vc.dtype)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
-            ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
-            start += n
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
+                ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
+                start += n
         if prune:
             x, rows, segs = _pad_rows(x.index_select(0, last), out_rows), out_rows, [last.shape[0]]
         res = w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows), segments=segs)

@@ -80,13 +80,13 @@ class CpuKernels:
 
     def __init__(self, lib: ctypes.CDLL, head_dim: int, group: int):
         self.head_dim, self.group = head_dim, group
-        self._attn, self._norm, self._write = lib.decode_attention, lib.add_rms_norm, lib.write_tokens
-        for f in (self._attn, self._norm, self._write):
+        self._attn, self._norm, self._rope = lib.decode_attention, lib.add_rms_norm, lib.rope_write
+        for f in (self._attn, self._norm, self._rope):
             f.restype = None
-        c_int64, ptr = ctypes.c_int64, ctypes.c_void_p
+        ptr = ctypes.c_void_p
         self._attn.argtypes = [ptr] * 7 + [ctypes.c_int] * 3
         self._norm.argtypes = [ptr] * 3 + [ctypes.c_float, ptr] + [ctypes.c_int] * 2
-        self._write.argtypes = [ptr, c_int64, ptr, c_int64] + [ptr] * 4 + [ctypes.c_int] * 3
+        self._rope.argtypes = [ptr] * 5 + [ctypes.c_float, ctypes.c_int] + [ptr] * 5 + [ctypes.c_int] * 4
 
     def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
                   lens: torch.Tensor) -> torch.Tensor:  # fmt: skip
@@ -101,14 +101,23 @@ class CpuKernels:
                    scratch.data_ptr(), out.data_ptr(), B, nkv, T)  # fmt: skip
         return out
 
-    def write_tokens(self, keys: torch.Tensor, values: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     slots: torch.Tensor, positions: torch.Tensor) -> None:  # fmt: skip
-        """One token per sequence into a `BlockedKV` layer (keys, values): k, v (B, nkv, hd) fp32, rows
-        may be strided (views into the step's q|k|v), at (slots[b], positions[b])."""
-        B, nkv, hd = k.shape
-        assert k.dtype == v.dtype == torch.float32 and k.stride()[1:] == v.stride()[1:] == (hd, 1)
-        self._write(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), keys.data_ptr(), values.data_ptr(),
-                    slots.data_ptr(), positions.data_ptr(), B, nkv, values.shape[2])  # fmt: skip
+    def rope_write(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                   slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, qscale: float, nscaled: int,
+                   kv_out: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+        """qkv (N, (nh + 2·nkv)·hd) bf16, row r at (slots[r], positions[r]): RoPE on its q and k heads,
+        k and v written into a `BlockedKV` layer (keys, values). Returns q (N, nh, hd) fp32 — rows below
+        `nscaled` times `qscale` — and, if `kv_out`, the rotated k and the v as (N, nkv, hd) fp32."""
+        N, hd = qkv.shape[0], self.head_dim
+        nkv, T = values.shape[1], values.shape[2]
+        nh = qkv.shape[1] // hd - 2 * nkv
+        assert qkv.dtype == torch.bfloat16 and qkv.is_contiguous() and cos.dtype == sin.dtype == torch.float32
+        assert positions.dtype == slots.dtype == torch.int64 and positions.shape == slots.shape == (N,)
+        q = torch.empty(N, nh, hd)
+        k, v = (torch.empty(N, nkv, hd), torch.empty(N, nkv, hd)) if kv_out else (None, None)
+        self._rope(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), positions.data_ptr(), slots.data_ptr(), qscale,
+                   nscaled, q.data_ptr(), None if k is None else k.data_ptr(), None if v is None else v.data_ptr(),
+                   keys.data_ptr(), values.data_ptr(), N, nh, nkv, T)  # fmt: skip
+        return q, k, v
 
     def add_rms_norm(self, x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x += y (in place; y bf16, or None), then RMSNorm(x)·weight as bf16. x (rows, D) fp32 contiguous."""

@@ -6,6 +6,8 @@
  * consecutive keys are summed over d in four vector registers from one contiguous 8 KB block; values
  * are (slots, nkv, T, HD). The softmax runs in between, on the scores of the sequence's own positions.
  *
+ * rope_write: RoPE on a step's q and k rows, straight from the bf16 matmul output, and the cache write.
+ *
  * add_rms_norm: the residual add and the RMSNorm that follows it, in one pass, writing the bf16 input
  * of the next matmul (on a CPU each separate small op costs more than its arithmetic).
  *
@@ -43,22 +45,52 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as PyTor
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* One new token per sequence into the cache, as bf16: k[b] and v[b] (nkv, HD) fp32, rows `ks` and `vs`
- * floats apart, go to position positions[b] of slot slots[b]. */
-void write_tokens(const float *restrict k, int64_t ks, const float *restrict v, int64_t vs,
-                  uint16_t *restrict kc, uint16_t *restrict vc, const int64_t *restrict slots,
-                  const int64_t *restrict positions, int B, int nkv, int T) {
-    for (int b = 0; b < B; b++) {
-        int64_t t = positions[b];
-        for (int kh = 0; kh < nkv; kh++) {
-            int64_t head = (int64_t)slots[b] * nkv + kh;
-            uint16_t *kd = kc + (head * T + t / KB * KB) * HD + t % KB; /* block t/64, column t%64 */
-            uint16_t *vd = vc + (head * T + t) * HD;
-            const float *kb = k + b * ks + kh * HD, *vb = v + b * vs + kh * HD;
+/* The q|k|v rows of one step, bf16 as the fused matmul gives them: row r is (nh + 2 nkv, HD), at position
+ * positions[r] of slot slots[r]. Its q and k heads are rotated by RoPE (HF's rotate_half: d pairs with
+ * d + HD/2; cos/sin tables (max_len, HD)); q goes to q_out (N, nh, HD) fp32, times qscale for rows
+ * r < nscaled (decoding rows: the attention kernel takes q scaled); k and v go into the cache as bf16
+ * (v's bits unchanged) and, when k_out is not NULL, to k_out / v_out (N, nkv, HD) fp32 (a prompt's
+ * attention reads them). One pass instead of a float cast, four RoPE ops, a scale and a cache write. */
+void rope_write(const uint16_t *restrict qkv, const float *restrict cos, const float *restrict sin,
+                const int64_t *restrict positions, const int64_t *restrict slots, float qscale, int nscaled,
+                float *restrict q_out, float *restrict k_out, float *restrict v_out, uint16_t *restrict kc,
+                uint16_t *restrict vc, int N, int nh, int nkv, int T) {
+    const int H = nh + 2 * nkv, half = HD / 2;
+    for (int r = 0; r < N; r++) {
+        const uint16_t *restrict row = qkv + (int64_t)r * H * HD;
+        const int64_t t = positions[r];
+        const float *restrict c = cos + t * HD, *restrict s = sin + t * HD;
+        for (int h = 0; h < nh + nkv; h++) {
+            const uint16_t *restrict x = row + h * HD;
+            float xf[HD], y[HD];
             for (int d = 0; d < HD; d++) {
-                kd[d * KB] = f32_to_bf16(kb[d]);
-                vd[d] = f32_to_bf16(vb[d]);
+                uint32_t a = (uint32_t)x[d] << 16;
+                memcpy(xf + d, &a, 4);
             }
+            for (int d = 0; d < half; d++) { /* two straight loops: they vectorise */
+                y[d] = xf[d] * c[d] - xf[d + half] * s[d];
+                y[d + half] = xf[d + half] * c[d + half] + xf[d] * s[d + half];
+            }
+            if (h < nh) {
+                float f = r < nscaled ? qscale : 1.0f, *restrict q = q_out + ((int64_t)r * nh + h) * HD;
+                for (int d = 0; d < HD; d++) q[d] = y[d] * f;
+                continue;
+            }
+            const int kh = h - nh;
+            const int64_t head = (int64_t)slots[r] * nkv + kh;
+            uint16_t *restrict kd = kc + (head * T + t / KB * KB) * HD + t % KB; /* block t/64, column t%64 */
+            for (int d = 0; d < HD; d++) kd[d * KB] = f32_to_bf16(y[d]);
+            if (k_out) memcpy(k_out + ((int64_t)r * nkv + kh) * HD, y, sizeof y);
+        }
+        for (int kh = 0; kh < nkv; kh++) {
+            const uint16_t *restrict x = row + (nh + nkv + kh) * HD;
+            const int64_t head = (int64_t)slots[r] * nkv + kh;
+            memcpy(vc + (head * T + t) * HD, x, HD * sizeof *x);
+            if (v_out)
+                for (int d = 0; d < HD; d++) {
+                    uint32_t a = (uint32_t)x[d] << 16;
+                    memcpy(v_out + ((int64_t)r * nkv + kh) * HD + d, &a, 4);
+                }
         }
     }
 }
