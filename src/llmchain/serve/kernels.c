@@ -138,17 +138,25 @@ void decode_attention(const float *restrict q, const uint16_t *restrict kc, cons
             int64_t head = (int64_t)slots[b] * nkv + kh;
             const uint16_t *restrict K = kc + head * T * HD, *restrict V = vc + head * T * HD;
             int n = (int)lens[b];
+            /* the next (sequence, head)'s keys and values, fetched while this one computes: each is a
+             * separate ~10-30 KB stream, too short for the hardware prefetcher to get going */
+            int nb_ = kh + 1 < nkv ? b : b + 1, nkh = kh + 1 < nkv ? kh + 1 : 0;
+            int64_t nhead = nb_ < B ? (int64_t)slots[nb_] * nkv + nkh : head;
+            const uint16_t *Kn = kc + nhead * T * HD, *Vn = vc + nhead * T * HD;
             /* scores, 64 keys at a time: 4 vectors per query head in flight, so the FMA chains overlap */
             for (int l0 = 0; l0 < n; l0 += KB) {
                 vf acc[G][NV];
                 for (int i = 0; i < G; i++)
                     for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
                 const uint16_t *block = K + (int64_t)l0 * HD; /* (HD, 64) */
-                for (int d = 0; d < HD; d++)
+                for (int d = 0; d < HD; d++) {
+                    __builtin_prefetch(Kn + (int64_t)l0 * HD + d * KB);
+                    __builtin_prefetch(Kn + (int64_t)l0 * HD + d * KB + 32);
                     for (int v = 0; v < NV; v++) {
                         vf k = load_bf16(block + d * KB + v * W);
                         for (int i = 0; i < G; i++) acc[i][v] += qh[i * HD + d] * k;
                     }
+                }
                 for (int i = 0; i < G; i++) memcpy(scratch + i * T + l0, acc[i], sizeof acc[i]);
             }
             /* softmax numerators e = exp(s - max) over l < n; the division waits for the output */
@@ -179,11 +187,13 @@ void decode_attention(const float *restrict q, const uint16_t *restrict kc, cons
             vf o[G][HD / W];
             for (int i = 0; i < G; i++)
                 for (int c = 0; c < HD / W; c++) o[i][c] = (vf){0};
-            for (int l = 0; l < n; l++)
+            for (int l = 0; l < n; l++) {
+                for (int c = 0; c < HD; c += 32) __builtin_prefetch(Vn + (int64_t)l * HD + c);
                 for (int c = 0; c < HD / W; c++) {
                     vf v = load_bf16(V + (int64_t)l * HD + c * W);
                     for (int i = 0; i < G; i++) o[i][c] += scratch[i * T + l] * v;
                 }
+            }
             float *restrict oh = out + ((int64_t)b * nkv + kh) * G * HD;
             for (int i = 0; i < G; i++)
                 for (int c = 0; c < HD / W; c++) {
