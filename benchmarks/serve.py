@@ -12,6 +12,10 @@ throughput and output tokens/s against:
     reference and fp32 is shown beside it,
   * and, for single-stream decoding without HTTP, our engine in-process.
 
+Both servers run side by side and are measured level by level, alternating, `--rounds` times (the
+machine's speed drifts over minutes on a shared VM); tables show each server's median round, and the
+batching ratio is the median of the per-round ratios, every round's ratio printed beside it.
+
     flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/serve.py --preset tiny
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -118,7 +123,9 @@ def summarize(results: list[dict], wall: float) -> dict:
             "itl_p99": pct(itl, 99)}  # fmt: skip
 
 
-def serve_and_measure(model: Path, batch: int, levels: list[int], reqs_for, output_len: int, threads: int) -> dict:
+@contextlib.contextmanager
+def server(model: Path, batch: int, threads: int, warm: list[list[int]]):
+    """`llmchain serve` with this --max-batch-size, started, warmed up and ready: yields its base URL."""
     port = 18000 + batch
     cmd = [sys.executable, "-m", "llmchain", "serve", str(model), "--port", str(port), "--max-batch-size",
            str(batch), "--max-queue", "4096", "--threads", str(threads)]  # fmt: skip
@@ -135,17 +142,35 @@ def serve_and_measure(model: Path, batch: int, levels: list[int], reqs_for, outp
             if time.time() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"server {' '.join(cmd)} did not start")
             time.sleep(0.2)
-        asyncio.run(run_level(base + "/v1/completions", reqs_for(2)[:2], 8, 2))  # warm-up
-        out = {}
-        for c in levels:
-            reqs = reqs_for(c)
-            results, wall = asyncio.run(run_level(base + "/v1/completions", reqs, output_len, c))
-            out[c] = summarize(results, wall)
-            print(f"  batch {batch:>2} concurrency {c:>2}: {out[c]['out tok/s']:8.1f} out tok/s", flush=True)
-        return out
+        asyncio.run(run_level(base + "/v1/completions", warm, 8, len(warm)))  # warm-up
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def measure_interleaved(model: Path, batches: list[int], levels: list[int], reqs_for, output_len: int,
+                        threads: int, rounds: int) -> dict:  # fmt: skip
+    """Every server (one per --max-batch-size, all started up front; an idle one costs no CPU) at every
+    level, one after another, `rounds` times: {batch: {level: [summary per round]}}. On a shared machine
+    whose speed drifts over minutes, measuring one server's levels after the other's skews their ratio;
+    interleaved, each round compares them under the same conditions."""
+    out: dict[int, dict[int, list[dict]]] = {b: {c: [] for c in levels} for b in batches}
+    with contextlib.ExitStack() as stack:
+        bases = {b: stack.enter_context(server(model, b, threads, reqs_for(2)[:2])) for b in batches}
+        for r in range(rounds):
+            for c in levels:
+                for b in batches:
+                    results, wall = asyncio.run(run_level(bases[b] + "/v1/completions", reqs_for(c), output_len, c))
+                    out[b][c].append(summarize(results, wall))
+                line = "  ".join(f"batch {b}: {out[b][c][-1]['out tok/s']:8.1f}" for b in batches)
+                print(f"  round {r + 1}/{rounds}, concurrency {c:>2}: out tok/s {line}", flush=True)
+    return out
+
+
+def median_round(runs: list[dict]) -> dict:
+    """The round with the median output tokens/s (its latencies come with it)."""
+    return sorted(runs, key=lambda m: m["out tok/s"])[(len(runs) - 1) // 2]
 
 
 def hf_generate(model: Path, reqs: list[list[int]], output_len: int, threads: int, dtype: str = "float32") -> dict:
@@ -221,6 +246,7 @@ def main() -> None:
     ap.add_argument("--prompts-per-level", type=int, default=2, help="num prompts = max(8, this × concurrency)")
     ap.add_argument("--batch", type=int, default=64, help="--max-batch-size of the continuous-batching server")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every system (same for all)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of both servers; tables show the median")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "llmchain-bench-serve")
     args = ap.parse_args()
 
@@ -236,8 +262,10 @@ def main() -> None:
     print(f"model: preset {args.preset} ({model}), input {args.input_len} / output {args.output_len} tokens, "
           f"threads {args.threads}, load average {load:.1f} on {os.cpu_count()} CPUs; server matmuls in "
           f"{'bf16 (AMX)' if bf16_supported() else 'fp32'}", flush=True)  # fmt: skip
-    ours = serve_and_measure(model, args.batch, args.concurrency, reqs_for, args.output_len, args.threads)
-    one = serve_and_measure(model, 1, args.concurrency, reqs_for, args.output_len, args.threads)
+    runs = measure_interleaved(model, [args.batch, 1], args.concurrency, reqs_for, args.output_len, args.threads,
+                               args.rounds)  # fmt: skip
+    ours = {c: median_round(runs[args.batch][c]) for c in args.concurrency}
+    one = {c: median_round(runs[1][c]) for c in args.concurrency}
     hf = {dt: hf_generate(model, reqs_for(1), args.output_len, args.threads, dt) for dt in ("float32", "bfloat16")}
     eng = {b: engine_in_process(model, reqs_for(1), args.output_len, b, args.threads) for b in (args.batch, 1)}
 
@@ -256,9 +284,12 @@ def main() -> None:
         row(f"HF generate (one at a time, {dt})", 1, m)
     for b, m in eng.items():
         row(f"llmchain engine in-process, no HTTP (batch {b})", 1, m)
-    if 16 in args.concurrency:
-        print(f"\ncontinuous batching vs batch 1 at concurrency 16: "
-              f"{ours[16]['out tok/s'] / one[16]['out tok/s']:.1f}x output tokens/s (target ≥ 8x)")  # fmt: skip
+    print()
+    for c in args.concurrency:  # per round: the two servers ran back to back, under the same conditions
+        ratios = sorted(a["out tok/s"] / b["out tok/s"] for a, b in zip(runs[args.batch][c], runs[1][c], strict=True))
+        target = " (target ≥ 8x)" if c == 16 else ""
+        print(f"continuous batching vs batch 1 at concurrency {c}: {statistics.median(ratios):.1f}x output tokens/s, "
+              f"median of {len(ratios)} rounds (each: {', '.join(f'{x:.1f}' for x in ratios)}){target}")  # fmt: skip
     if 1 in args.concurrency:
         for dt, ref in hf.items():
             t = ref["tpot_mean"]
