@@ -157,6 +157,31 @@ def test_prompt_longer_than_the_context_is_refused(engine):
         engine.submit([1] * engine.max_model_len, SamplingParams())
 
 
+@NO_AMX
+@torch.inference_mode()
+def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
+    """Prompt rows are packed into calls of PROMPT_MIN..band rows (`_Linear._calls`); the start-up probe
+    samples M at the kernel's likely edges. Here every M of the band, with the rows at both ends of the
+    call, on this test's model shapes: the same bits as the rows alone in a PROMPT_MIN-row call."""
+    from llmchain.serve.forward import PROMPT_MIN, _Linear
+
+    g = torch.Generator().manual_seed(5)
+    lp = torch.ops.mkldnn._linear_pointwise
+    for n, k in [(256, 128), (128, 128), (352, 128), (128, 352), (1000, 128)]:
+        lin = _Linear(torch.randn(n, k, generator=g), None, bf16=True)
+        assert lin.band is not None
+        x = torch.randn(lin.band + PROMPT_MIN, k, generator=g).bfloat16()
+        ref = lp(x[:PROMPT_MIN], lin.w, None, "none", [], "")
+        for m in range(PROMPT_MIN + 1, lin.band + 1):
+            other = x[PROMPT_MIN:m]
+            assert torch.equal(lp(torch.cat([x[:PROMPT_MIN], other]), lin.w, None, "none", [], "")[:PROMPT_MIN], ref)
+            assert torch.equal(lp(torch.cat([other, x[:PROMPT_MIN]]), lin.w, None, "none", [], "")[-PROMPT_MIN:], ref)
+        # and the packing itself: a short prompt alone is padded up to PROMPT_MIN, a long one split evenly
+        assert lin._calls([2, 10], 12) == [(0, 2, 0), (2, 12, PROMPT_MIN - 10)]
+        calls = lin._calls([0, 300, 300], 600)
+        assert len(calls) == -(-600 // lin.band) and all(PROMPT_MIN <= z - a <= lin.band for a, z, _ in calls)
+
+
 def test_bf16_probe_does_not_depend_on_the_global_rng():
     """The capability probe once used unseeded random inputs with an element-wise tolerance and failed
     for ~1 % of RNG states, silently sending a server to the slower fp32 path."""
