@@ -160,10 +160,10 @@ def test_prompt_longer_than_the_context_is_refused(engine):
 @NO_AMX
 @torch.inference_mode()
 def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
-    """Prompt rows are packed into calls of PROMPT_MIN..band rows (`_Linear._calls`); the start-up probe
-    samples M at the kernel's likely edges. Here every M of the band, with the rows at both ends of the
-    call, on this test's model shapes: the same bits as the rows alone in a PROMPT_MIN-row call."""
-    from llmchain.serve.forward import PROMPT_MIN, _Linear
+    """Prompt rows are packed into calls of PROMPT_MIN..band rows (`_Linear._calls`), padded to a few
+    sizes. The start-up probe checks those sizes; here every M of the band, with the rows at both ends
+    of the call, on this test's model shapes: the same bits as the rows alone in a PROMPT_MIN-row call."""
+    from llmchain.serve.forward import PROMPT_MIN, PROMPT_STEP, _Linear
 
     g = torch.Generator().manual_seed(5)
     lp = torch.ops.mkldnn._linear_pointwise
@@ -176,10 +176,13 @@ def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
             other = x[PROMPT_MIN:m]
             assert torch.equal(lp(torch.cat([x[:PROMPT_MIN], other]), lin.w, None, "none", [], "")[:PROMPT_MIN], ref)
             assert torch.equal(lp(torch.cat([other, x[:PROMPT_MIN]]), lin.w, None, "none", [], "")[-PROMPT_MIN:], ref)
-        # and the packing itself: a short prompt alone is padded up to PROMPT_MIN, a long one split evenly
+        # the packing: a short lone prompt padded to PROMPT_MIN; every call a PROMPT_STEP multiple ≤ band
         assert lin._calls([2, 10], 12) == [(0, 2, 0), (2, 12, PROMPT_MIN - 10)]
-        calls = lin._calls([0, 300, 300], 600)
-        assert len(calls) == -(-600 // lin.band) and all(PROMPT_MIN <= z - a <= lin.band for a, z, _ in calls)
+        for sizes in ([300, 300], [64] * 15, [7, 130, 1, 500]):
+            calls, total = lin._calls([3, *sizes], 3 + sum(sizes)), sum(sizes)
+            assert calls[0] == (0, 3, 0) and len(calls) == 1 + -(-total // lin.band)
+            assert calls[1][0] == 3 and calls[-1][1] == 3 + total
+            assert all(PROMPT_MIN <= z - a + p <= lin.band and (z - a + p) % PROMPT_STEP == 0 for a, z, p in calls[1:])
 
 
 def test_bf16_probe_does_not_depend_on_the_global_rng():

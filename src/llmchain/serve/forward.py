@@ -9,9 +9,9 @@ M = 1 takes a GEMV path and MKL's blocking changes with M; bf16: oneDNN's AMX ke
   * bf16 (the default on CPUs with AMX): every linear layer runs on oneDNN-prepacked bf16 weights,
     decoding rows in calls of at most 32 rows (16 where a start-up probe finds 32 unsafe), for which
     the kernel computes each row the same way whatever M is — a lone sequence pays for one row, not
-    thirty-two — and all prompts' rows packed into calls of 64..240 rows, the kernel's second regime,
-    in which a row's numbers depend neither on M nor on where the row sits (also probed; a short lone
-    prompt is padded to 64 rows, and without the regime each prompt gets one call of its own);
+    thirty-two — and all prompts' rows packed into calls of 64, 96, ... 224 rows (padded), the kernel's
+    second regime, in which a row's numbers depend neither on M nor on where the row sits (each size
+    probed; without the regime each prompt gets one call of its own);
   * fp32: all of a step's tokens are stacked and padded to a multiple of 16 rows (one MKL call).
 
 Decoding attention: with the C kernels (serve/kernel.py; bf16 KV cache) each sequence reads only its
@@ -79,11 +79,13 @@ def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> boo
 _CHUNK_BY_SHAPE: dict[tuple[int, int, bool], int] = {}
 # bf16 prompt rows: oneDNN's AMX kernel has a second regime above 32 rows in which, on the shapes we
 # measured, a row's numbers depend neither on M (up to ~255) nor on the row's place in the call. So all
-# of a step's prompt rows are packed into calls of PROMPT_MIN..hi rows (a short lone prompt padded up to
-# PROMPT_MIN), as many calls as needed — far cheaper than one call per prompt (each re-reads the
-# weight) — and each prompt's numbers are still those it gets alone. Probed per weight shape
-# (`_prompt_band`); where no band holds, each prompt keeps one call of its own.
-PROMPT_MIN, PROMPT_MAX = 64, (240, 128)
+# of a step's prompt rows are packed into calls of PROMPT_MIN..hi rows, as many calls as needed — far
+# cheaper than one call per prompt (each re-reads the weight) — and each prompt's numbers are still
+# those it gets alone. Every call is padded to a multiple of PROMPT_STEP rows: oneDNN compiles a kernel
+# per distinct M (10-30 ms for a model's shapes), so a few sizes, reused, rather than a new one for
+# almost every step. The probe (`_prompt_band`) checks exactly those sizes for each weight shape; where
+# they disagree, each prompt keeps one call of its own.
+PROMPT_MIN, PROMPT_STEP, PROMPT_MAX = 64, 32, (224, 128)
 _BAND_BY_SHAPE: dict[tuple[int, int, bool], int | None] = {}
 
 
@@ -101,27 +103,24 @@ def _row_chunk(w: torch.Tensor, b: torch.Tensor | None) -> int:
 
 
 def _prompt_band(w: torch.Tensor, b: torch.Tensor | None) -> int | None:
-    """The largest `hi` of PROMPT_MAX for which PROMPT_MIN rows come out the same in calls of any
-    M in [PROMPT_MIN, hi] rows, wherever they sit in the call (M sampled at the kernel's likely
-    blocking edges); None if none does."""
+    """The largest `hi` of PROMPT_MAX for which PROMPT_MIN rows come out the same in calls of every
+    size the engine uses up to hi (PROMPT_MIN, PROMPT_MIN + PROMPT_STEP, ...), at the start and at the
+    end of the call; None if none does."""
     key = (*w.shape, b is not None)
     if key not in _BAND_BY_SHAPE:
         lp = torch.ops.mkldnn._linear_pointwise
         g = torch.Generator().manual_seed(0)
         lo = PROMPT_MIN
-        x = torch.randn(max(PROMPT_MAX) + lo, w.shape[1], generator=g).to(torch.bfloat16)
+        x = torch.randn(max(PROMPT_MAX), w.shape[1], generator=g).to(torch.bfloat16)
         ref = lp(x[:lo], w, b, "none", [], "")
 
         def same(m: int) -> bool:
-            other = x[lo : lo + m - lo]
+            other = x[lo:m]
             return all(torch.equal(lp(torch.cat(parts), w, b, "none", [], "")[at : at + lo], ref)
                        for parts, at in (((x[:lo], other), 0), ((other, x[:lo]), m - lo)))  # fmt: skip
 
-        def band_holds(hi: int) -> bool:
-            ms = {lo + 1, lo + 15, lo + 16, 2 * lo - 1, 2 * lo, 2 * lo + 1, (lo + hi) // 2, hi - 1, hi}
-            return all(same(m) for m in sorted(m for m in ms if lo < m <= hi))
-
-        _BAND_BY_SHAPE[key] = next((hi for hi in PROMPT_MAX if band_holds(hi)), None)
+        _BAND_BY_SHAPE[key] = next((hi for hi in PROMPT_MAX if all(same(m) for m in range(lo + PROMPT_STEP, hi + 1,
+                                                                                          PROMPT_STEP))), None)  # fmt: skip
     return _BAND_BY_SHAPE[key]
 
 
@@ -143,8 +142,8 @@ class _Linear:
     def _calls(self, segments: list[int] | None, n: int) -> list[tuple[int, int, int]]:
         """(start, stop, padding rows) of the calls that compute n rows: the first segment (decoding
         rows, one token per sequence) in calls of at most `self.rows`; the later segments (one prompt
-        each) packed together into calls of PROMPT_MIN..band rows, or one call per prompt where this
-        weight has no band."""
+        each) packed together into calls of PROMPT_MIN..band rows (a multiple of PROMPT_STEP, padded),
+        or one call per prompt where this weight has no band."""
         first = n if segments is None else segments[0]
         out = [(i, min(i + self.rows, first), 0) for i in range(0, first, self.rows)]
         if first == n:
@@ -155,10 +154,11 @@ class _Linear:
                 first += size
             return out
         rows = n - first
-        k = -(-rows // self.band)  # as few calls as fit, of (nearly) equal size
+        k = -(-rows // self.band)  # as few calls as fit, of (nearly) equal size, padded to a PROMPT_STEP multiple
         for j in range(k):
             a, z = first + rows * j // k, first + rows * (j + 1) // k
-            out.append((a, z, max(0, PROMPT_MIN - (z - a))))
+            size = max(PROMPT_MIN, -(-(z - a) // PROMPT_STEP) * PROMPT_STEP)
+            out.append((a, z, size - (z - a)))
         return out
 
     @staticmethod
