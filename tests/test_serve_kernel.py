@@ -101,6 +101,20 @@ def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row():
     assert torch.equal(b.v[0][1, :, :n], b.v[0][2, :, :n]) and torch.equal(keys(b, 1)[:, :n], keys(a, 2)[:, :n])
 
 
+@pytest.mark.parametrize("cols", [4096, 1000, 17, 5])
+def test_argmax_is_torch_argmax_with_ties_nan_and_inf(cols):
+    kernels = K.load(32, 2)
+    if kernels is None:
+        pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
+    x = torch.randn(9, cols, generator=torch.Generator().manual_seed(cols))
+    x[1, 2], x[1, cols - 1] = 99.0, 99.0  # a tie: the first wins
+    x[2] = 0.0  # all equal
+    x[3, cols // 2], x[3, cols - 1] = float("nan"), float("nan")  # NaN counts as largest, as in torch
+    x[4] = float("-inf")
+    x[5, cols - 1] = float("inf")
+    assert kernels.argmax(x) == x.argmax(-1).tolist() == x.max(-1).indices.tolist()
+
+
 def test_without_a_compiler_or_when_disabled_there_is_no_kernel(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     K.load.cache_clear()

@@ -257,8 +257,10 @@ class Engine:
         B = len(seqs)
         greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
         picks: dict[int, int] = {}
-        if greedy:
-            picks = dict(zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True))
+        if greedy:  # all greedy (the usual case): the decoding rows as they are, no gathered copy
+            rows = logits[:B] if len(greedy) == B else logits[greedy]
+            kernels = self.decode_weights.kernels
+            picks = dict(zip(greedy, kernels.argmax(rows) if kernels else rows.max(-1).indices.tolist(), strict=True))
         for i, s in enumerate(seqs):
             s.pos += 1
             self._safely(s, lambda s=s, i=i: self._accept(s, picks[i] if i in picks else s.sampler.sample(logits[i]),

@@ -81,12 +81,14 @@ class CpuKernels:
     def __init__(self, lib: ctypes.CDLL, head_dim: int, group: int):
         self.head_dim, self.group = head_dim, group
         self._attn, self._norm, self._rope = lib.decode_attention, lib.add_rms_norm, lib.rope_write
-        for f in (self._attn, self._norm, self._rope):
+        self._argmax = lib.argmax_rows
+        for f in (self._attn, self._norm, self._rope, self._argmax):
             f.restype = None
         ptr = ctypes.c_void_p
         self._attn.argtypes = [ptr] * 7 + [ctypes.c_int] * 3
         self._norm.argtypes = [ptr] * 3 + [ctypes.c_float, ptr] + [ctypes.c_int] * 2
         self._rope.argtypes = [ptr] * 5 + [ctypes.c_float, ctypes.c_int] + [ptr] * 5 + [ctypes.c_int] * 4
+        self._argmax.argtypes = [ptr, ctypes.c_int, ctypes.c_int, ptr]
 
     def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
                   lens: torch.Tensor) -> torch.Tensor:  # fmt: skip
@@ -118,6 +120,14 @@ class CpuKernels:
                    nscaled, q.data_ptr(), None if k is None else k.data_ptr(), None if v is None else v.data_ptr(),
                    keys.data_ptr(), values.data_ptr(), N, nh, nkv, T)  # fmt: skip
         return q, k, v
+
+    def argmax(self, x: torch.Tensor) -> list[int]:
+        """Each row's argmax (first index on ties, NaN first), as `x.argmax(-1).tolist()`: x (rows, cols) fp32."""
+        x = x.contiguous()
+        assert x.dtype == torch.float32 and x.dim() == 2
+        out = torch.empty(x.shape[0], dtype=torch.int64)
+        self._argmax(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
+        return out.tolist()
 
     def add_rms_norm(self, x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x += y (in place; y bf16, or None), then RMSNorm(x)·weight as bf16. x (rows, D) fp32 contiguous."""
