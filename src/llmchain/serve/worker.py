@@ -6,7 +6,7 @@ which is busy formatting and sending an SSE chunk per stream per token: at 16 st
 
 `EngineProcess` is the server's side and offers what the API uses of an `Engine` (submit, cancel,
 counts, error, stop). The child (`_child_main`) loads the model, runs a real `Engine`, and sends one
-message per step: every request's events (with its stats), the metric calls the step made, and the
+message per step: every request's events (with its stats when it finishes), the metric calls the step made, and the
 counts behind /metrics. Requests are validated and the queue bound is enforced here, before the
 request is accepted, exactly as `Engine.submit` would.
 """
@@ -19,11 +19,19 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 
-from llmchain.serve.requests import EngineOverloaded, RequestHandle, check_request, deliver_all
+from llmchain.serve.requests import (
+    EngineOverloaded,
+    Event,
+    RequestHandle,
+    RequestStats,
+    check_request,
+    deliver_all,
+)
 from llmchain.serve.sampling import SamplingParams
 
 log = logging.getLogger("llmchain.serve")
@@ -73,6 +81,11 @@ def build_engine(spec: EngineSpec, metrics=None, max_queue: int | None = None):
     return tok, engine
 
 
+# a flat dataclass's field values, in order (not `astuple`, which deep-copies)
+_event_fields = attrgetter(*(f.name for f in fields(Event)))
+_stats_fields = attrgetter(*(f.name for f in fields(RequestStats)))
+
+
 class _Recorder:
     """Stands in for ServeMetrics in the child: records each call, replayed by the parent."""
 
@@ -116,7 +129,10 @@ def _child_main(conn, spec: EngineSpec) -> None:
                 rid = rid_of.get(h.id)
                 if rid is None:
                     continue
-                out.append((rid, event, h.stats))
+                # plain tuples (a tenth of a dataclass's pickling); the stats only where the caller reads
+                # them (usage and timings come with a finish reason or the end)
+                last = event is None or event.finish_reason is not None
+                out.append((rid, None if event is None else _event_fields(event), _stats_fields(h.stats) if last else None))
                 if event is None:
                     del rid_of[h.id]
                     handles.pop(rid, None)
@@ -211,8 +227,9 @@ class EngineProcess:
                     for rid, event, stats in events:
                         h = self._handles.get(rid) if event is not None else self._handles.pop(rid, None)
                         if h is not None:
-                            h.stats = stats or h.stats
-                            items.append((h, event))
+                            if stats is not None:
+                                h.stats = RequestStats(*stats)
+                            items.append((h, None if event is None else Event(*event)))
                 deliver_all(items)
                 if error is not None:
                     raise RuntimeError(error)
