@@ -162,7 +162,7 @@ def measure_interleaved(model: Path, batches: list[int], levels: list[int], reqs
         bases = {b: stack.enter_context(server(model, b, threads, reqs_for(2)[:2])) for b in batches}
         for r in range(rounds):
             for c in levels:
-                for b in batches:
+                for b in batches if r % 2 == 0 else batches[::-1]:  # alternate who goes first: drift cancels
                     results, wall = asyncio.run(run_level(bases[b] + "/v1/completions", reqs_for(c), output_len, c))
                     out[b][c].append(summarize(results, wall))
                 line = "  ".join(f"batch {b}: {out[b][c][-1]['out tok/s']:8.1f}" for b in batches)
