@@ -12,9 +12,10 @@ throughput and output tokens/s against:
     reference and fp32 is shown beside it,
   * and, for single-stream decoding without HTTP, our engine in-process.
 
-Both servers run side by side and are measured level by level, alternating, `--rounds` times (the
-machine's speed drifts over minutes on a shared VM); tables show each server's median round, and the
-batching ratio is the median of the per-round ratios, every round's ratio printed beside it.
+Both servers run side by side and are measured level by level, alternating (and HF `generate` beside
+the concurrency-1 level), `--rounds` times: the machine's speed drifts over minutes on a shared VM.
+Tables show each system's median round; each ratio is the median of the per-round ratios, every
+round's ratio printed beside it.
 
     flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/serve.py --preset tiny
 """
@@ -152,21 +153,27 @@ def server(model: Path, batch: int, threads: int, warm: list[list[int]]):
 
 
 def measure_interleaved(model: Path, batches: list[int], levels: list[int], reqs_for, output_len: int,
-                        threads: int, rounds: int) -> dict:  # fmt: skip
+                        threads: int, rounds: int, references: dict) -> dict:  # fmt: skip
     """Every server (one per --max-batch-size, all started up front; an idle one costs no CPU) at every
-    level, one after another, `rounds` times: {batch: {level: [summary per round]}}. On a shared machine
-    whose speed drifts over minutes, measuring one server's levels after the other's skews their ratio;
-    interleaved, each round compares them under the same conditions."""
-    out: dict[int, dict[int, list[dict]]] = {b: {c: [] for c in levels} for b in batches}
+    level, one after another, `rounds` times, and each in-process reference (`references`: name → a
+    function of the prompts) beside the concurrency-1 level: {system: {level: [summary per round]}}.
+    On a shared machine whose speed drifts over minutes, measuring one system after the other skews
+    their ratio; interleaved, each round compares them under the same conditions."""
+    out: dict = {b: {c: [] for c in levels} for b in [*batches, *references]}
     with contextlib.ExitStack() as stack:
         bases = {b: stack.enter_context(server(model, b, threads, reqs_for(2)[:2])) for b in batches}
         for r in range(rounds):
             for c in levels:
-                for b in batches if r % 2 == 0 else batches[::-1]:  # alternate who goes first: drift cancels
+                systems = [*batches, *(references if c == 1 else [])]
+                for b in systems if r % 2 == 0 else systems[::-1]:  # alternate who goes first: drift cancels
+                    if b in references:
+                        out[b][c].append(references[b](reqs_for(c)))
+                        continue
                     results, wall = asyncio.run(run_level(bases[b] + "/v1/completions", reqs_for(c), output_len, c))
                     out[b][c].append(summarize(results, wall))
-                line = "  ".join(f"batch {b}: {out[b][c][-1]['out tok/s']:8.1f}" for b in batches)
-                print(f"  round {r + 1}/{rounds}, concurrency {c:>2}: out tok/s {line}", flush=True)
+                line = "  ".join(f"{b}: {out[b][c][-1]['out tok/s']:.1f}" for b in systems)
+                print(f"  round {r + 1}/{rounds}, concurrency {c:>2}: out tok/s by --max-batch-size or system: {line}",
+                      flush=True)  # fmt: skip
     return out
 
 
@@ -175,8 +182,9 @@ def median_round(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda m: m["out tok/s"])[(len(runs) - 1) // 2]
 
 
-def hf_generate(model: Path, reqs: list[list[int]], output_len: int, threads: int, dtype: str = "float32") -> dict:
-    """HF transformers `generate`, greedy, one request at a time, weights in `dtype`; timings from a streamer."""
+def hf_generate(model: Path, output_len: int, threads: int, dtype: str = "float32"):
+    """HF transformers `generate`, greedy, one request at a time, weights in `dtype`; timings from a
+    streamer. Returns a function of the prompts → their summary (loaded and warmed up once)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
@@ -205,10 +213,13 @@ def hf_generate(model: Path, reqs: list[list[int]], output_len: int, threads: in
         return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
                 "e2e": end - t0, "tokens": out.shape[1] - len(p)}  # fmt: skip
 
-    one(reqs[0][:8])  # warm-up
-    t = time.perf_counter()
-    results = [one(p) for p in reqs]
-    return summarize(results, time.perf_counter() - t)
+    def run(reqs: list[list[int]]) -> dict:
+        t = time.perf_counter()
+        results = [one(p) for p in reqs]
+        return summarize(results, time.perf_counter() - t)
+
+    one([1, 2, 3])  # warm-up
+    return run
 
 
 def engine_in_process(model: Path, reqs: list[list[int]], output_len: int, batch: int, threads: int) -> dict:
@@ -264,11 +275,14 @@ def main() -> None:
     print(f"model: preset {args.preset} ({model}), input {args.input_len} / output {args.output_len} tokens, "
           f"threads {args.threads}, load average {load:.1f} on {os.cpu_count()} CPUs; server matmuls in "
           f"{'bf16 (AMX)' if bf16_supported() else 'fp32'}", flush=True)  # fmt: skip
+    refs = {f"HF {dt}": hf_generate(model, args.output_len, args.threads, dt) for dt in ("float32", "bfloat16")}
+    if 1 not in args.concurrency:
+        refs = {}
     runs = measure_interleaved(model, [args.batch, 1], args.concurrency, reqs_for, args.output_len, args.threads,
-                               args.rounds)  # fmt: skip
+                               args.rounds, refs)  # fmt: skip
     ours = {c: median_round(runs[args.batch][c]) for c in args.concurrency}
     one = {c: median_round(runs[1][c]) for c in args.concurrency}
-    hf = {dt: hf_generate(model, reqs_for(1), args.output_len, args.threads, dt) for dt in ("float32", "bfloat16")}
+    hf = {dt: median_round(runs[f"HF {dt}"][1]) for dt in ("float32", "bfloat16") if refs}
     eng = {b: engine_in_process(model, reqs_for(1), args.output_len, b, args.threads) for b in (args.batch, 1)}
 
     head = ("| system | conc. | req/s | out tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | "
@@ -292,14 +306,15 @@ def main() -> None:
         target = " (target ≥ 8x)" if c == 16 else ""
         print(f"continuous batching vs batch 1 at concurrency {c}: {statistics.median(ratios):.1f}x output tokens/s, "
               f"median of {len(ratios)} rounds (each: {', '.join(f'{x:.1f}' for x in ratios)}){target}")  # fmt: skip
-    if 1 in args.concurrency:
-        for dt, ref in hf.items():
-            t = ref["tpot_mean"]
-            print(f"single-stream decode (TPOT mean) vs HF generate {dt}: {t / ours[1]['tpot_mean']:.2f}x "
-                  f"faster (batch-{args.batch} server), {t / one[1]['tpot_mean']:.2f}x (batch-1 server); "
-                  f"in-process engine: {t / eng[args.batch]['tpot_mean']:.2f}x (batch {args.batch}), "
-                  f"{t / eng[1]['tpot_mean']:.2f}x (batch 1) (target ≥ 1.5x)")  # fmt: skip
-
+    for dt in hf:  # per round, as above: HF ran beside the servers' concurrency-1 level
+        per = {b: sorted(h["tpot_mean"] / o["tpot_mean"] for h, o in zip(runs[f"HF {dt}"][1], runs[b][1], strict=True))
+               for b in (args.batch, 1)}  # fmt: skip
+        each = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+        print(f"single-stream decode (TPOT mean) vs HF generate {dt}: {statistics.median(per[args.batch]):.2f}x "
+              f"faster, batch-{args.batch} server (each round: {each(per[args.batch])}); "
+              f"{statistics.median(per[1]):.2f}x, batch-1 server (each: {each(per[1])}); in-process engine "
+              f"(not interleaved): {hf[dt]['tpot_mean'] / eng[args.batch]['tpot_mean']:.2f}x (batch {args.batch}), "
+              f"{hf[dt]['tpot_mean'] / eng[1]['tpot_mean']:.2f}x (batch 1) (target ≥ 1.5x)")  # fmt: skip
 
 if __name__ == "__main__":
     main()
