@@ -151,8 +151,7 @@ class BlockedKV:
         nkv, hd = config.num_key_value_heads, config.head_dim
         # empty, not zeros: nothing reads a position before it is written (the kernel reads positions
         # < len; a key block's unwritten lanes are scored and dropped), and untouched pages cost no
-        # memory — a 64-slot server holds only what its requests use (`small`: engine RSS 1,176 -> 653 MB;
-        # with the 536 MB zero-filled, its single stream measured 0.9-1.0x the 1-slot server's, 1.0x after).
+        # memory — a 64-slot server holds only what its requests use (`small`: engine RSS 1,176 -> 653 MB).
         self.k = [torch.empty(slots, nkv, T // BLOCK, hd, BLOCK, dtype=torch.bfloat16, device=device)
                   for _ in range(config.num_hidden_layers)]  # fmt: skip
         self.v = [torch.empty(slots, nkv, T, hd, dtype=torch.bfloat16, device=device)
