@@ -327,34 +327,28 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
                                            kv_out=bool(prompts))  # fmt: skip
             if B:
                 ys.append(w.kernels.attention(q[:B], kc, vc, slots, lens_b))
-            start = B
-            for n in lens:
-                qp = q[start + (n - 1 if prune else 0) : start + n].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
-                kp, vp = k[start : start + n].transpose(0, 1)[None], v[start : start + n].transpose(0, 1)[None]
-                y = F.scaled_dot_product_attention(qp, kp, vp, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
-                ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
-                start += n
         else:
             qkv = qkv.float().view(N, nh + 2 * nkv, hd)
             qk = _rope(qkv[:, : nh + nkv], cos, sin)  # q and k heads rotated together
+            q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nh + nkv :]
             if B:
-                kc.view(-1, hd).index_copy_(0, at, qk[:B, nh:].reshape(-1, hd).to(kc.dtype))
-                vc.view(-1, hd).index_copy_(0, at, qkv[:B, nh + nkv :].reshape(-1, hd).to(vc.dtype))
+                kc.view(-1, hd).index_copy_(0, at, k[:B].reshape(-1, hd).to(kc.dtype))
+                vc.view(-1, hd).index_copy_(0, at, v[:B].reshape(-1, hd).to(vc.dtype))
                 if contiguous:
                     keys, values = kc[:B, :, :L], vc[:B, :, :L]
                 else:
                     keys, values = kc[:, :, :L].index_select(0, slots), vc[:, :, :L].index_select(0, slots)
-                ys.append(_decode_attention(qk[:B, :nh], keys.to(qk.dtype), values.to(qk.dtype), bias))
-            start = B
-            for (_, slot), n in zip(prompts, lens, strict=True):
-                q = qk[start + (n - 1 if prune else 0) : start + n, :nh].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
-                k = qk[start : start + n, nh:].transpose(0, 1)[None]
-                v = qkv[start : start + n, nh + nkv :].transpose(0, 1)[None]
-                kc[slot, :, :n] = k[0].to(kc.dtype)
-                vc[slot, :, :n] = v[0].to(vc.dtype)
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and not prune, enable_gqa=nkv != nh)
-                ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
-                start += n
+                ys.append(_decode_attention(q[:B], keys.to(qk.dtype), values.to(qk.dtype), bias))
+        start = B
+        for (_, slot), n in zip(prompts, lens, strict=True):  # each prompt attends on its own
+            kp, vp = k[start : start + n].transpose(0, 1), v[start : start + n].transpose(0, 1)  # (nkv, n, hd)
+            if w.kernels is None:  # (the C pass wrote it already)
+                kc[slot, :, :n], vc[slot, :, :n] = kp.to(kc.dtype), vp.to(vc.dtype)
+            qp = q[start + (n - 1 if prune else 0) : start + n].transpose(0, 1)[None]  # (1, nh, n or 1, hd)
+            y = F.scaled_dot_product_attention(qp, kp[None], vp[None], is_causal=n > 1 and not prune,
+                                               enable_gqa=nkv != nh)  # fmt: skip
+            ys.append(y[0].transpose(0, 1).reshape(-1, nh * hd))
+            start += n
         if prune:
             x, rows, segs = _pad_rows(x.index_select(0, last), out_rows), out_rows, [last.shape[0]]
         res = w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows), segments=segs)
