@@ -72,6 +72,12 @@ def prompts(tokenizer_dir: Path, n: int, input_len: int, seed: int = 0) -> list[
 
 
 # ---- client (vLLM's metric definitions) --------------------------------------------------------------
+def _request_result(t0: float, times: list[float], end: float, tokens: int) -> dict:
+    """One request's timings, vLLM's way: `times` are when each output chunk arrived."""
+    return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
+            "e2e": end - t0, "tokens": tokens}
+
+
 async def one_request(session: aiohttp.ClientSession, url: str, prompt: list[int], output_len: int) -> dict:
     body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
@@ -89,8 +95,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, prompt: list[int
             if chunk["choices"]:
                 times.append(time.perf_counter())
     end = time.perf_counter()
-    return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
-            "e2e": end - t0, "tokens": tokens}  # fmt: skip
+    return _request_result(t0, times, end, tokens)
 
 
 async def run_level(url: str, reqs: list[list[int]], output_len: int, concurrency: int) -> tuple[list[dict], float]:
@@ -210,8 +215,7 @@ def hf_generate(model: Path, output_len: int, threads: int, dtype: str = "float3
                               do_sample=False, streamer=clock, pad_token_id=0)  # fmt: skip
         end = time.perf_counter()
         times = clock.times[1:]  # the first put() is the prompt
-        return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
-                "e2e": end - t0, "tokens": out.shape[1] - len(p)}  # fmt: skip
+        return _request_result(t0, times, end, out.shape[1] - len(p))
 
     def run(reqs: list[list[int]]) -> dict:
         t = time.perf_counter()
@@ -237,8 +241,7 @@ def engine_in_process(model: Path, reqs: list[list[int]], output_len: int, batch
     def one(p):
         t0 = time.perf_counter()
         times = [time.perf_counter() for _ in engine.submit(p, params).iter_events()]
-        return {"start": t0, "ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
-                "e2e": times[-1] - t0, "tokens": len(times)}  # fmt: skip
+        return _request_result(t0, times, times[-1], len(times))
 
     try:
         one(reqs[0][:8])  # warm-up
