@@ -16,16 +16,16 @@ def _config(hd: int, nh: int, nkv: int) -> LlamaConfig:
                        num_attention_heads=nh, num_key_value_heads=nkv, max_position_embeddings=300)  # fmt: skip
 
 
-def _need(hd: int, group: int):
+def _need(hd: int, group: int) -> K.CpuKernels:
     kernels = K.load(hd, group)
     if kernels is None:
         pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
-    return kernels.attention
+    return kernels
 
 
 @pytest.mark.parametrize(("hd", "nh", "nkv"), [(64, 8, 4), (32, 4, 4), (16, 6, 2)])
 def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv):
-    attn = _need(hd, nh // nkv)
+    attn = _need(hd, nh // nkv).attention
     cfg, g = _config(hd, nh, nkv), torch.Generator().manual_seed(0)
     cache = K.BlockedKV(cfg, slots=5, max_len=200)
     assert cache.max_len == 256  # rounded up to whole 64-key blocks
@@ -50,9 +50,7 @@ def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv)
 
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual):
-    kernels = K.load(64, 2)
-    if kernels is None:
-        pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
+    kernels = _need(64, 2)
     g = torch.Generator().manual_seed(2)
     x, w = torch.randn(37, 512, generator=g) * 3, torch.randn(512, generator=g)
     y = torch.randn(37, 512, generator=g).bfloat16() if with_residual else None
@@ -70,9 +68,7 @@ def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual):
 def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row():
     from llmchain.serve.forward import _rope
 
-    kernels = K.load(32, 2)
-    if kernels is None:
-        pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
+    kernels = _need(32, 2)
     cfg, g = _config(32, 4, 2), torch.Generator().manual_seed(1)
     nh, nkv, hd, n = 4, 2, 32, 70
     inv = 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd)
@@ -103,9 +99,7 @@ def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row():
 
 @pytest.mark.parametrize("cols", [4096, 1000, 17, 5])
 def test_argmax_is_torch_argmax_with_ties_nan_and_inf(cols):
-    kernels = K.load(32, 2)
-    if kernels is None:
-        pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
+    kernels = _need(32, 2)
     x = torch.randn(9, cols, generator=torch.Generator().manual_seed(cols))
     x[1, 2], x[1, cols - 1] = 99.0, 99.0  # a tie: the first wins
     x[2] = 0.0  # all equal
