@@ -65,9 +65,9 @@ void rope_write(const uint16_t *restrict qkv, const float *restrict cos, const f
         for (int h = 0; h < nh + nkv; h++) {
             const uint16_t *restrict x = row + h * HD;
             float xf[HD], y[HD];
-            for (int d = 0; d < HD; d++) {
-                uint32_t a = (uint32_t)x[d] << 16;
-                memcpy(xf + d, &a, 4);
+            for (int d = 0; d < HD; d += W) {
+                vf v = load_bf16(x + d);
+                memcpy(xf + d, &v, sizeof v);
             }
             for (int d = 0; d < half; d++) { /* two straight loops: they vectorise */
                 y[d] = xf[d] * c[d] - xf[d + half] * s[d];
@@ -89,9 +89,9 @@ void rope_write(const uint16_t *restrict qkv, const float *restrict cos, const f
             const int64_t head = (int64_t)slots[r] * nkv + kh;
             memcpy(vc + (head * T + t) * HD, x, HD * sizeof *x);
             if (v_out)
-                for (int d = 0; d < HD; d++) {
-                    uint32_t a = (uint32_t)x[d] << 16;
-                    memcpy(v_out + ((int64_t)r * nkv + kh) * HD + d, &a, 4);
+                for (int d = 0; d < HD; d += W) {
+                    vf v = load_bf16(x + d);
+                    memcpy(v_out + ((int64_t)r * nkv + kh) * HD + d, &v, sizeof v);
                 }
         }
     }
