@@ -119,8 +119,8 @@ def _prompt_band(w: torch.Tensor, b: torch.Tensor | None) -> int | None:
             return all(torch.equal(lp(torch.cat(parts), w, b, "none", [], "")[at : at + lo], ref)
                        for parts, at in (((x[:lo], other), 0), ((other, x[:lo]), m - lo)))  # fmt: skip
 
-        _BAND_BY_SHAPE[key] = next((hi for hi in PROMPT_MAX if all(same(m) for m in range(lo + PROMPT_STEP, hi + 1,
-                                                                                          PROMPT_STEP))), None)  # fmt: skip
+        sizes = lambda hi: range(lo + PROMPT_STEP, hi + 1, PROMPT_STEP)  # noqa: E731 — the call sizes up to hi
+        _BAND_BY_SHAPE[key] = next((hi for hi in PROMPT_MAX if all(same(m) for m in sizes(hi))), None)
     return _BAND_BY_SHAPE[key]
 
 

@@ -6,9 +6,9 @@ which is busy formatting and sending an SSE chunk per stream per token: at 16 st
 
 `EngineProcess` is the server's side and offers what the API uses of an `Engine` (submit, cancel,
 counts, error, stop). The child (`_child_main`) loads the model, runs a real `Engine`, and sends one
-message per step: every request's events (with its stats when it finishes), the metric calls the step made, and the
-counts behind /metrics. Requests are validated and the queue bound is enforced here, before the
-request is accepted, exactly as `Engine.submit` would.
+message per step: every request's events (with its stats when it finishes), the metric calls the
+step made, and the counts behind /metrics. Requests are validated and the queue bound is enforced
+here, before the request is accepted, exactly as `Engine.submit` would.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def _child_main(conn, spec: EngineSpec) -> None:
                 # plain tuples (a tenth of a dataclass's pickling); the stats only where the caller reads
                 # them (usage and timings come with a finish reason or the end)
                 last = event is None or event.finish_reason is not None
-                out.append((rid, None if event is None else _event_fields(event), _stats_fields(h.stats) if last else None))
+                stats = _stats_fields(h.stats) if last else None
+                out.append((rid, None if event is None else _event_fields(event), stats))
                 if event is None:
                     del rid_of[h.id]
                     handles.pop(rid, None)
