@@ -230,9 +230,9 @@ def engine_in_process(model: Path, reqs: list[list[int]], output_len: int, batch
     """The engine without HTTP, one request at a time: what single-stream decoding costs by itself."""
     from transformers import AutoTokenizer
 
+    from llmchain.infer.engine import Engine
+    from llmchain.infer.sampling import SamplingParams
     from llmchain.model.io import load_model
-    from llmchain.serve.engine import Engine
-    from llmchain.serve.sampling import SamplingParams
 
     engine = Engine(load_model(model), AutoTokenizer.from_pretrained(model), max_batch_size=batch,
                     threads=threads).start()  # fmt: skip
@@ -272,7 +272,7 @@ def main() -> None:
     def reqs_for(c):
         return pool[: max(8, args.prompts_per_level * c)]
 
-    from llmchain.serve.forward import bf16_supported
+    from llmchain.infer.forward import bf16_supported
 
     load = os.getloadavg()[0]
     print(f"model: preset {args.preset} ({model}), input {args.input_len} / output {args.output_len} tokens, "

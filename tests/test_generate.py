@@ -33,17 +33,56 @@ def test_seed_makes_sampling_reproducible(model_dir):
     assert a == b and a != c
 
 
+def _greedy_by_full_forward(model, ids: list[int], n: int) -> list[int]:
+    """Greedy continuation recomputed from scratch each step (no cache): the reference for the engine."""
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([out]))[0][0, -1].argmax()))
+    return out[len(ids):]
+
+
 def test_greedy_cli_output_is_the_model_continuation(model_dir):
     from llmchain.model.io import load_model
 
     out = _gen(model_dir, "First Citizen:", "--temperature", "0", "-n", "12")
     tok, model = load_tokenizer(model_dir), load_model(model_dir)
-    ids = torch.tensor([tok.encode("First Citizen:")])
-    cached = model.generate(ids, 12, temperature=0, eos_token_id=tok.eos_token_id)
-    uncached = model.generate(ids, 12, temperature=0, eos_token_id=tok.eos_token_id, use_cache=False)
-    assert torch.equal(cached, uncached)
-    new = [t for t in cached[0, ids.shape[1] :].tolist() if t != tok.eos_token_id]
+    ids = tok.encode("First Citizen:", add_special_tokens=False)
+    ref = _greedy_by_full_forward(model, ids, 12)
+    new = ref[: ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref
     assert out == tok.decode(new) + "\n"
+
+
+def test_generate_stops_at_generation_config_eos_like_serve(model_dir, tmp_path):
+    """`generate`, `chat` and the server share one list of stop ids: an id named only in
+    generation_config.json ends the text in all three."""
+    import json
+    import shutil
+
+    from llmchain.infer.engine import stop_token_ids
+    from llmchain.model.io import load_model
+    from llmchain.serve.worker import EngineSpec, build_engine
+
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    tok, model = load_tokenizer(d), load_model(d)
+    torch.manual_seed(3)
+    with torch.no_grad():  # a random model at std 0.02 repeats one token; larger weights give varied text
+        for p in model.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else None
+    save_model(model, d, tokenizer_dir=d)
+    ids = tok.encode("First Citizen:", add_special_tokens=False)
+    ref = _greedy_by_full_forward(model, ids, 12)
+    stop_at = next(i for i in range(2, 12) if ref[i] not in ref[:i])  # a token first seen at step i
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [ref[stop_at]]}))
+    assert ref[stop_at] in stop_token_ids(tok, model.config, d)
+    want = tok.decode(ref[:stop_at])
+    assert _gen(d, "First Citizen:", "--temperature", "0", "-n", "12") == want + "\n"
+    _, engine = build_engine(EngineSpec(model_dir=str(d), dtype="float32"))
+    from llmchain.infer.sampling import SamplingParams
+
+    (c,) = engine.generate([ids], SamplingParams(max_tokens=12, temperature=0))[0]
+    assert c.text == want and c.finish_reason == "stop"
 
 
 def test_chat_mode_renders_the_template(model_dir):

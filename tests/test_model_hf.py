@@ -42,33 +42,6 @@ def test_hf_initialised_model_loads_into_ours_with_same_logits(tmp_path, kind):
         torch.testing.assert_close(ours(ids)[0], hf(ids).logits, atol=1e-5, rtol=0)
 
 
-def test_kv_cache_matches_full_forward_per_slot():
-    torch.manual_seed(0)
-    from llmchain.model.llama import KVCache
-
-    m = Llama(LlamaConfig(**TINY)).eval()
-    a, b = torch.randint(0, 97, (1, 9)), torch.randint(0, 97, (1, 5))
-    cache = KVCache(m.config, slots=3, max_len=32)
-    with torch.no_grad():
-        # prefill two sequences of different length into slots 2 and 0, then decode one step together
-        m(a, positions=torch.arange(9)[None], cache=cache, slots=torch.tensor([2]))
-        m(b, positions=torch.arange(5)[None], cache=cache, slots=torch.tensor([0]))
-        nxt = torch.tensor([[3], [4]])
-        step, _ = m(nxt, positions=torch.tensor([[9], [5]]), cache=cache, slots=torch.tensor([2, 0]))
-        full_a = m(torch.cat([a, nxt[:1]], 1))[0][:, -1]
-        full_b = m(torch.cat([b, nxt[1:]], 1))[0][:, -1]
-    torch.testing.assert_close(step[:, -1], torch.cat([full_a, full_b]), atol=1e-5, rtol=0)
-
-
-def test_greedy_generation_with_cache_equals_without():
-    torch.manual_seed(0)
-    m = Llama(LlamaConfig(**TINY)).eval()
-    ids = torch.randint(0, 97, (2, 6))
-    with_cache = m.generate(ids, 20, temperature=0)
-    without = m.generate(ids, 20, temperature=0, use_cache=False)
-    assert torch.equal(with_cache, without)
-
-
 def test_presets_span_1m_to_1b_parameters():
     counts = {name: preset_config(name, 4096).num_params() for name in PRESETS}
     assert min(counts.values()) < 1.5e6 and max(counts.values()) > 0.9e9

@@ -1,4 +1,4 @@
-"""The hand-written CPU training kernels (model/kernels.py) against autograd of the plain forms."""
+"""The hand-written CPU training kernels (model/autograd.py) against autograd of the plain forms."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmchain.model import kernels
-from llmchain.model.kernels import CausalMatmulAttention, Rotary
+from llmchain.model import autograd
+from llmchain.model.autograd import CausalMatmulAttention, Rotary
 from llmchain.model.llama import Llama, LlamaConfig, RotaryEmbedding, rotate_half
 
 
@@ -59,11 +59,11 @@ def _grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, dict[str, to
 def test_bf16_training_gradients_match_the_sdpa_path(monkeypatch):
     model, x = _tiny_model_and_batch()
     calls = []
-    real = kernels.CausalMatmulAttention.apply
-    monkeypatch.setattr(kernels.CausalMatmulAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    real = autograd.CausalMatmulAttention.apply
+    monkeypatch.setattr(autograd.CausalMatmulAttention, "apply", lambda *a: calls.append(1) or real(*a))
     loss_mm, g_mm = _grads(model, x)
     assert calls, "the bf16 CPU training path did not use CausalMatmulAttention"
-    monkeypatch.setattr(kernels, "MATMUL_ATTENTION_MAX_SCORES", 0)  # force SDPA
+    monkeypatch.setattr(autograd, "MATMUL_ATTENTION_MAX_SCORES", 0)  # force SDPA
     n = len(calls)
     loss_sdpa, g_sdpa = _grads(model, x)
     assert len(calls) == n
@@ -87,7 +87,7 @@ def test_compiled_bf16_training_matches_eager():
 
 
 def test_cross_entropy_sum_equals_f_cross_entropy_and_passes_gradcheck():
-    from llmchain.model.kernels import CrossEntropySum
+    from llmchain.model.autograd import CrossEntropySum
 
     torch.manual_seed(0)
     t = torch.randint(0, 300, (700,))

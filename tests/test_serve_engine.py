@@ -7,12 +7,12 @@ import time
 import pytest
 import torch
 
-from llmchain.model.llama import KVCache, Llama, LlamaConfig
-from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong
-from llmchain.serve.forward import bf16_supported, prepare_decode, step_logits
-from llmchain.serve.kernel import BlockedKV
-from llmchain.serve.kernel import load as load_kernel
-from llmchain.serve.sampling import SamplingParams
+from llmchain.infer.engine import Engine, EngineOverloaded, PromptTooLong
+from llmchain.infer.forward import KVCache, bf16_supported, prepare_decode, step_logits
+from llmchain.infer.kernels import BlockedKV
+from llmchain.infer.kernels import load as load_kernel
+from llmchain.infer.sampling import SamplingParams
+from llmchain.model.llama import Llama, LlamaConfig
 from llmchain.serve.worker import EngineProcess, EngineSpec
 from serve_fixtures import cached_model_dir
 
@@ -63,7 +63,7 @@ def test_step_rows_are_bit_identical_whatever_the_batch(mode):
     tol = dict(rtol=0, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-4)  # bf16 matmuls vs the fp32 model
 
     def step(tokens, positions, slots, new_prompts, contiguous=False):
-        return step_logits(model, cache, w, tokens, positions, slots, new_prompts, contiguous=contiguous)
+        return step_logits(cache, w, tokens, positions, slots, new_prompts, contiguous=contiguous)
 
     # prefill: each prompt alone, then all of them in one step — the same bits
     alone = [step(none, none, none, [(p, i)])[0] for i, p in enumerate(prompts)]
@@ -77,13 +77,9 @@ def test_step_rows_are_bit_identical_whatever_the_batch(mode):
     slots = torch.arange(B)
     batched = step(tokens, positions, slots, [], contiguous=True)  # slots 0..B-1: a view of the cache
     assert torch.equal(step(tokens, positions, slots, []), batched)  # the same as gathering it
-    if kernel:  # the model cannot read a BlockedKV: check rows against its forward over prompt + token
-        for i in (0, 5, 9, B - 1):
-            ref, _ = model(torch.tensor([prompts[i] + [int(tokens[i])]]), last_only=True)
-            torch.testing.assert_close(batched[i], ref[0, -1].float(), **tol)
-    else:
-        ref, _ = model(tokens[:, None], positions=positions[:, None], cache=cache, slots=slots)
-        torch.testing.assert_close(batched, ref[:, 0].float(), **tol)
+    for i in (0, 5, 9, B - 1):  # rows against the model's forward over prompt + token (no cache)
+        ref, _ = model(torch.tensor([prompts[i] + [int(tokens[i])]]), last_only=True)
+        torch.testing.assert_close(batched[i], ref[0, -1].float(), **tol)
     for i in range(B):
         assert torch.equal(step(tokens[i : i + 1], positions[i : i + 1], slots[i : i + 1], [])[0], batched[i])
     sub = [7, 2, 5]
@@ -163,7 +159,7 @@ def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
     """Prompt rows are packed into calls of PROMPT_MIN..band rows (`_Linear._calls`), padded to a few
     sizes. The start-up probe checks those sizes; here every M of the band, with the rows at both ends
     of the call, on this test's model shapes: the same bits as the rows alone in a PROMPT_MIN-row call."""
-    from llmchain.serve.forward import PROMPT_MIN, PROMPT_STEP, _Linear
+    from llmchain.infer.forward import PROMPT_MIN, PROMPT_STEP, _Linear
 
     g = torch.Generator().manual_seed(5)
     lp = torch.ops.mkldnn._linear_pointwise

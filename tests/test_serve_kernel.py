@@ -1,4 +1,4 @@
-"""The decode-attention C kernel (serve/kernel.py) and its blocked bf16 KV cache, against plain PyTorch."""
+"""The decode-attention C kernel (infer/kernels.py) and its blocked bf16 KV cache, against plain PyTorch."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from llmchain.infer import kernels as K
 from llmchain.model.llama import LlamaConfig
-from llmchain.serve import kernel as K
 
 
 def _config(hd: int, nh: int, nkv: int) -> LlamaConfig:
@@ -66,7 +66,7 @@ def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual):
 
 
 def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row():
-    from llmchain.serve.forward import _rope
+    from llmchain.infer.forward import _rope
 
     kernels = _need(32, 2)
     cfg, g = _config(32, 4, 2), torch.Generator().manual_seed(1)

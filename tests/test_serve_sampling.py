@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from llmchain.serve.sampling import IncrementalDetokenizer, Sampler, SamplingParams, StopStringFilter
+from llmchain.infer.sampling import IncrementalDetokenizer, Sampler, SamplingParams, StopStringFilter
 
 
 def run_stop(stops, pieces):

@@ -1,8 +1,12 @@
-"""The `llmchain` command line: one sub-command per stage, thin — parse, call, print.
+"""The `llmchain` command line: the command table below maps every command to its function.
 
-Stage code lives in the stage packages; each `llmchain.commands.<stage>` module registers its
-commands on the app. Heavy imports (torch, transformers) happen inside the commands so that
-`llmchain --help` is instant. A `UserError` anywhere becomes one line on stderr and exit code 2.
+A command `NAME` lives in `llmchain/commands/NAME.py` (a group's sub-commands, `data prepare`, in
+the group's module, `commands/data.py`). Commands are thin: parse, call the stage, print. Heavy
+imports (torch, transformers) happen inside the commands, so `llmchain --help` is instant. A
+`UserError` anywhere becomes one line on stderr and exit code 2.
+
+To add a command: write the function in its module and add one row to COMMANDS (and, for a new
+group, one entry to GROUPS).
 """
 
 from __future__ import annotations
@@ -44,17 +48,57 @@ def _root(
     """llmchain: build, evaluate and serve your own language model on your own data."""
 
 
+# Command groups: name → help.
+GROUPS = {
+    "data": "Raw text → clean, deduplicated documents; documents → token shards.",
+    "tokenizer": "Train a byte-level BPE tokenizer (HF-loadable, with a chat template).",
+    "finetune": "Adapt a base model: chat/instruction SFT (full or LoRA) or text classification.",
+    "eval": "Evaluate a model beside classical baselines (n-gram, Naive Bayes, TF-IDF+LR, lead).",
+    "recipes": "List the built-in recipes, or print one to copy (`recipes show NAME`).",
+}
+
+# The command table, in the order of the chain: command → (module in llmchain.commands, function).
+# A bare group name maps to the group's own action (`llmchain recipes` lists them).
+COMMANDS = {
+    "data prepare": ("data", "prepare"),
+    "data pack": ("data", "pack"),
+    "tokenizer train": ("tokenizer", "train"),
+    "presets": ("presets", "presets"),
+    "pretrain": ("pretrain", "pretrain"),
+    "generate": ("generate", "generate"),
+    "finetune sft": ("finetune", "sft"),
+    "finetune classify": ("finetune", "classify"),
+    "predict": ("predict", "predict"),
+    "eval lm": ("eval", "lm"),
+    "eval classify": ("eval", "classify"),
+    "eval generate": ("eval", "generate"),
+    "report": ("report", "report"),
+    "serve": ("serve", "serve"),
+    "chat": ("chat", "chat"),
+    "export": ("export", "export"),
+    "run": ("run", "run"),
+    "recipes": ("recipes", "list_recipes"),
+    "recipes show": ("recipes", "show"),
+    "demo": ("demo", "demo"),
+}
+
+
 def _register() -> None:
     import importlib
 
-    for name in ("data", "tokenizer", "train", "finetune", "evaluate", "serve", "recipe"):
-        try:
-            module = importlib.import_module(f"llmchain.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"llmchain.commands.{name}":
-                continue  # stage not built yet
-            raise
-        module.register(app)
+    groups = {name: typer.Typer(help=text, no_args_is_help=True) for name, text in GROUPS.items()}
+    for command, (module, function) in COMMANDS.items():
+        fn = getattr(importlib.import_module(f"llmchain.commands.{module}"), function)
+        group, _, name = command.partition(" ")
+        if group not in groups:
+            app.command(command)(fn)
+        elif not name:  # the group's own action
+            groups[group].info.no_args_is_help = False
+            groups[group].callback(invoke_without_command=True)(fn)
+        else:
+            groups[group].command(name)(fn)
+    for name, group in groups.items():
+        app.add_typer(group, name=name)
 
 
 _register()

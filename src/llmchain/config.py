@@ -434,8 +434,8 @@ class ServeConfig(StageConfig):
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
     max_body_bytes: int = Field(1 << 20, ge=1024)
     device: str = "cpu"
-    threads: int = Field(1, ge=1)  # torch CPU threads; 1 keeps decoding batch-invariant (serve/engine.py)
-    # Matmul precision: auto = bf16 on CPUs with AMX (row-invariant oneDNN kernels, serve/forward.py), else
+    threads: int = Field(1, ge=1)  # torch CPU threads; 1 keeps decoding batch-invariant (infer/engine.py)
+    # Matmul precision: auto = bf16 on CPUs with AMX (row-invariant oneDNN kernels, infer/forward.py), else
     # the weights' own dtype; bfloat16 fails clearly where that path is unavailable.
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
 

@@ -15,3 +15,9 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A bad config file, field or flag."""
+
+
+class Interrupted(UserError):
+    """A run stopped by SIGTERM/Ctrl-C after saving a checkpoint (exit code 130, like an interrupted shell job)."""
+
+    exit_code = 130

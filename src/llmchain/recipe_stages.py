@@ -220,27 +220,22 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
 
 def run_generate(ctx: StageContext) -> dict[str, Any]:
     """Sample continuations of a few prompts with a fixed seed: samples.jsonl + samples.md."""
-    import torch
-
     from llmchain.artifacts import atomic_dir, write_manifest
-    from llmchain.model.io import load_model
-    from llmchain.tokenizer import load_tokenizer
+    from llmchain.infer.engine import load_engine
+    from llmchain.infer.sampling import SamplingParams
 
     c = dict(ctx.config)
     prompts = c.get("prompts") or ["ROMEO:", "JULIET:\nO "]
     max_new, temperature = int(c.get("max_new_tokens", 128)), float(c.get("temperature", 0.8))
     top_k, seed = c.get("top_k", 50), int(c.get("seed", 0))
     model_dir = ctx.inputs["model"]
-    model, tok = load_model(model_dir), load_tokenizer(model_dir)
-    rows = []
-    for i, prompt in enumerate(prompts):
-        gen = torch.Generator().manual_seed(seed + i)
-        ids = torch.tensor([tok.encode(prompt)])
-        room = model.config.max_position_embeddings - ids.shape[1]
-        out = model.generate(ids, min(max_new, room), temperature=temperature, top_k=top_k,
-                             eos_token_id=model.config.eos_token_id, generator=gen)  # fmt: skip
-        text = tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
-        rows.append({"prompt": prompt, "completion": text, "seed": seed + i, "temperature": temperature})
+    engine = load_engine(model_dir)
+    tok = engine.tokenizer
+    ids = [tok.encode(prompt) for prompt in prompts]
+    params = [SamplingParams(max_tokens=max_new, temperature=temperature, top_k=top_k or 0, seed=seed + i)
+              for i in range(len(prompts))]  # fmt: skip
+    rows = [{"prompt": prompt, "completion": c.text, "seed": seed + i, "temperature": temperature}
+            for i, (prompt, (c,)) in enumerate(zip(prompts, engine.generate(ids, params), strict=True))]
     with atomic_dir(ctx.out_dir) as tmp:
         (tmp / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         md = [f"**{r['prompt'].strip()}** {r['completion']}\n" for r in rows]

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
-data_app = typer.Typer(help="Raw text → clean, deduplicated documents; documents → token shards.", no_args_is_help=True)
+from llmchain.commands import summary_table
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(data_app, name="data")
-
-
-@data_app.command("prepare")
 def prepare(
     inputs: list[str] = typer.Argument(..., help="Files, folders (recursed) or glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (documents/, rejected/, stats.json)."),
@@ -70,3 +66,39 @@ def prepare(
     with progress_bar() as progress:
         stats = run(progress)
     print_summary(stats, out)
+
+
+def pack(
+    docs: Path = typer.Argument(..., help="Documents: a prepared dir, .jsonl(.gz) or .txt."),
+    tokenizer: Path = typer.Option(
+        ..., "--tokenizer", "-t", help="Tokenizer dir (`llmchain tokenizer train`)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output shards dir (replaced atomically)."),
+    val_fraction: float | None = typer.Option(
+        None, "--val-fraction", help="Share held out for val (default 0.1)."
+    ),
+    split_by: str | None = typer.Option(
+        None,
+        "--split-by",
+        help="documents (default): every k-th document to val; chars: last part of each text.",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Tokenizer processes (default: CPU count, ≤ 8)."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML with PackConfig fields; flags win."),
+) -> None:
+    """Tokenize DOCS into flat uint16/uint32 token shards (train/val) + shards.json (nanoGPT's format)."""
+    from llmchain.config import PackConfig, load_config
+    from llmchain.data.pack import pack_documents
+
+    cfg = load_config(PackConfig, config, val_fraction=val_fraction, split_by=split_by, workers=workers)
+    start = time.perf_counter()
+    meta = pack_documents(docs, tokenizer, out, val_fraction=cfg.val_fraction, split_by=cfg.split_by,
+                          workers=cfg.workers, shard_tokens=cfg.shard_tokens, show_progress=True)  # fmt: skip
+    rows: dict[str, object] = {}
+    for split, s in meta["splits"].items():
+        rows[f"{split} documents"] = s["documents"]
+        rows[f"{split} tokens"] = s["tokens"]
+        rows[f"{split} bytes"] = s["bytes"]
+    rows.update({"dtype": meta["dtype"], "seconds": f"{time.perf_counter() - start:.1f}", "saved to": out})
+    summary_table("token shards", rows)

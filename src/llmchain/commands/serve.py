@@ -1,4 +1,4 @@
-"""`llmchain serve MODEL_DIR` (OpenAI-compatible server + chat page) and `llmchain chat MODEL_DIR` (terminal chat)."""
+"""`llmchain serve MODEL_DIR`: the OpenAI-compatible server with continuous batching, plus a chat page."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from llmchain.errors import UserError
 
 
-def _check_dir(model_dir: Path) -> None:
+def check_model_dir(model_dir: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.json)")
 
@@ -36,7 +36,7 @@ def serve(
     from llmchain.config import ServeConfig, load_config
     from llmchain.serve.api import ServeOptions, create_app
 
-    _check_dir(model_dir)
+    check_model_dir(model_dir)
     cfg = load_config(ServeConfig, config, host=host, port=port, api_key=api_key, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
                       chat_template=str(chat_template) if chat_template else None, threads=threads,
@@ -44,7 +44,7 @@ def serve(
     if cfg.dtype == "bfloat16":  # checked here too: the server loads the model after startup, too late for exit 2
         import torch
 
-        from llmchain.serve.forward import use_bf16
+        from llmchain.infer.forward import use_bf16
 
         try:
             use_bf16(cfg.dtype, torch.device(cfg.device), torch.float32)
@@ -60,74 +60,3 @@ def serve(
         typer.echo(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it", err=True)
     typer.echo(f"serving {model_dir} at http://{cfg.host}:{cfg.port}  (chat page: /, API: /v1, docs: /docs)")
     uvicorn.run(create_app(opts), host=cfg.host, port=cfg.port, log_level="info")
-
-
-def chat(
-    model_dir: Path = typer.Argument(..., help="An HF-format model dir with a chat template."),
-    system: str = typer.Option(None, help="System prompt."),
-    temperature: float = typer.Option(0.7, min=0.0, help="Sampling temperature (0 = greedy)."),
-    max_tokens: int = typer.Option(256, min=1, help="Most tokens per reply."),
-    chat_template: Path = typer.Option(None, help="A Jinja chat template file replacing the tokenizer's."),
-    seed: int = typer.Option(None, help="Seed for reproducible replies."),
-) -> None:
-    """Chat with a model in the terminal (the same conversation the web page has). /reset, /exit."""
-    from transformers import AutoTokenizer
-
-    from llmchain.model.io import load_model
-    from llmchain.serve.engine import Engine
-    from llmchain.serve.sampling import SamplingParams
-
-    _check_dir(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if chat_template:
-        if not chat_template.is_file():
-            raise UserError(f"--chat-template: file not found: {chat_template}")
-        tok.chat_template = chat_template.read_text(encoding="utf-8")
-    if not tok.chat_template:
-        raise UserError(f"{model_dir} has no chat template (tokenizer_config.json 'chat_template'); "
-                        "pass --chat-template FILE")  # fmt: skip
-    model = load_model(model_dir)
-    vocab = tok.get_vocab()
-    eos = {tok.eos_token_id, model.config.eos_token_id} | {vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab}
-    engine = Engine(model, tok, max_batch_size=1, eos_token_ids=[e for e in eos if e is not None]).start()
-    history: list[dict[str, str]] = []
-    typer.echo(f"chatting with {model_dir} — /reset starts over, /exit (or Ctrl-D) quits")
-    try:
-        while True:
-            try:
-                line = input("you> ").strip()
-            except EOFError:
-                break
-            if line in ("/exit", "/quit"):
-                break
-            if line == "/reset":
-                history.clear()
-                continue
-            if not line:
-                continue
-            history.append({"role": "user", "content": line})
-            msgs = ([{"role": "system", "content": system}] if system else []) + history
-            ids = tok.encode(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
-                             add_special_tokens=False)  # fmt: skip
-            if len(ids) >= engine.max_model_len:
-                typer.echo(f"(the conversation no longer fits the context of {engine.max_model_len}; /reset)")
-                history.pop()
-                continue
-            handle = engine.submit(ids, SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed))
-            reply = []
-            typer.echo("model> ", nl=False)
-            try:
-                for ev in handle.iter_events():
-                    reply.append(ev.text)
-                    typer.echo(ev.text, nl=False)
-            except KeyboardInterrupt:  # stop this reply, keep the conversation
-                engine.cancel(handle)
-            typer.echo()
-            history.append({"role": "assistant", "content": "".join(reply)})
-    finally:
-        engine.stop()
-
-
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
-    app.command("chat")(chat)

@@ -97,6 +97,25 @@ def read_predictions(path: str | os.PathLike, n: int) -> list[str]:
     return out
 
 
+def _progress(total: int):
+    """A callback drawing a progress bar on a terminal (called with the count done; None to close)."""
+    if not sys.stderr.isatty():
+        return lambda done: None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task("generating", total=total)
+    bar.start()
+
+    def update(done: int | None) -> None:
+        if done is None:
+            bar.stop()
+        else:
+            bar.update(task, completed=done)
+
+    return update
+
+
 def generate_outputs(
     model_dir: str | os.PathLike,
     prompts: list[str],
@@ -114,58 +133,44 @@ def generate_outputs(
     truncated, chat_template, new_tokens}. UserError for a missing model/tokenizer or a tokenizer
     whose ids do not fit the model.
     """
-    import torch
-
-    from llmchain.model.io import load_model, read_config
-    from llmchain.tokenizer import load_tokenizer
+    from llmchain.infer.engine import load_engine
+    from llmchain.infer.sampling import SamplingParams
+    from llmchain.model.io import read_config
 
     config = read_config(model_dir)
-    tok = load_tokenizer(model_dir)
-    if len(tok) > config.vocab_size:
-        raise UserError(f"{model_dir}: the tokenizer has {len(tok)} tokens but the model only {config.vocab_size}; "
-                        "tokenizer and model do not belong together")  # fmt: skip
-    use_chat = bool(getattr(tok, "chat_template", None)) if chat_template is None else chat_template
-    if use_chat and not getattr(tok, "chat_template", None):
-        raise UserError(f"{model_dir}: --chat-template asked for, but the tokenizer has none")
-    model = load_model(model_dir, device=device)
-    stop_ids = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>") if use_chat else None)
-                if isinstance(i, int) and 0 <= i < config.vocab_size}  # fmt: skip
-    eos = tok.convert_tokens_to_ids("<|im_end|>") if use_chat and "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
     context = config.max_position_embeddings
     if max_new_tokens >= context:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be below the model's context ({context})")
-    gen = torch.Generator().manual_seed(seed)
-    outputs, truncated, new_tokens = [], 0, 0
-    t0 = time.perf_counter()
-    bar = None
-    if sys.stderr.isatty():  # one prompt at a time (no padding mask in generate): show the pace
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task("generating", total=len(prompts))
-        bar.start()
+    # The serving engine, batched as the server batches; it stops at EOS and end-of-turn tokens.
+    engine = load_engine(model_dir, device=device)
+    tok = engine.tokenizer
+    use_chat = bool(getattr(tok, "chat_template", None)) if chat_template is None else chat_template
+    if use_chat and not getattr(tok, "chat_template", None):
+        raise UserError(f"{model_dir}: --chat-template asked for, but the tokenizer has none")
+    batch, truncated = [], 0
     for prompt in prompts:
-        if bar is not None:
-            bar.advance(task)
         if use_chat:
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                            add_generation_prompt=True)  # fmt: skip
-            ids = tok(text, add_special_tokens=False)["input_ids"]
         else:
-            ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            text = prompt
+        ids = tok(text, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
         if len(ids) + max_new_tokens > context:
             ids, truncated = ids[-(context - max_new_tokens):], truncated + 1
-        x = torch.tensor([ids], dtype=torch.long, device=device)
-        y = model.generate(x, max_new_tokens, temperature=temperature, eos_token_id=eos, generator=gen)[0, len(ids):]
-        new = y.tolist()
-        cut = next((i for i, t in enumerate(new) if t in stop_ids), len(new))
-        new_tokens += cut
-        out = tok.decode(new[:cut], skip_special_tokens=True)
-        for s in stop or []:
-            out = out.split(s)[0] if s in out else out
-        outputs.append(out.strip())
-    if bar is not None:
-        bar.stop()
+        batch.append(ids)
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                            stop=[s for s in stop or [] if s][:16])  # fmt: skip
+    t0 = time.perf_counter()
+    outputs, new_tokens = [], 0
+    chunk = 64  # a progress bar per chunk of prompts on a terminal: the engine batches within a chunk
+    progress = _progress(len(batch))
+    for start in range(0, len(batch), chunk):
+        for (c,) in engine.generate(batch[start : start + chunk], params):
+            outputs.append(c.text.strip())
+            stopped = bool(c.token_ids) and c.token_ids[-1] in engine.eos_ids  # the stop token is no output
+            new_tokens += len(c.token_ids) - stopped
+        progress(min(start + chunk, len(batch)))
+    progress(None)
     return {"outputs": outputs, "seconds": time.perf_counter() - t0, "truncated": truncated,
             "chat_template": use_chat, "new_tokens": new_tokens}  # fmt: skip
 

@@ -167,29 +167,26 @@ def sample_generations(chain: Chain, config: Any) -> dict[str, Any]:
     if chain.model is None or config.samples == 0:
         return {"samples": [], "reason": "no model" if chain.model is None else "turned off (--samples 0)"}
     try:
-        import torch
+        from llmchain.infer.engine import load_engine
+        from llmchain.infer.sampling import SamplingParams
 
-        from llmchain.model.io import load_model
-        from llmchain.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(chain.model)
-        model = load_model(chain.model)
+        engine = load_engine(chain.model)
     except Exception as e:  # a card must still be written when the model cannot run here
         return {"samples": [], "reason": f"could not load the model: {str(e).splitlines()[0]}"}
+    tok = engine.tokenizer
     prompts = list(config.prompts) or cardtext.default_prompts(chain, config.samples)
     chat = bool(chain.base_models) and bool(getattr(tok, "chat_template", None))
-    ctx = model.config.max_position_embeddings
-    gen = torch.Generator().manual_seed(config.seed)
-    out = []
-    for p in prompts[: config.samples] if not config.prompts else prompts:
+    ctx = engine.max_model_len
+    batch = []
+    prompts = prompts[: config.samples] if not config.prompts else prompts
+    for p in prompts:
         text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) \
             if chat else p  # fmt: skip
         ids = tok(text, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
-        ids = ids[-(ctx - config.sample_tokens):]
-        y = model.generate(torch.tensor([ids]), config.sample_tokens, temperature=config.temperature, top_k=None,
-                           top_p=0.95 if config.temperature > 0 else None, eos_token_id=tok.eos_token_id,
-                           generator=gen)[0, len(ids):].tolist()  # fmt: skip
-        out.append({"prompt": p, "output": tok.decode(y, skip_special_tokens=True)})
+        batch.append(ids[-(ctx - config.sample_tokens):])
+    params = SamplingParams(max_tokens=config.sample_tokens, temperature=config.temperature,
+                            top_p=0.95 if config.temperature > 0 else 1.0, seed=config.seed)  # fmt: skip
+    out = [{"prompt": p, "output": c.text} for p, (c,) in zip(prompts, engine.generate(batch, params), strict=True)]
     return {"samples": out, "chat_template": chat, "temperature": config.temperature, "seed": config.seed,
             "max_new_tokens": config.sample_tokens}  # fmt: skip
 

@@ -6,8 +6,8 @@ names are exactly those of Hugging Face `LlamaConfig` / `LlamaForCausalLM` (and 
 difference here is a bias on q/k/v), so a state dict moves between us and `transformers` unchanged.
 
 The model knows nothing of parallelism, mixed precision or serving: DDP/FSDP wrapping and autocast
-live in `train/`, batching of many requests in `serve/`. What it does offer for them is a KV cache
-addressed by (slot, position), which covers plain generation and continuous batching alike.
+live in `train/`. It offers only `forward`: generation (KV cache, batching, sampling) is the inference
+engine's, `llmchain.infer`, which reads these weights — one way to generate, for the CLI, eval and serve.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmchain.model.kernels import CausalMatmulAttention, CrossEntropySum, Rotary, use_matmul_attention
+from llmchain.model.autograd import CausalMatmulAttention, CrossEntropySum, Rotary, use_matmul_attention
 
 
 @dataclass
@@ -163,22 +163,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos.to(x.dtype)) + (rotate_half(x) * sin.to(x.dtype))
 
 
-class KVCache:
-    """Preallocated keys/values for `slots` sequences of up to `max_len` tokens, per layer.
-
-    Shape per layer: (slots, num_key_value_heads, max_len, head_dim). A forward pass writes the new
-    tokens' keys/values at (slot, position) and attends over positions 0..position of its own slot,
-    so sequences of different lengths share one batch (continuous batching) and a slot is reused by
-    simply starting again at position 0.
-    """
-
-    def __init__(self, config: LlamaConfig, slots: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (slots, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.slots, self.max_len = slots, max_len
-
-
 class LlamaAttention(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int):
         super().__init__()
@@ -194,7 +178,7 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(h, self.n_kv * hd, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * hd, h, bias=config.o_bias)
 
-    def forward(self, x, cos, sin, positions=None, cache: KVCache | None = None, slots=None, mask=None):
+    def forward(self, x, cos, sin):
         B, T, _ = x.shape
         # Three matmuls, not one over concatenated weights: fusing measured no faster here (fp32 and
         # bf16, eager and compiled: the per-step concatenation and the split of its gradient eat the gain).
@@ -207,22 +191,11 @@ class LlamaAttention(nn.Module):
         q = apply_rotary(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
         k = apply_rotary(k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2), cos, sin)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        if mask is None and cache is None and use_matmul_attention(q, k, low):
+        if use_matmul_attention(q, k, low):
             y = CausalMatmulAttention.apply((q * self.head_dim**-0.5).to(low), k.to(low), v.to(low))
             y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
             return self.o_proj(y)
-        if cache is not None:
-            # Write this step's keys/values at (slot, position), then read the slot's prefix back.
-            kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]
-            idx = (slots[:, None], slice(None), positions)
-            kc[idx] = k.transpose(1, 2).to(kc.dtype)  # advanced indexing puts (B, T) first
-            vc[idx] = v.transpose(1, 2).to(vc.dtype)
-            length = mask.shape[-1]
-            k, v = kc[slots, :, :length].to(q.dtype), vc[slots, :, :length].to(q.dtype)
-        if mask is None:
-            y = _attention(q, k, v, is_causal=T > 1)
-        else:
-            y = _attention(q, k, v, attn_mask=mask)
+        y = _attention(q, k, v, is_causal=T > 1)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype))
 
@@ -230,8 +203,8 @@ class LlamaAttention(nn.Module):
 def _attention(q, k, v, **kw) -> torch.Tensor:
     """SDPA with grouped-query attention: each kv head serves n_heads / n_kv query heads."""
     if k.shape[1] != q.shape[1]:
-        # The kernel indexes the shared kv heads itself: no copies (compiled too, as HF does, when unmasked).
-        if _SDPA_GQA and not (_compiling() and "attn_mask" in kw):
+        # The kernel indexes the shared kv heads itself: no copies (compiled too, as HF does).
+        if _SDPA_GQA:
             return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -269,9 +242,9 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
         self.config = config  # read at run time: changing config.dropout takes effect without a rebuild
 
-    def forward(self, x, cos, sin, positions=None, cache=None, slots=None, mask=None):
+    def forward(self, x, cos, sin):
         p = self.config.dropout if self.training else 0.0
-        x = x + _dropout(self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, slots, mask), p)
+        x = x + _dropout(self.self_attn(self.input_layernorm(x), cos, sin), p)
         return x + _dropout(self.mlp(self.post_attention_layernorm(x)), p)
 
 
@@ -291,22 +264,14 @@ class LlamaModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.config = config
 
-    def forward(self, input_ids, positions=None, cache: KVCache | None = None, slots=None):
+    def forward(self, input_ids, positions=None):
         B, T = input_ids.shape
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        mask = None
-        if cache is not None:
-            if slots is None:
-                slots = torch.arange(B, device=input_ids.device)
-            # Each query sees its own slot's keys at positions ≤ its own (causal, per sequence).
-            length = int(positions.max()) + 1
-            mask = torch.arange(length, device=input_ids.device)[None, None, :] <= positions[:, :, None]
-            mask = mask[:, None]  # (B, 1, T, length), broadcast over heads
         cos, sin = self.rotary_emb(positions)
         x = _dropout(self.embed_tokens(input_ids), self.config.dropout if self.training else 0.0)
         for layer in self.layers:
-            x = layer(x, cos, sin, positions, cache, slots, mask)
+            x = layer(x, cos, sin)
         return self.norm(x)
 
 
@@ -341,15 +306,13 @@ class Llama(nn.Module):
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        slots: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) — or (B, 1, vocab) with `last_only` — and the mean cross-entropy
         against `targets` (B, T) when given (-100 marks positions without loss)."""
-        h = self.model(input_ids, positions, cache, slots)
+        h = self.model(input_ids, positions)
         if last_only:
-            h = h[:, -1:]  # generation needs only the last position: skip the big vocab matmul for the rest
+            h = h[:, -1:]  # scoring a continuation needs only the last position: skip the vocab matmul for the rest
         logits = self.lm_head(h)
         loss = None if targets is None else cross_entropy(logits, targets)
         return logits, loss
@@ -364,79 +327,14 @@ class Llama(nn.Module):
         n = self.num_params(non_embedding=True)
         return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> torch.Tensor:
-        """Continue each row of `input_ids` (B, T); returns (B, T + new) token ids.
-
-        temperature 0 is greedy. Rows stop growing once they emit `eos_token_id` (padded with it).
-        """
-        B, T = input_ids.shape
-        max_len = self.config.max_position_embeddings
-        if T + max_new_tokens > max_len:
-            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the context ({max_len})")
-        device = input_ids.device
-        out = input_ids
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        cache = KVCache(self.config, B, T + max_new_tokens, device, self.lm_head.weight.dtype) if use_cache else None
-        pos = torch.arange(T, device=device).expand(B, T)
-        step_ids = input_ids
-        for _ in range(max_new_tokens):
-            if use_cache:
-                logits, _ = self(step_ids, positions=pos, cache=cache, last_only=True)
-            else:
-                logits, _ = self(out, last_only=True)
-            next_id = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                next_id = torch.where(done, torch.full_like(next_id, eos_token_id), next_id)
-                done |= next_id == eos_token_id
-            out = torch.cat([out, next_id[:, None]], dim=1)
-            step_ids, pos = next_id[:, None], pos[:, -1:] + 1
-            if eos_token_id is not None and bool(done.all()):
-                break
-        return out
-
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits (B, T, V) against targets (B, T), in fp32; -100 marks no loss.
 
     On CPU in eager mode through `CrossEntropySum`, which never materialises the (B·T, V) fp32
-    log-probabilities (kernels.py says why and how much it saves).
+    log-probabilities (autograd.py says why and how much it saves).
     """
     flat, t = logits.flatten(0, 1), targets.flatten()
     if logits.device.type != "cpu" or _compiling():  # compiled, the log-softmax is fused anyway
         return F.cross_entropy(flat.float(), t, ignore_index=-100)
     return CrossEntropySum.apply(flat, t) / (t != -100).sum()  # like "mean": NaN when no position has a target
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token id per row of `logits` (B, vocab): greedy at temperature 0, else top-k/top-p sampling."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

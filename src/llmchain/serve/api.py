@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmchain.infer.requests import EngineOverloaded, Event, PromptTooLong, RequestHandle
 from llmchain.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -31,7 +32,6 @@ from llmchain.serve.protocol import (
     CompletionRequest,
     Formatter,
 )
-from llmchain.serve.requests import EngineOverloaded, Event, PromptTooLong, RequestHandle
 
 log = logging.getLogger("llmchain.serve")
 STATIC = Path(__file__).parent / "static"

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmchain.serve.requests import Event
-from llmchain.serve.sampling import SamplingParams
+from llmchain.infer.requests import Event
+from llmchain.infer.sampling import SamplingParams
 
 
 class APIError(Exception):

@@ -14,7 +14,6 @@ here, before the request is accepted, exactly as `Engine.submit` would.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import multiprocessing as mp
 import signal
@@ -24,7 +23,7 @@ from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 
-from llmchain.serve.requests import (
+from llmchain.infer.requests import (
     EngineOverloaded,
     Event,
     RequestHandle,
@@ -32,10 +31,9 @@ from llmchain.serve.requests import (
     check_request,
     deliver_all,
 )
-from llmchain.serve.sampling import SamplingParams
+from llmchain.infer.sampling import SamplingParams
 
 log = logging.getLogger("llmchain.serve")
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 
 
 @dataclass
@@ -63,22 +61,15 @@ def load_tokenizer(spec: EngineSpec):
 
 def build_engine(spec: EngineSpec, metrics=None, max_queue: int | None = None):
     """(tokenizer, Engine) for `spec`: the model, its end-of-sequence ids, the engine's options."""
+    from llmchain.infer.engine import Engine, stop_token_ids
     from llmchain.model.io import load_model
-    from llmchain.serve.engine import Engine
 
     tok = load_tokenizer(spec)
     model = load_model(spec.model_dir, device=spec.device)
-    eos = {tok.eos_token_id, model.config.eos_token_id}
-    gen = Path(spec.model_dir) / "generation_config.json"
-    if gen.is_file():
-        g = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
-        eos.update(g if isinstance(g, list) else [g])
-    vocab = tok.get_vocab()
-    eos.update(vocab[t] for t in END_OF_TURN if t in vocab)
     engine = Engine(model, tok, max_batch_size=spec.max_batch_size, max_queue=max_queue or spec.max_queue,
-                    max_model_len=spec.max_model_len, eos_token_ids=[e for e in eos if e is not None],
+                    max_model_len=spec.max_model_len, eos_token_ids=stop_token_ids(tok, model.config, spec.model_dir),
                     metrics=metrics, threads=spec.threads, dtype=spec.dtype)  # fmt: skip
-    return tok, engine
+    return tok, engine  # the engine holds its own copy of the weights: the model is freed here
 
 
 # a flat dataclass's field values, in order (not `astuple`, which deep-copies)

@@ -1,4 +1,4 @@
-/* Hand-written CPU kernels of the serving engine's decode step (built and loaded by serve/kernel.py,
+/* Hand-written CPU kernels of the serving engine's decode step (built and loaded by infer/kernels.py,
  * cc -O3 -march=native -DHD=<head_dim> -DG=<query heads per kv head>).
  *
  * Decode attention over a bf16 KV cache: one query token per sequence, each over its own slot. Keys

@@ -14,7 +14,7 @@ M = 1 takes a GEMV path and MKL's blocking changes with M; bf16: oneDNN's AMX ke
     probed; without the regime each prompt gets one call of its own);
   * fp32: all of a step's tokens are stacked and padded to a multiple of 16 rows (one MKL call).
 
-Decoding attention: with the C kernels (serve/kernel.py; bf16 KV cache) each sequence reads only its
+Decoding attention: with the C kernels (infer/kernels.py; bf16 KV cache) each sequence reads only its
 own positions, in one fixed order; in PyTorch (fp32 cache) the key length is padded to a multiple of
 16 (masked keys then add exact zeros) and p·V is summed in fixed blocks of 256 keys. Each prompt
 attends on its own. Then no token's numbers depend on what else shares the step
@@ -23,6 +23,8 @@ attends on its own. Then no token's numbers depend on what else shares the step
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +32,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmchain.serve.kernel import CpuKernels
+from llmchain.infer.kernels import CpuKernels
 
+log = logging.getLogger("llmchain.infer")
 ROW_PAD, KEY_PAD = 16, 16
 KEY_BLOCK = 256  # p·V over at most this many keys per matmul: one summation order for any key length
 # bf16: the most rows per oneDNN call for which every row is computed the same way. oneDNN's AMX
@@ -40,24 +43,43 @@ KEY_BLOCK = 256  # p·V over at most this many keys per matmul: one summation or
 ROW_CHUNKS = (32, 16)
 
 
+def _has_amx() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+
+
+@functools.cache
 def bf16_supported() -> bool:
     """Whether this CPU runs oneDNN's bf16 AMX kernels (the row-invariance of small calls, ≤ 16 or 32
-    rows, was verified on those; other bf16 paths are not assumed to share it)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-        if not ("amx_bf16" in flags and torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported()):  # fmt: skip
-            return False
-        # The ops are internal to PyTorch: probe them once so a changed signature falls back to fp32.
-        # Fixed inputs (own generator) and a relative-norm check: an element-wise tolerance on random
-        # inputs failed for ~1 % of seeds (bf16 rounding near zero), so a server sometimes fell back to
-        # the ~2.5× slower fp32 path at random.
-        g = torch.Generator().manual_seed(0)
-        w, x = torch.randn(32, 64, generator=g), torch.randn(3, 64, generator=g)
-        y, ref = _Linear(w, None, bf16=True)(x).float(), F.linear(x, w)
-        return bool(torch.linalg.vector_norm(y - ref) <= 0.02 * torch.linalg.vector_norm(ref))
-    except Exception:  # noqa: BLE001 — a capability probe: any failure means "use the fp32 path"
+    rows, was verified on those; other bf16 paths are not assumed to share it).
+
+    On a CPU with AMX a failed probe is logged as a warning with its cause: it means decoding runs on
+    the ~2.5× slower fp32 path, which nobody should learn from a benchmark."""
+    if not _has_amx():
         return False
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            reason = "this PyTorch build has no oneDNN bf16 support"
+        else:
+            # The ops are internal to PyTorch: probe them once so a changed signature falls back to fp32.
+            # Fixed inputs (own generator) and a relative-norm check: an element-wise tolerance on random
+            # inputs failed for ~1 % of seeds (bf16 rounding near zero), so a server sometimes fell back
+            # to the fp32 path at random.
+            g = torch.Generator().manual_seed(0)
+            w, x = torch.randn(32, 64, generator=g), torch.randn(3, 64, generator=g)
+            y, ref = _Linear(w, None, bf16=True)(x).float(), F.linear(x, w)
+            err = float(torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref))
+            if err <= 0.02:
+                return True
+            reason = f"the bf16 probe's relative error is {err:.3g} (> 0.02)"
+    except Exception as e:  # noqa: BLE001 — a capability probe: any failure means "use the fp32 path"
+        reason = f"the bf16 probe failed: {type(e).__name__}: {e}"
+    log.warning("the CPU has AMX but bf16 decoding is OFF (%s): the engine runs in fp32, about 2.5x "
+                "slower. Check the torch version (oneDNN's mkldnn ops) or pass --dtype float32 to silence this.",
+                reason)
+    return False
 
 
 def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> bool:
@@ -201,47 +223,66 @@ class DecodeWeights:
     cos: torch.Tensor  # (max_len, head_dim)
     sin: torch.Tensor
     bf16: bool
-    kernels: CpuKernels | None = None  # C attention over a bf16 `BlockedKV` cache, fused add+norm (serve/kernel.py)
+    embed: torch.Tensor  # (vocab, hidden): token embeddings
+    norms: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: input and post-attention RMSNorm weights
+    final_norm: torch.Tensor
+    eps: float
+    heads: tuple[int, int, int]  # (query heads, kv heads, head_dim)
+    kernels: CpuKernels | None = None  # C attention over a bf16 `BlockedKV` cache, fused add+norm (infer/kernels.py)
 
 
-def _fuse(linears, in_place: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _fuse(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
     w = torch.cat([m.weight.detach() for m in linears]).contiguous()
     b = torch.cat([m.bias.detach() for m in linears]).contiguous() if linears[0].bias is not None else None
-    if in_place:  # the model's own weights become views into the fused tensor: nothing stored twice
-        start = 0
-        for m in linears:
-            n = m.out_features
-            m.weight = torch.nn.Parameter(w[start : start + n], requires_grad=False)
-            if b is not None:
-                m.bias = torch.nn.Parameter(b[start : start + n], requires_grad=False)
-            start += n
     return w, b
+
+
+def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().clone()
 
 
 @torch.no_grad()
 def prepare_decode(model, max_len: int, bf16: bool = False) -> DecodeWeights:
-    """The engine's weights for `model` and RoPE tables up to `max_len`.
+    """The engine's own copy of `model`'s weights (fused, or prepacked bf16) and RoPE tables up to `max_len`.
 
-    fp32: q/k/v and gate/up fused in place (the model's weights become views; `Llama.forward` keeps
-    working on the same numbers). bf16: prepacked bf16 copies; the model is left as it was.
+    A snapshot: the caller's model is neither changed nor referenced afterwards, so it may go on
+    training (or be freed) while the engine serves what it was given.
     """
-    qkv, o, gate_up, down = [], [], [], []
+    qkv, o, gate_up, down, norms = [], [], [], [], []
+    own = (lambda t: t) if bf16 else _copy  # bf16 prepacking makes its own copies already
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
-        qkv.append(_Linear(*_fuse([a.q_proj, a.k_proj, a.v_proj], not bf16), bf16))
+        qkv.append(_Linear(*_fuse([a.q_proj, a.k_proj, a.v_proj]), bf16))
         if bf16:
             gate_up.append(tuple(_Linear(p.weight, p.bias, bf16) for p in (m.gate_proj, m.up_proj)))
         else:
-            gate_up.append(_Linear(*_fuse([m.gate_proj, m.up_proj], True), bf16))
-        o.append(_Linear(a.o_proj.weight, a.o_proj.bias, bf16))
-        down.append(_Linear(m.down_proj.weight, m.down_proj.bias, bf16))
-    head = _Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), bf16)
+            gate_up.append(_Linear(*_fuse([m.gate_proj, m.up_proj]), bf16))
+        o.append(_Linear(own(a.o_proj.weight), own(a.o_proj.bias), bf16))
+        down.append(_Linear(own(m.down_proj.weight), own(m.down_proj.bias), bf16))
+        norms.append((_copy(layer.input_layernorm.weight), _copy(layer.post_attention_layernorm.weight)))
+    head = _Linear(own(model.lm_head.weight), own(getattr(model.lm_head, "bias", None)), bf16)
+    a0 = model.model.layers[0].self_attn
     # RoPE tables computed here (HF's formula) rather than through the model's rotary module, so the
     # engine depends only on the inv_freq buffer, not on how the model lays out its tables.
     inv_freq = model.model.rotary_emb.inv_freq.float()
     freqs = torch.arange(max_len, device=inv_freq.device).float()[:, None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    return DecodeWeights(qkv, o, gate_up, down, head, emb.cos(), emb.sin(), bf16)
+    return DecodeWeights(qkv, o, gate_up, down, head, emb.cos(), emb.sin(), bf16,
+                         embed=_copy(model.model.embed_tokens.weight), norms=norms,
+                         final_norm=_copy(model.model.norm.weight), eps=model.config.rms_norm_eps,
+                         heads=(a0.n_heads, a0.n_kv, a0.head_dim))
+
+
+class KVCache:
+    """The fp32 path's cache: keys/values for `slots` sequences of up to `max_len` tokens, per layer,
+    each (slots, num_key_value_heads, max_len, head_dim); a sequence owns a slot and writes its tokens
+    at their positions (the C kernels' bf16 cache is `kernels.BlockedKV`)."""
+
+    def __init__(self, config, slots: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (slots, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.slots, self.max_len = slots, max_len
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -267,7 +308,7 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, rows - x.shape[0])) if rows > x.shape[0] else x
 
 
-def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompts: list[tuple[list[int], int]],
+def step_logits(cache, w: DecodeWeights, tokens, positions, slots, prompts: list[tuple[list[int], int]],
                 pad: bool = True, contiguous: bool = False) -> torch.Tensor:
     """One engine step: next-token logits for B decoding sequences (rows 0..B-1: one token each at its
     own (slot, position)) and for P new prompts (rows B..B+P-1: each prefilled into its slot).
@@ -277,7 +318,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
     share the step. `contiguous=True` says `slots` is 0..B-1 in order: decoding then attends over a
     view of the cache instead of a gathered copy of it (the same numbers, without the copy).
     """
-    m, B = model.model, tokens.shape[0]
+    B = tokens.shape[0]
     dev = tokens.device
     lens = [len(p) for p, _ in prompts]
     ids = torch.cat([tokens] + [torch.tensor(p, dtype=torch.long, device=dev) for p, _ in prompts])
@@ -298,8 +339,8 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         row_slots = torch.cat([slots] + [torch.full((len(p),), slot, device=dev) for p, slot in prompts])
     else:
         cos, sin = w.cos[pos][:, None], w.sin[pos][:, None]  # (N, 1, hd)
-    x = _pad_rows(m.embed_tokens(ids).float(), rows)  # (rows, hidden), the fp32 residual stream
-    eps = model.config.rms_norm_eps
+    x = _pad_rows(F.embedding(ids, w.embed).float(), rows)  # (rows, hidden), the fp32 residual stream
+    eps = w.eps
     # logits only where a next token is needed: every decoding row, and each prompt's last token
     last = torch.tensor(list(range(B)) + [B + sum(lens[: j + 1]) - 1 for j in range(len(lens))], device=dev)
     out_rows = -(-last.shape[0] // ROW_PAD) * ROW_PAD if pad and not w.bf16 else last.shape[0]
@@ -312,15 +353,15 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         return x, F.rms_norm(x, (x.shape[-1],), weight, eps)
 
     res = None
-    for i, layer in enumerate(m.layers):
+    nh, nkv, hd = w.heads
+    n_layers = len(w.qkv)
+    for i in range(n_layers):
         # The last layer writes every prompt token's key/value, but only those rows go on past attention
         # (a prompt's last query attends alone): the rest of a prompt's rows would feed no logit.
-        prune = bool(prompts) and i == len(m.layers) - 1
-        a = layer.self_attn
-        nh, nkv, hd = a.n_heads, a.n_kv, a.head_dim
-        x, h = add_norm(x, res, layer.input_layernorm.weight)
+        prune = bool(prompts) and i == n_layers - 1
+        x, h = add_norm(x, res, w.norms[i][0])
         qkv = w.qkv[i](h, segments=segs)[:N]
-        kc, vc = cache.k[a.layer_idx], cache.v[a.layer_idx]
+        kc, vc = cache.k[i], cache.v[i]
         ys = []
         if w.kernels is not None:  # RoPE, q's scale and the cache write in one C pass over the bf16 q|k|v
             q, k, v = w.kernels.rope_write(qkv, w.cos, w.sin, pos, row_slots, kc, vc, 1.0 / math.sqrt(hd), B,
@@ -352,7 +393,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
         if prune:
             x, rows, segs = _pad_rows(x.index_select(0, last), out_rows), out_rows, [last.shape[0]]
         res = w.o[i](_pad_rows(torch.cat(ys) if len(ys) > 1 else ys[0], rows), segments=segs)
-        x, h = add_norm(x, res, layer.post_attention_layernorm.weight)
+        x, h = add_norm(x, res, w.norms[i][1])
         if w.bf16:
             gate, up, hb = *w.gate_up[i], h.to(torch.bfloat16)
             act = up.times(hb, gate(hb, "swish", segs), segs)
@@ -361,7 +402,7 @@ def step_logits(model, cache, w: DecodeWeights, tokens, positions, slots, prompt
             act = F.silu(gate) * up
         res = w.down[i](act, segments=segs)
     # rows: every decoding row (padded in fp32), then each prompt's last row (the last layer kept no others)
-    _, h = add_norm(x, res, m.norm.weight)
+    _, h = add_norm(x, res, w.final_norm)
     return w.head(h)[: last.shape[0]].float()
 
 

@@ -1,4 +1,4 @@
-"""`llmchain eval lm|classify|generate` and `llmchain report`: thin — parse, call, print a table.
+"""`llmchain eval lm|classify|generate`: thin — parse, call, print the systems × metrics table.
 
 Each eval writes OUT/report.json (+ PNGs, manifest.json); by default OUT is RUN/eval/KIND for a run's
 model, so `llmchain report RUN` finds it.
@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-eval_app = typer.Typer(help="Evaluate a model beside classical baselines (n-gram, Naive Bayes, TF-IDF+LR, lead).",
-                       no_args_is_help=True)  # fmt: skip
 
 
 def print_report(report: dict[str, Any], out: Path, extra: str = "") -> None:
@@ -43,8 +40,7 @@ def print_report(report: dict[str, Any], out: Path, extra: str = "") -> None:
     console.print(f"report: {out / 'report.json'}")
 
 
-@eval_app.command("lm")
-def eval_lm(
+def lm(
     data: Path = typer.Option(..., "--data", "-d", help="Token-shards dir (val split) or a UTF-8 text file."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Model dir (omit: baselines only)."),
     baseline: str = typer.Option("ngram", "--baseline", help="ngram (default) or none."),
@@ -80,8 +76,7 @@ def eval_lm(
     print_report(report, out, summary_line(report))
 
 
-@eval_app.command("classify")
-def eval_classify(
+def classify(
     train: Path = typer.Option(..., "--train", help="Labelled train file (.tsv/.csv/.jsonl) for the baselines."),
     test: Path = typer.Option(..., "--test", help="Labelled test file, same format."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Classifier dir (omit: baselines only)."),
@@ -106,8 +101,7 @@ def eval_classify(
     print_report(report, out)
 
 
-@eval_app.command("generate")
-def eval_generate(
+def generate(
     data: Path = typer.Option(..., "--data", "-d", help="Prompt/reference pairs: .jsonl/.json/.tsv/.csv, or a "
                                                         "text file of prompts with --references."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Causal model dir to generate with."),
@@ -146,31 +140,3 @@ def eval_generate(
                                     reference_files=references or None, limit=cfg.limit, samples=cfg.samples,
                                     **gen)  # fmt: skip
     print_report(report, out)
-
-
-def report(
-    path: Path = typer.Argument(..., help="A run dir (runs/NAME) or a model dir."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Card dir (default: RUN/report or MODEL-report)."),
-    evals: list[Path] | None = typer.Option(None, "--eval", help="Also include this eval report dir; repeatable."),
-    samples: int | None = typer.Option(None, "--samples", help="Sample generations in the card (default 3; 0 none)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML with ReportConfig fields; flags win."),
-) -> None:
-    """Write a model card (report.md, report.html, PNGs) from the manifests along the chain."""
-    from rich.console import Console
-
-    from llmchain.config import ReportConfig, load_config
-    from llmchain.eval.report import build_card
-
-    cfg = load_config(ReportConfig, config, samples=samples)
-    out_dir, facts = build_card(path, out, cfg, extra_evals=evals or None)
-    console = Console()
-    found = {k: "found" if facts[k].get("found", True) else "missing" for k in ("model", "data", "tokenizer", "shards")}
-    found["training run"] = "found" if facts["training"]["run"] else "missing"
-    found["eval reports"] = str(len(facts["evals"]))
-    console.print("model card: " + ", ".join(f"{k} {v}" for k, v in found.items()))
-    console.print(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}")
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(eval_app, name="eval")
-    app.command("report")(report)

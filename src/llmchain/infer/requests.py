@@ -1,6 +1,6 @@
 """A request as its caller sees it: the handle to iterate its events or cancel it, its stats, its checks.
 
-Shared by the engine (serve/engine.py), which fills the handles, and the server's side of an engine
+Shared by the engine (infer/engine.py), which fills the handles, and the server's side of an engine
 process (serve/worker.py), which relays them.
 """
 
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmchain.serve.sampling import SamplingParams
+from llmchain.infer.sampling import SamplingParams
 
 
 class EngineOverloaded(Exception):

@@ -1,31 +1,39 @@
-"""The serving engine: a request queue, KV-cache slots and one scheduler thread doing continuous batching.
+"""The inference engine — the one way llmchain generates text: a request queue, KV-cache slots and a
+scheduler doing continuous batching.
+
+Two ways to drive it: `start()` runs the scheduler on a background thread and `submit()` returns a
+handle to stream from (the server, `llmchain chat`); `generate()` runs the steps on the calling
+thread until a list of prompts is done (`llmchain generate`, eval, reports, recipes). Both take the
+same `SamplingParams` and stop at the same tokens (`stop_token_ids`).
 
 Every step the scheduler (1) drops cancelled sequences, (2) admits waiting requests into free
 slots, and (3) runs ONE forward that prefills the admitted prompts and decodes one token for every
 running sequence. A finished or cancelled sequence frees its slot at once.
 
-Batch invariance (a request's tokens never depend on its neighbours) comes from how serve/forward.py
+Batch invariance (a request's tokens never depend on its neighbours) comes from how infer/forward.py
 computes a step: row-invariant matmul calls, each decoding row's attention over its own positions only
 (the C kernels) or over keys padded so masked ones add exact zeros (PyTorch), each prompt in calls of
 its own (tests/test_serve_engine.py checks it bit for bit). `llmchain serve` runs the engine in a child
-process (serve/worker.py); requests and their events are in serve/requests.py.
+process (serve/worker.py); requests and their events are in infer/requests.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from llmchain.serve.forward import KEY_PAD, copy_prefix, prepare_decode, step_logits, use_bf16
-from llmchain.serve.kernel import BlockedKV
-from llmchain.serve.kernel import load as load_kernel
-from llmchain.serve.requests import (  # noqa: F401 — EngineOverloaded, PromptTooLong, Event: the engine's API too
+from llmchain.infer.forward import KEY_PAD, KVCache, copy_prefix, prepare_decode, step_logits, use_bf16
+from llmchain.infer.kernels import BlockedKV
+from llmchain.infer.kernels import load as load_kernel
+from llmchain.infer.requests import (  # noqa: F401 — EngineOverloaded, PromptTooLong, Event: the engine's API too
     EngineOverloaded,
     Event,
     PromptTooLong,
@@ -33,7 +41,7 @@ from llmchain.serve.requests import (  # noqa: F401 — EngineOverloaded, Prompt
     check_request,
     deliver_all,
 )
-from llmchain.serve.sampling import (
+from llmchain.infer.sampling import (
     IncrementalDetokenizer,
     Sampler,
     SamplingParams,
@@ -41,7 +49,36 @@ from llmchain.serve.sampling import (
     token_logprobs,
 )
 
-log = logging.getLogger("llmchain.serve")
+log = logging.getLogger("llmchain.infer")
+# End-of-turn tokens of the chat templates we know (ours is ChatML): a reply ends at any of them.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+
+
+def stop_token_ids(tokenizer, model_config=None, model_dir: str | Path | None = None) -> list[int]:
+    """The ids that end a generation: the tokenizer's and the model config's EOS, generation_config.json's
+    `eos_token_id` (an id or a list), and the chat templates' end-of-turn tokens present in the vocab.
+    Every caller (serve, chat, generate, eval) uses this one list, so they all stop alike."""
+    eos = {tokenizer.eos_token_id, getattr(model_config, "eos_token_id", None)}
+    gen = Path(model_dir) / "generation_config.json" if model_dir is not None else None
+    if gen is not None and gen.is_file():
+        try:
+            g = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            log.warning("%s: unreadable; its eos_token_id is ignored", gen)
+            g = None
+        eos.update(g if isinstance(g, list) else [g])
+    vocab = tokenizer.get_vocab()
+    eos.update(vocab[t] for t in END_OF_TURN if t in vocab)
+    return sorted(e for e in eos if isinstance(e, int))
+
+
+@dataclass
+class Completion:
+    """What `Engine.generate` returns per prompt and choice: the text, its token ids, why it stopped."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS / end of turn / stop string) or "length"
 
 
 @dataclass
@@ -61,7 +98,10 @@ class _Seq:
 
 
 class Engine:
-    """Continuous-batching generation over one `Llama` and its tokenizer, on a background thread.
+    """Continuous-batching generation over one `Llama` and its tokenizer.
+
+    The engine takes a snapshot of the model's weights (infer/forward.py `prepare_decode`): the
+    caller's model is not changed, and later changes to it are not seen.
 
     `threads` sets PyTorch's CPU threads (process-wide). The default, 1, keeps decoding
     batch-invariant for any batch size: with several threads MKL splits large matmuls' inner sums
@@ -85,9 +125,7 @@ class Engine:
         threads: int | None = 1,
         dtype: str = "auto",
     ):
-        from llmchain.model.llama import KVCache
-
-        self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
+        self.tokenizer, self.metrics = tokenizer, metrics
         self.config = model.config
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
@@ -97,7 +135,7 @@ class Engine:
         weight_dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
-        self.bf16 = use_bf16(dtype, device, weight_dtype)  # bf16 linears on AMX CPUs (serve/forward.py)
+        self.bf16 = use_bf16(dtype, device, weight_dtype)  # bf16 linears on AMX CPUs (infer/forward.py)
         # bf16 linears: keys/values in bf16 too (as vLLM's default cache dtype), read by the C kernel
         cfg = self.config
         kernel = load_kernel(cfg.head_dim, cfg.num_attention_heads // cfg.num_key_value_heads) if self.bf16 else None
@@ -155,6 +193,48 @@ class Engine:
             self.waiting.append(handle)
             self._cv.notify_all()
         return handle
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[Completion]]:
+        """Run `prompts` (token ids) to completion on the calling thread, batched as the server batches
+        them; returns, per prompt, its `params.n` choices. Raises PromptTooLong / ValueError for a
+        prompt no request could run (before any work starts). With the background thread running, the
+        requests join its batch instead."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
+        for ids, p in zip(prompts, plist, strict=True):
+            p.validate()
+            check_request(ids, p, self.max_model_len, self.config.vocab_size, self.max_batch_size)
+        handles = []
+        if self._thread is not None and self._thread.is_alive():
+            handles = [self.submit(ids, p) for ids, p in zip(prompts, plist, strict=True)]
+        else:
+            prev = torch.get_num_threads()
+            torch.set_num_threads(self.threads or prev)
+            try:
+                with torch.inference_mode():
+                    for ids, p in zip(prompts, plist, strict=True):  # no queue bound for our own caller
+                        h = RequestHandle(list(ids), p, None)
+                        with self._cv:
+                            self.waiting.append(h)
+                        handles.append(h)
+                        while len(self.waiting) > self.max_batch_size:  # keep the queue short: steps as we go
+                            self.step()
+                    while self.waiting or self.running:
+                        self.step()
+            finally:
+                torch.set_num_threads(prev)
+        out = []
+        for h in handles:
+            choices = [Completion("", [], "length") for _ in range(h.params.n)]
+            for ev in h.iter_events():
+                c = choices[ev.index]
+                c.text += ev.text
+                c.token_ids += ev.token_ids
+                if ev.finish_reason:
+                    c.finish_reason = ev.finish_reason
+            out.append(choices)
+        return out
 
     def cancel(self, handle: RequestHandle) -> None:
         handle.cancel()
@@ -252,7 +332,7 @@ class Engine:
         slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=dev)
         prompts = [(h.prompt_ids, sl[0]) for h, sl in admitted]
         contiguous = all(s.slot == i for i, s in enumerate(seqs))
-        logits = step_logits(self.model, self.cache, self.decode_weights, tokens, positions, slots, prompts,
+        logits = step_logits(self.cache, self.decode_weights, tokens, positions, slots, prompts,
                              pad=self.max_batch_size > 1, contiguous=contiguous)  # fmt: skip
         B = len(seqs)
         greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
@@ -349,3 +429,25 @@ class Engine:
         if self.metrics:
             self.metrics.on_request_finished(h.stats.finished - h.stats.arrival)
         self._outbox.append((h, None))
+
+
+def load_engine(model_dir: str | Path, *, device: str = "cpu", max_batch_size: int = 16, dtype: str = "auto",
+                threads: int | None = None, chat_template: str | None = None) -> Engine:
+    """An in-process engine over the model dir's weights and tokenizer (`engine.tokenizer`), stopping at
+    `stop_token_ids`. What `llmchain generate`, `chat`, eval, reports and recipe stages generate with.
+
+    `threads` None keeps PyTorch's thread count (the server uses 1; see `Engine`). UserError for a dir
+    without tokenizer files or whose tokenizer does not fit the model."""
+    from llmchain.errors import UserError
+    from llmchain.model.io import load_model
+    from llmchain.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)  # first: a dir without tokenizer files fails before loading weights
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    model = load_model(model_dir, device=device)
+    if len(tok) > model.config.vocab_size:
+        raise UserError(f"{model_dir}: the tokenizer has {len(tok)} tokens but the model only "
+                        f"{model.config.vocab_size}; tokenizer and model do not belong together")
+    return Engine(model, tok, max_batch_size=max_batch_size, dtype=dtype, threads=threads,
+                  eos_token_ids=stop_token_ids(tok, model.config, model_dir))

@@ -6,18 +6,10 @@ from pathlib import Path
 
 import typer
 
-from llmchain.errors import UserError
+from llmchain.errors import Interrupted
 
 
-class Interrupted(UserError):
-    """A run stopped by SIGTERM/Ctrl-C after saving a checkpoint (exit code 130, like an interrupted shell job)."""
-
-    exit_code = 130
-
-_DISTRIBUTED = "torchrun --nproc-per-node N -m llmchain pretrain ... runs it on N processes (DDP; --strategy fsdp: FSDP2)."
-
-
-def pretrain_command(
+def pretrain(
     data: str = typer.Option(None, "--data", help="Token shards dir (llmchain data pack)."),
     preset: str = typer.Option(None, "--preset", help="Model size: nano, micro, tiny, small, base, ..."),
     out: str = typer.Option(None, "--out", help="Run dir (runs/NAME)."),
@@ -92,7 +84,3 @@ def _summary(result) -> None:
     if result.tokenizer is None:
         table.add_row("note", "no tokenizer found: pass --tokenizer to make RUN/final servable")
     Console().print(table)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("pretrain", help=f"Pretrain a model on token shards. {_DISTRIBUTED}")(pretrain_command)
