@@ -2,7 +2,7 @@
 
 Standard split (nanoGPT's): the first 90 % of the characters train, the last 10 % are val. The
 tokenizer is trained on the train part only. The score is bits-per-byte on the FULL val text
-(every val token predicted once, `llmchain.eval.lm.evaluate_lm`), reported two ways: non-overlapping
+(every val token predicted once, `llmchain.eval.perplexity.evaluate_lm`), reported two ways: non-overlapping
 `seq_len`-token windows (a window's first tokens see little context) and sliding windows
 (`--eval-stride`: each window scores only its last `stride` tokens, with the `seq_len - stride` before
 them as context — how perplexity is usually reported). The text is ASCII, so bits per byte = bits
@@ -85,7 +85,7 @@ def main() -> int:
 
     from llmchain.config import PretrainConfig
     from llmchain.data.pack import pack_documents
-    from llmchain.eval.lm import evaluate_lm
+    from llmchain.eval.perplexity import evaluate_lm
     from llmchain.tokenizer import train_tokenizer
     from llmchain.train.distributed import teardown_runtime
     from llmchain.train.pretrain import run_pretrain

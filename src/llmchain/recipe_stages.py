@@ -174,7 +174,7 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
     task, c = _task(ctx.config, "lm", ("lm", "classify", "generate"))
     ins = {k: str(v) for k, v in ctx.inputs.items()}
     if task == "lm":
-        from llmchain.eval.language_model import run_lm_eval, summary_line
+        from llmchain.eval.lm import run_lm_eval, summary_line
 
         cfg = _cfg("EvalLMConfig", c)
         report, _ = run_lm_eval(ctx.out_dir, data=ins["data"], model_dir=ins.get("model"), train_text=ins.get("train"),
@@ -296,7 +296,7 @@ register_stage(StageType("pack", run_pack, inputs=("documents", "tokenizer"), ch
                          code=("llmchain.data.pack", "llmchain.tokenizer"), help="documents → token shards"))
 register_stage(StageType("pretrain", run_pretrain, inputs=("shards",), optional=("tokenizer", "model"), output="final",
                          check=_check_pretrain,
-                         code=("llmchain.train.pretrain", "llmchain.eval.lm", *_LOOP, *_MODEL),
+                         code=("llmchain.train.pretrain", "llmchain.eval.perplexity", *_LOOP, *_MODEL),
                          help="token shards → base model (RUN/final)"))
 register_stage(StageType("finetune", run_finetune, inputs=("train",), optional=("model", "val", "test"),
                          output=lambda c: "best" if c.get("task") == "classify" else "final", check=_check_finetune,

@@ -41,7 +41,7 @@ def _baseline_line(report_json: Path) -> str | None:
     import json
 
     try:
-        from llmchain.eval.language_model import summary_line
+        from llmchain.eval.lm import summary_line
 
         return summary_line(json.loads(report_json.read_text(encoding="utf-8"))) or None
     except (OSError, ValueError, KeyError, TypeError, ImportError):

@@ -61,7 +61,7 @@ def lm(
     from llmchain.config import EvalLMConfig, load_config
     from llmchain.errors import UserError
     from llmchain.eval.io import default_out_dir
-    from llmchain.eval.language_model import run_lm_eval, summary_line
+    from llmchain.eval.lm import run_lm_eval, summary_line
 
     if baseline not in ("ngram", "none"):
         raise UserError(f"--baseline {baseline!r}: choose ngram or none")

@@ -262,24 +262,41 @@ class _progress:
 
 
 def read_shards(shards_dir: str | os.PathLike) -> dict[str, Any]:
-    """The `shards.json` of a shards dir; UserError when it is missing or unreadable."""
+    """The `shards.json` of a shards dir — the one reader of the format (pretrain and eval use it too).
+    UserError naming the dir or file when it is missing, unreadable, or its dtype is not uint16/uint32."""
     path = Path(shards_dir) / SHARDS_JSON
     if not path.is_file():
-        raise UserError(
-            f"{shards_dir}: not a token shards dir (no {SHARDS_JSON}); make one with `llmchain data pack`"
-        )
+        raise UserError(f"{shards_dir}: not a token-shards dir (no {SHARDS_JSON}); make one with `llmchain data pack`")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise UserError(f"{path}: not valid JSON") from None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("dtype") not in ("uint16", "uint32"):
+        got = meta.get("dtype") if isinstance(meta, dict) else meta
+        raise UserError(f"{path}: field 'dtype' must be uint16 or uint32, got {got!r}")
+    return meta
+
+
+def split_info(meta: dict[str, Any], split: str) -> dict[str, Any]:
+    """The per-split entry (tokens, documents, bytes, files) of a shards.json; {} when absent."""
+    splits = meta.get("splits", meta)
+    entry = splits.get(split) if isinstance(splits, dict) else None
+    return entry if isinstance(entry, dict) else {}
 
 
 def open_split(shards_dir: str | os.PathLike, split: str) -> list[np.memmap]:
-    """The token files of `split` as read-only memmaps, in order (concatenated they are the split)."""
+    """The token files of `split` ("train"/"val") as read-only memmaps, in order (concatenated they are the
+    split); [] when the split has none. UserError when shards.json lists a file that is missing."""
+    shards_dir = Path(shards_dir)
     meta = read_shards(shards_dir)
-    if split not in meta["splits"]:
-        raise UserError(f"{shards_dir}: no split {split!r} (has {', '.join(meta['splits'])})")
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-    return [
-        np.memmap(Path(shards_dir) / name, dtype=dtype, mode="r") for name in meta["splits"][split]["files"]
-    ]
+    files = split_info(meta, split).get("files") or sorted(p.name for p in shards_dir.glob(f"{split}-*.bin"))
+    arrays = []
+    for name in files:
+        name = name["path"] if isinstance(name, dict) else name
+        p = shards_dir / Path(name).name
+        if not p.is_file():
+            raise UserError(f"{shards_dir / SHARDS_JSON}: lists {name}, which is missing")
+        if p.stat().st_size:  # an empty file cannot be memory-mapped (and holds no tokens)
+            arrays.append(np.memmap(p, dtype=dtype, mode="r"))
+    return arrays

@@ -87,7 +87,7 @@ def baseline_bpb(evals: list[dict[str, Any]]) -> dict[str, float]:
 
 def default_prompts(chain: Any, n: int) -> list[str]:
     """The first words of the first val (else train) documents: prompts in the model's own domain."""
-    from llmchain.eval.language_model import decode_split, shards_tokenizer
+    from llmchain.eval.lm import decode_split, shards_tokenizer
 
     if chain.shards is None:
         return ["The"] * n

@@ -1,255 +1,232 @@
-"""Language-model metrics: loss (nats/token), perplexity and bits-per-byte.
+"""`llmchain eval lm`: the model's loss, perplexity and bits-per-byte beside byte-level n-gram models.
 
-bits-per-byte = total nats / ln 2 / total UTF-8 bytes of the evaluated text. Unlike perplexity it does
-not depend on the tokenizer, so models with different vocabularies (and character-level baselines,
-where a byte is a character for ASCII text) compare on one scale.
+The model side is `llmchain.eval.perplexity.evaluate_lm`. The baselines are interpolated modified
+Kneser-Ney n-gram models on UTF-8 bytes (orders 3 and 5 by default), fitted on the training split
+and scored on exactly the evaluated text, in bits per byte — a unit that compares models with
+different tokenizers, and models with classical methods.
 
-The text is cut into consecutive windows of `seq_len` predicted tokens; every token is predicted
-exactly once, with the tokens before it in its window as context (the first window starts after the
-document separator, EOS, so the first real token is predicted too). With `stride` < `seq_len` the
-windows slide instead (the usual way perplexity is reported): each window scores only its last
-`stride` tokens and sees the `seq_len - stride` tokens before them as context — still every token
-scored exactly once, each with more context, at seq_len / stride times the compute.
+Where the training text comes from:
+- data = a token-shards dir: its train split, decoded back to text with the tokenizer that made it
+  (byte-level BPE decodes losslessly); the evaluated text is the decoded val split;
+- data = a text file: `--train-text FILE`, or else the train split of the shards the model was
+  trained on (found through the model's manifest.json). Neither → an error asking for --train-text.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from llmchain.artifacts import read_manifest, sha256_file
+from llmchain.data.pack import read_shards
 from llmchain.errors import UserError
+from llmchain.eval.baselines import ngram_bits_per_byte
+from llmchain.eval.io import read_json_dict, write_report
 
-SHARDS_INFO = "shards.json"
-
-
-# --- token shards (the format of llmchain.data.pack: flat uint16/uint32 + shards.json) ----------
-
-
-def read_shards_info(shards_dir: str | Path) -> dict[str, Any]:
-    """`shards.json` of a shards dir; UserError naming the dir when it is missing or unreadable."""
-    path = Path(shards_dir) / SHARDS_INFO
-    if not path.is_file():
-        raise UserError(f"{shards_dir}: not a token-shards dir (no {SHARDS_INFO}); make one with `llmchain data pack`")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise UserError(f"{path}: invalid JSON ({e})") from None
-    if info.get("dtype") not in ("uint16", "uint32"):
-        raise UserError(f"{path}: field 'dtype' must be uint16 or uint32, got {info.get('dtype')!r}")
-    return info
+COLUMNS = ["bits_per_byte", "loss", "perplexity"]
+DEFAULT_ORDERS = (3, 5)
 
 
-def split_info(info: dict[str, Any], split: str) -> dict[str, Any]:
-    """The per-split entry (tokens, documents, bytes, files) of a shards.json, {} when absent."""
-    splits = info.get("splits", info)
-    entry = splits.get(split) if isinstance(splits, dict) else None
-    return entry if isinstance(entry, dict) else {}
+def shards_tokenizer(shards_dir: Path, model_dir: Path | None = None) -> Path:
+    """The tokenizer dir that made `shards_dir`: the model's (when its tokenizer.json hash matches
+    shards.json's tokenizer_sha256) or the one recorded in the shards' manifest.json."""
+    info = read_shards(shards_dir)
+    want = info.get("tokenizer_sha256")
+    candidates = []
+    if model_dir is not None:
+        candidates.append(model_dir)
+    recorded = ((read_manifest(shards_dir) or {}).get("inputs") or {}).get("tokenizer") or {}
+    if recorded.get("path"):
+        candidates.append(Path(recorded["path"]))
+    for c in candidates:
+        tj = c / "tokenizer.json"
+        if tj.is_file() and (want is None or sha256_file(tj) == want):
+            return c
+    raise UserError(f"{shards_dir}: cannot find the tokenizer these shards were made with (needed to decode the "
+                    "train split for the n-gram baseline); pass a text file with --train-text instead")  # fmt: skip
 
 
-def open_split(shards_dir: str | Path, split: str) -> list[np.ndarray]:
-    """Memory-mapped token arrays of one split ("train"/"val"), in file order; [] when it has none."""
-    shards_dir = Path(shards_dir)
-    info = read_shards_info(shards_dir)
-    files = split_info(info, split).get("files") or sorted(p.name for p in shards_dir.glob(f"{split}-*.bin"))
-    arrays = []
-    for name in files:
-        name = name["path"] if isinstance(name, dict) else name
-        p = shards_dir / Path(name).name
-        if not p.is_file():
-            raise UserError(f"{shards_dir / SHARDS_INFO}: lists {name}, which is missing")
-        if p.stat().st_size:
-            arrays.append(np.memmap(p, dtype=np.dtype(info["dtype"]), mode="r"))
-    return arrays
+def decode_split(shards_dir: Path, split: str, tokenizer_dir: Path, max_tokens: int | None = None) -> list[str]:
+    """The documents of one split as text (EOS-separated token runs decoded with the tokenizer)."""
+    from tokenizers import Tokenizer
 
+    from llmchain.data.pack import open_split
 
-# --- the metric ---------------------------------------------------------------------------------
-
-
-def windows(tokens: np.ndarray, seq_len: int) -> list[tuple[int, int]]:
-    """(start, end) of consecutive windows of `seq_len` predicted tokens: window k covers
-    tokens[start:end] and predicts tokens[start+1:end]; consecutive windows overlap by one token."""
-    n = len(tokens)
-    return [(s, min(s + seq_len + 1, n)) for s in range(0, max(n - 1, 0), seq_len)]
-
-
-def strided_windows(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
-    """(start, end, skip) of sliding windows: window k feeds tokens[start:end-1] (≤ seq_len tokens) and
-    scores its targets tokens[start+1:end] except the first `skip`, i.e. it scores tokens[start+1+skip:end].
-
-    The first window scores all of its (up to seq_len) targets; every later one scores the next `stride`
-    targets with the `seq_len - stride` tokens before them as context. Each of tokens[1:] is scored
-    exactly once; stride == seq_len gives exactly `windows(tokens, seq_len)` (skip 0).
-    """
-    if not 1 <= stride <= seq_len:
-        raise UserError(f"--stride {stride} must be between 1 and the window length ({seq_len})")
-    n = len(tokens)
-    if n < 2:
-        return []
-    end = min(seq_len + 1, n)
-    spans = [(0, end, 0)]
-    while end < n:
-        new_end = min(end + stride, n)
-        start = max(end - 1 - (seq_len - stride), 0)
-        spans.append((start, new_end, end - 1 - start))
-        end = new_end
-    return spans
-
-
-def loss_sums(model: torch.nn.Module, tokens: np.ndarray, spans: list[tuple[int, ...]], batch_size: int,
-              device: torch.device, autocast=None, progress=None) -> tuple[float, int]:
-    """(sum of next-token nats, tokens predicted) of `model` over the windows `spans` of `tokens`:
-    (start, end) scores all targets tokens[start+1:end]; (start, end, skip) all but the first `skip`."""
-    import contextlib
-
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    for i in range(0, len(spans), batch_size):
-        chunk = spans[i:i + batch_size]
-        width = max(span[1] - span[0] for span in chunk) - 1
-        x = torch.zeros(len(chunk), width, dtype=torch.long)
-        y = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for r, (s, e, *skip) in enumerate(chunk):
-            w = torch.from_numpy(np.asarray(tokens[s:e], dtype=np.int64))
-            x[r, : len(w) - 1], y[r, : len(w) - 1] = w[:-1], w[1:]
-            if skip:
-                y[r, : skip[0]] = -100  # context only: scored by an earlier window
-        x, y = x.to(device), y.to(device)
-        with autocast or contextlib.nullcontext():
-            out = model(x)
-        logits = out[0] if isinstance(out, tuple) else getattr(out, "logits", out)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
-        count += int((y != -100).sum())
-        if progress is not None:
-            progress(len(chunk))
-    return float(total), count
-
-
-def metrics_from(nats: float, tokens: int, n_bytes: float) -> dict[str, float]:
-    loss = nats / max(tokens, 1)
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
-        "bits_per_byte": nats / math.log(2) / n_bytes if n_bytes else float("nan"),
-    }
-
-
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _text_tokens(model_dir: Path, text_file: Path, max_tokens: int | None) -> tuple[np.ndarray, int, bool]:
-    """[EOS] + tokens of the file, and the UTF-8 bytes those tokens cover (exact)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{model_dir}: has no usable tokenizer files to encode {text_file} ({e})") from None
-    try:
-        text = text_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{text_file}: not UTF-8 text") from None
-    ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]  # no "longer than max length" warning
-    start = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
-    n_bytes = len(text.encode("utf-8"))
-    if max_tokens is not None and len(ids) > max_tokens:
-        ids = ids[:max_tokens]
-        n_bytes = len(tok.decode(ids).encode("utf-8"))
-    ids = ([start] if start is not None else []) + ids
-    return np.asarray(ids, dtype=np.int64), n_bytes, True
-
-
-def _shard_tokens(shards_dir: Path, max_tokens: int | None, eos: int | None) -> tuple[np.ndarray, float, bool]:
-    """[EOS] + the val split's tokens, and their UTF-8 bytes (from shards.json; scaled when truncated)."""
-    info = read_shards_info(shards_dir)
-    val = split_info(info, "val")
-    arrays = open_split(shards_dir, "val")
+    info = read_shards(shards_dir)
+    eos = info.get("eos_token_id")
+    arrays = open_split(shards_dir, split)
     if not arrays:
-        raise UserError(f"{shards_dir}: the val split is empty; pack with a val fraction > 0")
-    tokens = np.concatenate([np.asarray(a) for a in arrays]).astype(np.int64)
-    n_bytes, exact = float(val.get("bytes") or 0), True
-    if not n_bytes:
-        raise UserError(f"{shards_dir / SHARDS_INFO}: no UTF-8 byte count for the val split (field 'bytes')")
-    if max_tokens is not None and len(tokens) > max_tokens:
-        n_bytes, exact = n_bytes * max_tokens / len(tokens), False
-        tokens = tokens[:max_tokens]
-    if eos is not None and tokens[0] != eos:
-        tokens = np.concatenate([[eos], tokens])
-    return tokens, n_bytes, exact
+        return []
+    tokens = np.concatenate([np.asarray(a) for a in arrays])
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens]  # the same first N tokens that evaluate_lm scores
+    cuts = np.flatnonzero(tokens == eos) if eos is not None else np.zeros(0, dtype=np.int64)
+    pieces = [p for p in np.split(tokens, cuts) if p.size]
+    docs = [p[1:] if eos is not None and p[0] == eos else p for p in pieces]
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    return tok.decode_batch([d.tolist() for d in docs], skip_special_tokens=False)
 
 
-def evaluate_lm(
-    model_dir: str | Path,
-    data: str | Path,
+def check_model_data(model_dir: Path, data: Path) -> None:
+    """UserError when the shards were made with another tokenizer than the model's (hash or vocab)."""
+    from llmchain.model.io import read_config
+
+    config = read_config(model_dir)
+    tok = read_json_dict(model_dir / "tokenizer.json")
+    if tok is not None:
+        vocab = {**(tok.get("model") or {}).get("vocab", {}), **{t.get("content"): 0 for t in tok.get("added_tokens") or []}}
+        if len(vocab) > config.vocab_size:
+            raise UserError(f"{model_dir}: the tokenizer has {len(vocab)} tokens but the model only "
+                            f"{config.vocab_size}; tokenizer and model do not belong together")  # fmt: skip
+    if not data.is_dir():
+        return
+    info = read_shards(data)
+    vocab = info.get("vocab_size")
+    if isinstance(vocab, int) and vocab > config.vocab_size:
+        raise UserError(f"{data}: shards use a {vocab}-token vocabulary but {model_dir} has {config.vocab_size}; "
+                        "the model and the data were made with different tokenizers")  # fmt: skip
+    want, tj = info.get("tokenizer_sha256"), model_dir / "tokenizer.json"
+    if want and tj.is_file() and sha256_file(tj) != want:
+        raise UserError(f"{data}: shards were made with another tokenizer than {model_dir}'s (tokenizer.json "
+                        "hashes differ); pack the data with the model's tokenizer")  # fmt: skip
+
+
+def model_training_shards(model_dir: Path) -> Path | None:
+    """The shards dir a model was trained on, from its manifest (or its run's config.yaml)."""
+    inputs = (read_manifest(model_dir) or {}).get("inputs") or {}
+    for entry in inputs.values():
+        p = Path(entry.get("path", "")) if isinstance(entry, dict) else None
+        if p is not None and (p / "shards.json").is_file():
+            return p
+    return None
+
+
+def evaluate_language_model(
+    data: str | os.PathLike,
+    model_dir: str | os.PathLike | None = None,
+    orders: tuple[int, ...] | list[int] = DEFAULT_ORDERS,
+    train_text: str | os.PathLike | None = None,
     batch_size: int = 8,
     seq_len: int | None = None,
     max_tokens: int | None = None,
-    stride: int | None = None,
     device: str = "auto",
-    precision: str = "fp32",
-    progress: bool = False,
+    stride: int | None = None,
 ) -> dict[str, Any]:
-    """Loss, perplexity and bits-per-byte of the model in `model_dir` on `data`.
+    """Score the model (if any) and byte-level n-gram baselines (one per order; none for `orders=()`).
 
-    `data` is a token-shards dir (its val split; bytes from shards.json) or a UTF-8 text file (encoded
-    with the model dir's tokenizer). `seq_len` defaults to the model's context (≤ 1024); `max_tokens`
-    evaluates only the first N tokens (bytes then exact for text files, proportional for shards).
-    `stride` (1..seq_len; default seq_len: non-overlapping windows) slides the windows by `stride`
-    tokens, each scoring only its last `stride` tokens (see `strided_windows`).
-    Returns dict(loss, perplexity, bits_per_byte, tokens, bytes, bytes_exact, seq_len, stride). Raises
-    UserError for a missing/unusable model dir or data, or a stride outside 1..seq_len.
+    Returns the report dict; report["systems"][i] has name, title, baseline, bits_per_byte and, for
+    the model, loss/perplexity/tokens. Raises UserError for missing inputs, a tokenizer/model mismatch,
+    or a text file without a known training text.
     """
-    from llmchain.model.io import load_model, read_config
-
-    model_dir, data = Path(model_dir), Path(data)
+    data = Path(data)
     if not data.exists():
-        raise UserError(f"{data}: no such file or directory")
-    config = read_config(model_dir)
-    seq_len = seq_len or min(config.max_position_embeddings, 1024)
-    if seq_len > config.max_position_embeddings:
-        raise UserError(f"--seq-len {seq_len} exceeds the model's context ({config.max_position_embeddings})")
-    if stride is not None and not 1 <= stride <= seq_len:
-        raise UserError(f"--stride {stride} must be between 1 and the window length (--seq-len {seq_len})")
-    if data.is_dir():
-        eos = config.eos_token_id if config.eos_token_id is not None else config.bos_token_id
-        tokens, n_bytes, exact = _shard_tokens(data, max_tokens, eos)
-    else:
-        tokens, n_bytes, exact = _text_tokens(model_dir, data, max_tokens)
-    if len(tokens) < 2:
-        raise UserError(f"{data}: too little text to evaluate (needs at least one token)")
-    if int(tokens.max()) >= config.vocab_size:
-        raise UserError(f"{data}: token id {int(tokens.max())} ≥ the model's vocab ({config.vocab_size}); "
-                        "the data was made with another tokenizer")  # fmt: skip
-    dev = _pick_device(device)
-    model = load_model(model_dir, device=dev)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = torch.autocast(device_type=dev.type, dtype=dtype) if dtype is not None else None
-    stride = seq_len if stride is None else stride
-    spans = windows(tokens, seq_len) if stride == seq_len else strided_windows(tokens, seq_len, stride)
-    update = None
-    bar = None
-    if progress:
-        from rich.progress import Progress
+        raise UserError(f"{data}: no such file or directory (give a token-shards dir or a text file)")
+    if data.is_dir() and not (data / "shards.json").is_file():
+        raise UserError(f"{data}: not a token-shards dir (no shards.json); make one with `llmchain data pack`")
+    mdir = Path(model_dir) if model_dir is not None else None
+    if mdir is not None and not mdir.is_dir():
+        raise UserError(f"{mdir}: no such model directory")
+    if train_text is not None and not Path(train_text).is_file():
+        raise UserError(f"{train_text}: no such file (--train-text)")
+    systems: list[dict[str, Any]] = []
+    eval_bytes = None
+    if mdir is not None:
+        from llmchain.eval.perplexity import evaluate_lm
 
-        bar = Progress(transient=True)
-        task = bar.add_task("eval", total=len(spans))
-        bar.start()
+        check_model_data(mdir, data)
+        m = evaluate_lm(mdir, data, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, stride=stride, device=device,
+                        progress=sys.stderr.isatty())  # fmt: skip
+        eval_bytes = m["bytes"]
+        systems.append({"name": "model", "title": f"model ({mdir.name})", "baseline": False, **m})
+    source = None
+    if orders:
+        if data.is_dir():
+            tok_dir = shards_tokenizer(data, mdir)
+            eval_docs = decode_split(data, "val", tok_dir, max_tokens)
+            if train_text is not None:
+                train_docs, source = [_read_text(Path(train_text))], str(Path(train_text).resolve())
+            else:
+                train_docs, source = decode_split(data, "train", tok_dir), f"{data.resolve()} (train split)"
+        else:
+            text = _read_text(data)
+            if eval_bytes is not None and max_tokens is not None:
+                text = text.encode("utf-8")[:eval_bytes].decode("utf-8", errors="ignore")
+            eval_docs = [text]
+            if train_text is not None:
+                train_docs, source = [_read_text(Path(train_text))], str(Path(train_text).resolve())
+            else:
+                shards = model_training_shards(mdir) if mdir is not None else None
+                if shards is None:
+                    raise UserError(f"{data}: the n-gram baseline needs a training text; pass --train-text FILE "
+                                    "(or --baseline none)")  # fmt: skip
+                tok_dir = shards_tokenizer(shards, mdir)
+                train_docs, source = decode_split(shards, "train", tok_dir), f"{shards} (train split)"
+        for order in orders:
+            r = ngram_bits_per_byte(train_docs, eval_docs, order=order)
+            r.pop("name")
+            systems.append({"name": f"ngram{order}", "title": f"{order}-gram, bytes (Kneser-Ney)", "baseline": True,
+                            **r})  # fmt: skip
+    notes = []
+    if mdir is not None and orders and data.is_dir() and not systems[0].get("bytes_exact", True):
+        # --max-tokens on shards: evaluate_lm scales the split's byte count; the decoded text gives it exactly
+        m = systems[0]
+        exact = systems[1]["bytes"]
+        m["bits_per_byte_proportional"] = m["bits_per_byte"]
+        m.update(bits_per_byte=m["loss"] * m["tokens"] / math.log(2) / exact, bytes=exact, bytes_exact=True)
+        notes.append(f"bytes of the first {max_tokens:,} tokens counted exactly by decoding them")
+    if mdir is not None and orders and systems[0].get("bytes") != systems[1].get("bytes"):
+        notes.append(f"the model scored {systems[0].get('bytes')} bytes, the baselines {systems[1].get('bytes')} "
+                     "(decoded text); bits-per-byte still compares, the texts differ slightly")  # fmt: skip
+    return {
+        "kind": "eval-lm",
+        "task": "language modelling",
+        "model": str(mdir.resolve()) if mdir is not None else None,
+        "data": str(data.resolve()),
+        "train_text": source,
+        "n": systems[0].get("bytes") if systems else None,
+        "columns": COLUMNS,
+        "primary": "bits_per_byte",
+        "higher_is_better": False,
+        "config": {"orders": list(orders), "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens,
+                   "stride": stride},
+        "systems": systems,
+        "notes": notes,
+    }
 
-        def update(n: int) -> None:
-            bar.advance(task, n)
 
+def _read_text(path: Path) -> str:
     try:
-        with torch.no_grad():
-            nats, count = loss_sums(model, tokens, spans, batch_size, dev, autocast, update)
-    finally:
-        if bar is not None:
-            bar.stop()
-    return {**metrics_from(nats, count, n_bytes), "tokens": count, "bytes": int(round(n_bytes)),
-            "bytes_exact": exact, "seq_len": seq_len, "stride": stride}  # fmt: skip
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+
+
+def run_lm_eval(out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, Any], Path]:
+    """`evaluate_language_model(**kwargs)` + write OUT/report.json and a bits-per-byte bar chart."""
+    from llmchain.eval import plots
+
+    report = evaluate_language_model(**kwargs)
+
+    def draw(tmp: Path) -> list[str]:
+        return [plots.bars(tmp / "bits_per_byte.png", report["systems"], "bits_per_byte",
+                           "bits per byte (lower is better)")]  # fmt: skip
+
+    inputs = {"model": report["model"], "data": report["data"], "train_text": kwargs.get("train_text")}
+    return report, write_report(out_dir, report, inputs, draw)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line: the model's bits/byte against each baseline ("beats X by d" / "behind Y by d")."""
+    model = next((s for s in report["systems"] if not s.get("baseline")), None)
+    if model is None:
+        return ""
+    parts = []
+    for b in (s for s in report["systems"] if s.get("baseline")):
+        d = b["bits_per_byte"] - model["bits_per_byte"]
+        parts.append(f"{'beats' if d > 0 else 'behind'} {b['title']} ({b['bits_per_byte']:.4f}) by {abs(d):.4f}")
+    return f"model {model['bits_per_byte']:.4f} bits/byte: " + "; ".join(parts) if parts else ""

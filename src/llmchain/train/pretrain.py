@@ -21,8 +21,9 @@ import torch
 
 from llmchain.artifacts import atomic_write_text, sha256_file
 from llmchain.config import PretrainConfig
+from llmchain.data.pack import open_split, read_shards, split_info
 from llmchain.errors import ConfigError, UserError
-from llmchain.eval.lm import loss_sums, metrics_from, open_split, read_shards_info, split_info
+from llmchain.eval.perplexity import loss_sums, metrics_from
 from llmchain.train.checkpoint import list_checkpoints
 from llmchain.train.distributed import Runtime, describe_hardware, setup_runtime, teardown_runtime
 from llmchain.train.loop import FitResult, fit
@@ -164,7 +165,7 @@ def run_pretrain(config: PretrainConfig, quiet: bool = False) -> PretrainResult:
     from llmchain.model.io import save_model
 
     shards = Path(config.data)
-    info = read_shards_info(shards)
+    info = read_shards(shards)
     vocab = info.get("vocab_size")
     if not isinstance(vocab, int) or vocab <= 0:
         raise UserError(f"{shards / 'shards.json'}: field 'vocab_size' missing or not a positive integer")

@@ -1,4 +1,4 @@
-"""`llmchain.eval.lm.evaluate_lm`: loss, perplexity and bits-per-byte on a text file or token shards.
+"""`llmchain.eval.perplexity.evaluate_lm`: loss, perplexity and bits-per-byte on a text file or token shards.
 
 A model whose logits are all equal predicts uniformly, so its loss is exactly ln(vocab) per token and
 its bits-per-byte is tokens · log2(vocab) / bytes — an exact check of the accounting. A random model's
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from llmchain.errors import UserError
-from llmchain.eval.lm import evaluate_lm, strided_windows, windows
+from llmchain.eval.perplexity import evaluate_lm, strided_windows, windows
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_stride_equal_to_window_is_the_plain_eval_and_smaller_strides_use_more_c
         for t in range(1, len(ids)):
             ctx = x[:, max(t - 4, 0):t]
             nats -= float(torch.log_softmax(model(ctx)[0][0, -1].float(), -1)[ids[t]])
-    from llmchain.eval.lm import loss_sums
+    from llmchain.eval.perplexity import loss_sums
 
     with torch.no_grad():
         got, count = loss_sums(model, ids, strided_windows(ids, 4, 1), 3, torch.device("cpu"))
