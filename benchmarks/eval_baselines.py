@@ -26,9 +26,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from llmchain.data.tables import read_labelled  # noqa: E402
 from llmchain.eval.baselines import TOKEN_RE, fit_text_classifiers, lead_baseline, ngram_bits_per_byte  # noqa: E402
-from llmchain.eval.io import read_labelled  # noqa: E402
 from llmchain.eval.metrics import classification_metrics, generation_metrics  # noqa: E402
+
+
+def _xy(path: Path, **kw) -> tuple[list[str], list[str]]:
+    d = read_labelled(path, **kw)
+    return d.texts, d.labels
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -88,10 +93,10 @@ def _split_csv(path: Path, label_col: str | int, text_cols: list, header: bool) 
 
 def classify_table(data: Path) -> None:
     sets = {
-        "SST-2": lambda: (*read_labelled(data / "sst2" / "train.tsv"), *read_labelled(data / "sst2" / "test.tsv")),
-        "SST-5": lambda: (*read_labelled(data / "sst5" / "train.tsv"), *read_labelled(data / "sst5" / "test.tsv")),
-        "TREC-6": lambda: (*read_labelled(data / "trec" / "train.tsv", label_column="coarse_label"),
-                           *read_labelled(data / "trec" / "test.tsv", label_column="coarse_label")),
+        "SST-2": lambda: (*_xy(data / "sst2" / "train.tsv"), *_xy(data / "sst2" / "test.tsv")),
+        "SST-5": lambda: (*_xy(data / "sst5" / "train.tsv"), *_xy(data / "sst5" / "test.tsv")),
+        "TREC-6": lambda: (*_xy(data / "trec" / "train.tsv", label_column="coarse_label"),
+                           *_xy(data / "trec" / "test.tsv", label_column="coarse_label")),
         "AG News (split 4:1)": lambda: _split_csv(data / "ag_news" / "test.csv", 0, [1, 2], header=False),
         "waimai_10k (split 4:1)": lambda: _split_csv(data / "waimai_10k_zh" / "waimai_10k.csv", "label", ["review"],
                                                      header=True),

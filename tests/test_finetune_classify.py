@@ -13,11 +13,11 @@ import torch
 
 from conftest import run_cli
 from llmchain.config import ClassifyConfig
+from llmchain.data.tables import LabelMap, read_labelled
 from llmchain.errors import DataError, UserError
 from llmchain.model.classifier import load_classifier
 from llmchain.train.classify import BucketedBatches, finetune_classifier, metrics_from_confusion, minilm_dir
 from llmchain.train.distributed import teardown_runtime
-from llmchain.train.labeled import LabelMap, read_labeled
 
 
 @pytest.fixture(autouse=True)
@@ -44,19 +44,19 @@ def sst2(tmp_path_factory, shared_data) -> dict[str, Path]:
 
 
 def test_reads_tsv_csv_jsonl_with_auto_columns_and_rejects_bad_rows(tmp_path, shared_data):
-    sst = read_labeled(shared_data / "sst2/dev.tsv")
+    sst = read_labelled(shared_data / "sst2/dev.tsv")
     assert (sst.text_column, sst.label_column, len(sst)) == ("sentence", "label", 872)
-    trec = read_labeled(shared_data / "trec/train.tsv", label_column="coarse_label")
+    trec = read_labelled(shared_data / "trec/train.tsv", label_column="coarse_label")
     assert len(trec) == 5452 and set(trec.labels) == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
-    waimai = read_labeled(shared_data / "waimai_10k_zh/waimai_10k.csv")
+    waimai = read_labelled(shared_data / "waimai_10k_zh/waimai_10k.csv")
     assert waimai.text_column == "review" and set(waimai.labels) == {"0", "1"}
     p = tmp_path / "x.jsonl"
     p.write_text('{"text": "good", "label": 1}\n{"text": "", "label": 0}\nnot json\n{"text": "bad", "label": 0.0}\n')
-    d = read_labeled(p)
+    d = read_labelled(p)
     assert d.texts == ["good", "bad"] and d.labels == ["1", "0"]
     assert [r["line"] for r in d.rejected] == [2, 3]
     with pytest.raises(DataError, match=r"x.jsonl:2: empty or missing text"):
-        read_labeled(p, strict=True)
+        read_labelled(p, strict=True)
 
 
 def test_label_map_orders_integers_numerically_and_rejects_unknown_labels():

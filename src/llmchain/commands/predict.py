@@ -38,7 +38,7 @@ def predict(
             else:
                 typer.echo(f"{p['label']}\t{p['scores'][p['label']]:.4f}\t{text}")
         return
-    from llmchain.train.labeled import read_texts
+    from llmchain.data.tables import read_texts
 
     items, rows = read_texts(input, text_column)
     preds = clf.predict(items, batch_size=batch_size)

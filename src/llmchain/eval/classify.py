@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmchain.data.tables import read_labelled
 from llmchain.errors import UserError
 from llmchain.eval.baselines import BASELINE_TITLES, choose_zh_mode, fit_text_classifiers
-from llmchain.eval.io import read_labelled, write_report
+from llmchain.eval.io import write_report
 from llmchain.eval.metrics import classification_metrics
 
 COLUMNS = ["accuracy", "macro_precision", "macro_recall", "macro_f1"]
@@ -58,8 +59,10 @@ def evaluate_classification(
     seconds}; the first is the model when given. Raises UserError/DataError for missing or malformed
     files, unknown columns, or a model whose labels do not fit the test set.
     """
-    train_x, train_y = read_labelled(train, text_column, label_column)
-    test_x, test_y = read_labelled(test, text_column, label_column)
+    # strict: every test row counts in the metric, so a malformed one is an error, not a skipped row
+    tr = read_labelled(train, text_column, label_column, strict=True)
+    te = read_labelled(test, text_column, label_column, strict=True)
+    train_x, train_y, test_x, test_y = tr.texts, tr.labels, te.texts, te.labels
     if model_dir is not None and not Path(model_dir).is_dir():
         raise UserError(f"{model_dir}: no such model directory")
     labels = sorted(set(train_y) | set(test_y))

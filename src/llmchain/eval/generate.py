@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmchain.data.tables import pick_column, read_records
 from llmchain.errors import DataError, UserError
 from llmchain.eval.baselines import BASELINE_TITLES, TOKEN_RE, lead_baseline, nearest_reference_baseline
-from llmchain.eval.io import pick_field, read_lines, read_records, write_report
+from llmchain.eval.io import read_lines, write_report
 from llmchain.eval.metrics import generation_metrics
 
 COLUMNS = ["bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match"]
@@ -57,8 +58,9 @@ def read_pairs(
     if not rows:
         raise UserError(f"{p}: no rows")
     instruction = prompt_field is None and "instruction" in rows[0] and "prompt" not in rows[0]
-    pcol = None if instruction else pick_field(p, rows, prompt_field, PROMPT_FIELDS, "--prompt-field")
-    rcol = pick_field(p, rows, reference_field, REFERENCE_FIELDS, "--reference-field")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    pcol = None if instruction else pick_column(p, columns, prompt_field, PROMPT_FIELDS, "--prompt-field")
+    rcol = pick_column(p, columns, reference_field, REFERENCE_FIELDS, "--reference-field")
     prompts, refs = [], []
     for row, line in zip(rows, lines, strict=True):
         if instruction:

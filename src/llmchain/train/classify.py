@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from llmchain.artifacts import atomic_path, atomic_write_json, atomic_write_text, write_manifest
 from llmchain.config import ClassifyConfig
+from llmchain.data.tables import LabelledData, LabelMap, read_labelled
 from llmchain.errors import UserError
 from llmchain.model.classifier import (
     DECODER_TYPES,
@@ -39,7 +40,6 @@ from llmchain.model.classifier import (
 )
 from llmchain.model.io import load_model, read_config
 from llmchain.train.embedding_rows import train_rows_only
-from llmchain.train.labeled import LabeledData, LabelMap, read_labeled
 
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "minilm-l6")
 BEST = "best"
@@ -237,7 +237,7 @@ def confusion(model: nn.Module, ids: list[list[int]], labels: list[int], k: int,
 
 @dataclass
 class Split:
-    data: LabeledData
+    data: LabelledData
     ids: list[list[int]]
     y: list[int]
 
@@ -301,7 +301,7 @@ class EpochEvaluator:
         return bool(self.cfg.patience) and self.evals_since_best >= self.cfg.patience
 
 
-def _stratified_split(data: LabeledData, fraction: float, seed: int) -> tuple[LabeledData, LabeledData]:
+def _stratified_split(data: LabelledData, fraction: float, seed: int) -> tuple[LabelledData, LabelledData]:
     by_label: dict[str, list[int]] = {}
     for i, lab in enumerate(data.labels):
         by_label.setdefault(lab, []).append(i)
@@ -313,23 +313,23 @@ def _stratified_split(data: LabeledData, fraction: float, seed: int) -> tuple[La
     keep = [i for i in range(len(data)) if i not in held]
     val = sorted(held)
 
-    def part(idx: list[int], suffix: str) -> LabeledData:
-        return LabeledData(Path(f"{data.path}#{suffix}"), [data.texts[i] for i in idx], [data.labels[i] for i in idx],
+    def part(idx: list[int], suffix: str) -> LabelledData:
+        return LabelledData(Path(f"{data.path}#{suffix}"), [data.texts[i] for i in idx], [data.labels[i] for i in idx],
                            data.text_column, data.label_column)  # fmt: skip
 
     return part(keep, "train"), part(val, "val")
 
 
-def load_splits(cfg: ClassifyConfig) -> tuple[LabeledData, LabeledData, LabeledData | None, LabelMap]:
+def load_splits(cfg: ClassifyConfig) -> tuple[LabelledData, LabelledData, LabelledData | None, LabelMap]:
     """Read train/val/test, map labels (train's label set), or raise a one-line UserError."""
-    train = read_labeled(cfg.train, cfg.text_column, cfg.label_column, strict=cfg.strict)
+    train = read_labelled(cfg.train, cfg.text_column, cfg.label_column, strict=cfg.strict)
     if cfg.val:
-        val = read_labeled(cfg.val, cfg.text_column, cfg.label_column, strict=cfg.strict)
+        val = read_labelled(cfg.val, cfg.text_column, cfg.label_column, strict=cfg.strict)
     else:
         rejected = train.rejected
         train, val = _stratified_split(train, cfg.val_fraction, cfg.seed)
         train.rejected = rejected
-    test = read_labeled(cfg.test, cfg.text_column, cfg.label_column, strict=cfg.strict) if cfg.test else None
+    test = read_labelled(cfg.test, cfg.text_column, cfg.label_column, strict=cfg.strict) if cfg.test else None
     labels = LabelMap.from_labels(train.labels)
     labels.encode(val.labels, str(val.path))
     if test is not None:
@@ -355,7 +355,7 @@ def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False) -> dict[str
     model, tokenizer = load_base(model_dir, labels)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def encode(d: LabeledData) -> Split:
+    def encode(d: LabelledData) -> Split:
         ids = tokenizer(d.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
         return Split(d, ids, labels.encode(d.labels, str(d.path)))
 
