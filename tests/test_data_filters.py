@@ -150,3 +150,29 @@ def test_filter_run_counts_in_out_and_reasons():
     assert [d.text for d in out] == ["long text", "also long"]
     assert f.stats.to_json() == {"name": "length", "in": 3, "out": 2, "removed": {"too_short": 1}, "counters": {}}
     assert rejected == [("no", "length", "too_short")]
+
+
+def test_step_settings_are_defined_once_in_config():
+    """Each built-in step takes its settings as **settings validated by its config class (config.py, where
+    the defaults are written once): no default of its own in the signature, every field set from the
+    config, and a wrong setting is a ConfigError naming the step and field (not a TypeError)."""
+    import inspect
+
+    from llmchain import config
+    from llmchain.data.filters import LengthFilter
+    from llmchain.data.steps import BUILTIN_STEPS, step_from_spec
+    from llmchain.errors import ConfigError
+
+    for name, spec in BUILTIN_STEPS.items():
+        step = step_from_spec({"class": spec, "kwargs": {}})
+        params = inspect.signature(type(step).__init__).parameters
+        assert not [p for p in params.values() if p.default is not inspect.Parameter.empty], name
+        section = getattr(config.DataConfig(), name)
+        for field in type(section).model_fields:
+            value = getattr(step, field)
+            want = getattr(section, field)
+            assert value == want or sorted(map(str, value)) == sorted(map(str, want)), (name, field)
+    with pytest.raises(ConfigError, match="step 'length'.*min_char"):
+        LengthFilter(min_char=5)
+    with pytest.raises(ConfigError, match="min_chars"):
+        LengthFilter(min_chars="many")

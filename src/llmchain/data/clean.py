@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
-from llmchain.data.steps import Document, Mapper
+from llmchain.config import CleanConfig
+from llmchain.data.steps import Document, Mapper, configure
 
 # C0/C1 control characters except tab and newline (carriage returns become newlines first)
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
@@ -29,18 +31,10 @@ class CleanText(Mapper):
 
     name = "clean"
 
-    def __init__(
-        self,
-        fix_unicode: bool = True,
-        normalization: str | None = "NFC",
-        remove_control: bool = True,
-        collapse_whitespace: bool = True,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `CleanConfig`'s (config.py): one definition.
         super().__init__()
-        self.fix_unicode = fix_unicode
-        self.normalization = normalization
-        self.remove_control = remove_control
-        self.collapse_whitespace = collapse_whitespace
+        configure(self, CleanConfig, settings)
 
     def clean(self, text: str) -> str:
         """The cleaned text (pure function; the step counts what it changed)."""

@@ -18,11 +18,13 @@ character is a word, so Chinese text is shingled by character n-grams.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import xxhash
 
-from llmchain.data.steps import Document, GlobalStep
+from llmchain.config import NearDedupConfig
+from llmchain.data.steps import Document, GlobalStep, configure
 from llmchain.data.text import normalize_for_hash, words
 
 _PUNCT_TO_SPACE = str.maketrans(dict.fromkeys("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~，。、；：？！…—·「」『』（）《》“”‘’【】．", " "))
@@ -104,23 +106,15 @@ class NearDedup(GlobalStep):
 
     name = "near_dedup"
 
-    def __init__(
-        self,
-        ngram: int = 5,
-        bands: int = 28,
-        rows: int = 4,
-        seed: int = 1,
-        verify_jaccard: bool = False,
-        jaccard_threshold: float = 0.5,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `NearDedupConfig`'s (config.py): one definition.
         super().__init__()
-        self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
-        self.verify_jaccard, self.jaccard_threshold = verify_jaccard, jaccard_threshold
+        configure(self, NearDedupConfig, settings)
         # multiply-shift hashing (a odd): h ↦ (a·h + b) mod 2^64 — no modulo by a prime, so the
         # signature costs one multiply-add per shingle and hash (4× faster than datasketch's
         # (a·h + b) mod (2^61 − 1), with the same Jaccard estimates; see the tests)
-        gen = np.random.RandomState(seed)
-        n = bands * rows
+        gen = np.random.RandomState(self.seed)
+        n = self.bands * self.rows
         self._a = gen.randint(0, 1 << 62, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
         self._b = gen.randint(0, 1 << 62, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(4)
 

@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
-from llmchain.data.steps import Document, Filter
+from llmchain.config import (
+    C4Config,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    LanguageConfig,
+    LengthConfig,
+)
+from llmchain.data.steps import Document, Filter, configure
 from llmchain.data.text import CJK_CHARS, STOP_WORDS_EN, STOP_WORDS_ZH, TERMINAL_PUNCT, is_cjk, words
 
 _PUNCT_CHARS = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~，。、；：？！…—·「」『』（）《》“”‘’【】．"
@@ -28,9 +36,10 @@ class LengthFilter(Filter):
 
     name = "length"
 
-    def __init__(self, min_chars: int = 20, max_chars: int | None = 1_000_000) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `LengthConfig`'s (config.py): one definition.
         super().__init__()
-        self.min_chars, self.max_chars = min_chars, max_chars
+        configure(self, LengthConfig, settings)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         n = len(doc.text)
@@ -48,28 +57,10 @@ class GopherQualityFilter(Filter):
 
     name = "gopher_quality"
 
-    def __init__(
-        self,
-        min_doc_words: int | None = 50,
-        max_doc_words: int | None = 100_000,
-        min_avg_word_length: float | None = 3,
-        max_avg_word_length: float | None = 10,
-        max_symbol_word_ratio: float | None = 0.1,
-        max_bullet_lines_ratio: float | None = 0.9,
-        max_ellipsis_lines_ratio: float | None = 0.3,
-        min_alpha_words_ratio: float | None = 0.8,
-        min_stop_words: int | None = 2,
-        segmenter: str = "char",
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `GopherQualityConfig`'s (config.py): one definition.
         super().__init__()
-        self.min_doc_words, self.max_doc_words = min_doc_words, max_doc_words
-        self.min_avg_word_length, self.max_avg_word_length = min_avg_word_length, max_avg_word_length
-        self.max_symbol_word_ratio = max_symbol_word_ratio
-        self.max_bullet_lines_ratio = max_bullet_lines_ratio
-        self.max_ellipsis_lines_ratio = max_ellipsis_lines_ratio
-        self.min_alpha_words_ratio = min_alpha_words_ratio
-        self.min_stop_words = min_stop_words
-        self.segmenter = segmenter
+        configure(self, GopherQualityConfig, settings)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
@@ -170,28 +161,17 @@ class GopherRepetitionFilter(Filter):
 
     name = "gopher_repetition"
 
-    def __init__(
-        self,
-        dup_line_frac: float | None = 0.3,
-        dup_para_frac: float | None = 0.3,
-        dup_line_char_frac: float | None = 0.2,
-        dup_para_char_frac: float | None = 0.2,
-        top_n_grams: list[list[float]] = ((2, 0.2), (3, 0.18), (4, 0.16)),  # type: ignore[assignment]
-        dup_n_grams: list[list[float]] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)),  # type: ignore[assignment]
-        segmenter: str = "char",
-        cjk_ngram_scale: float = 1.5,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `GopherRepetitionConfig`'s (config.py): one definition.
         super().__init__()
-        self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac
-        self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
-        self.top_n_grams = [(int(n), float(f)) for n, f in top_n_grams]
-        self.dup_n_grams = [(int(n), float(f)) for n, f in dup_n_grams]
-        self.segmenter = segmenter
+        configure(self, GopherRepetitionConfig, settings)
+        self.top_n_grams = [(int(n), float(f)) for n, f in self.top_n_grams]
+        self.dup_n_grams = [(int(n), float(f)) for n, f in self.dup_n_grams]
         # Gopher's n-grams are of English words; a Chinese word is ~1.5 characters, so character
         # n-grams of mostly-CJK text are scaled by `cjk_ngram_scale` (same verdicts as jieba words
         # on the CSL abstracts, at a fifth of the cost)
-        self._cjk_top = [(max(1, round(n * cjk_ngram_scale)), f) for n, f in self.top_n_grams]
-        self._cjk_dup = [(max(1, round(n * cjk_ngram_scale)), f) for n, f in self.dup_n_grams]
+        self._cjk_top = [(max(1, round(n * self.cjk_ngram_scale)), f) for n, f in self.top_n_grams]
+        self._cjk_dup = [(max(1, round(n * self.cjk_ngram_scale)), f) for n, f in self.dup_n_grams]
         self._para_re = re.compile(r"\n{2,}")
         self._line_re = re.compile(r"\n+")
 
@@ -253,28 +233,10 @@ class C4LineFilter(Filter):
 
     name = "c4"
 
-    def __init__(
-        self,
-        remove_citations: bool = True,
-        filter_no_terminal_punct: bool = False,
-        min_sentences: int = 1,
-        min_words_per_line: int = 3,
-        max_word_length: int = 1000,
-        filter_lorem_ipsum: bool = True,
-        filter_javascript: bool = True,
-        filter_curly_bracket: bool = True,
-        filter_policy: bool = True,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `C4Config`'s (config.py): one definition.
         super().__init__()
-        self.remove_citations = remove_citations
-        self.filter_no_terminal_punct = filter_no_terminal_punct
-        self.min_sentences = min_sentences
-        self.min_words_per_line = min_words_per_line
-        self.max_word_length = max_word_length
-        self.filter_lorem_ipsum = filter_lorem_ipsum
-        self.filter_javascript = filter_javascript
-        self.filter_curly_bracket = filter_curly_bracket
-        self.filter_policy = filter_policy
+        configure(self, C4Config, settings)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         kept: list[str] = []
@@ -329,10 +291,11 @@ class LanguageFilter(Filter):
 
     name = "language"
 
-    def __init__(self, languages: list[str] = ("en", "zh"), min_score: float = 0.65) -> None:  # type: ignore[assignment]
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `LanguageConfig`'s (config.py): one definition.
         super().__init__()
-        self.languages = set(languages)
-        self.min_score = min_score
+        configure(self, LanguageConfig, settings)
+        self.languages = set(self.languages)
         self._identifier = None
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from typing import Any
 
-from llmchain.data.steps import Document, Mapper
+from llmchain.config import PIIConfig
+from llmchain.data.steps import Document, Mapper, configure
 
 # Boundaries are ASCII-only on purpose: in Chinese text a number follows a CJK character directly
 # ("电话13800138000"), and \w would count that character as part of a word.
@@ -86,16 +88,10 @@ class PIIRedactor(Mapper):
 
     name = "pii"
 
-    def __init__(
-        self,
-        email: bool = True,
-        phone: bool = True,
-        ip: bool = True,
-        credit_card: bool = True,
-        cn_id: bool = True,
-        placeholders: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # The settings, their defaults and their checks are `PIIConfig`'s (config.py): one definition.
         super().__init__()
+        configure(self, PIIConfig, settings)
         tokens = {
             "email": "<EMAIL>",
             "phone": "<PHONE>",
@@ -103,7 +99,7 @@ class PIIRedactor(Mapper):
             "credit_card": "<CREDIT_CARD>",
             "cn_id": "<ID_NUMBER>",
         }
-        tokens.update(placeholders or {})
+        tokens.update(self.placeholders or {})
         # order matters: longer, validated numbers first, so a card or ID is not half-eaten as a phone
         table: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
             ("email", EMAIL_RE, None),
@@ -113,7 +109,7 @@ class PIIRedactor(Mapper):
             ("ip", IPV6_RE, _ipv6_valid),
             ("phone", PHONE_RE, None),
         ]
-        enabled = {"email": email, "phone": phone, "ip": ip, "credit_card": credit_card, "cn_id": cn_id}
+        enabled = {kind: getattr(self, kind) for kind in ("email", "phone", "ip", "credit_card", "cn_id")}
         self._rules = [(kind, rx, check, tokens[kind]) for kind, rx, check in table if enabled[kind]]
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:

@@ -208,6 +208,21 @@ BUILTIN_STEPS: dict[str, str] = {
 }
 
 
+def configure(step: Step, config_class: type, settings: dict[str, Any]) -> None:
+    """Validate a step's settings with its config class (config.py: the one place their defaults are
+    written) and set them as the step's attributes. ConfigError naming the step and the field."""
+    from pydantic import ValidationError
+
+    from llmchain.config import format_validation_error
+
+    try:
+        values = config_class(**settings)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"step {step.name!r}")) from None
+    for name in type(values).model_fields:
+        setattr(step, name, getattr(values, name))
+
+
 def build_steps(config: Any) -> list[Step]:
     """The steps named in `config.steps`, each built from its section of the config (DataConfig)."""
     steps: list[Step] = []
