@@ -86,6 +86,36 @@ def test_health_is_503_until_a_model_is_loaded(tmp_path):
     app = create_app(ServeOptions(model_dir=str(tmp_path)), load_in_background=False)
     with TestClient(app) as client:
         r = client.get("/health")
-        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert r.status_code == 503 and r.json() == {"status": "failed"}  # the why (with paths): log only
         r = client.post("/v1/completions", json={"prompt": "hi"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "model_load_failed" and str(tmp_path) not in r.text
+
+
+@pytest.mark.parametrize("public_metrics", [False, True])
+def test_metrics_follow_the_api_key_unless_public(tmp_path, public_metrics):
+    from starlette.testclient import TestClient
+
+    (tmp_path / "config.json").write_text("{}")  # the gate answers before any model is needed
+    app = create_app(ServeOptions(model_dir=str(tmp_path), api_key="k", public_metrics=public_metrics),
+                     load_in_background=False)  # fmt: skip
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == (200 if public_metrics else 401)
+        assert client.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+        for path in ("/docs", "/openapi.json", "/v1/models"):  # public metrics open nothing else
+            assert client.get(path).status_code == 401
+        assert client.get("/openapi.json", headers={"Authorization": "Bearer k"}).status_code == 200
+
+
+def test_serve_options_have_one_definition_in_serve_config():
+    from dataclasses import fields
+
+    from llmchain.config import ServeConfig
+    from llmchain.serve.worker import EngineSpec
+
+    defaults = ServeConfig()
+    opts = ServeOptions(model_dir="m")
+    assert all(getattr(opts, name) == getattr(defaults, name) for name in ServeConfig.model_fields)
+    spec = EngineSpec("m")
+    assert all(getattr(spec, f.name) == getattr(defaults, f.name) for f in fields(EngineSpec)[1:])  # not model_dir
+    assert EngineSpec.from_options(ServeOptions(model_dir="m", max_queue=3)).max_queue == 3
