@@ -119,3 +119,21 @@ def test_serve_options_have_one_definition_in_serve_config():
     spec = EngineSpec("m")
     assert all(getattr(spec, f.name) == getattr(defaults, f.name) for f in fields(EngineSpec)[1:])  # not model_dir
     assert EngineSpec.from_options(ServeOptions(model_dir="m", max_queue=3)).max_queue == 3
+
+
+def test_cli_serve_passes_the_auth_options_to_the_app(tmp_path, monkeypatch):
+    import uvicorn
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "serve.yaml").write_text("max_body_bytes: 4096\nport: 8123\n")
+    yaml = str(tmp_path / "serve.yaml")
+    code, _, err = run_cli("serve", str(tmp_path), "--api-key", "k", "--public-metrics", "-c", yaml)
+    assert code == 0, err
+    guard = started["app"]
+    assert guard.api_key == "k" and guard.max_body == 4096 and started["port"] == 8123
+    assert not guard._needs_key("/metrics") and guard._needs_key("/docs") and guard._needs_key("/v1/models")
+    code, _, err = run_cli("serve", str(tmp_path), "--api-key", "k")
+    assert code == 0, err
+    assert started["app"]._needs_key("/metrics")

@@ -19,7 +19,7 @@ def serve(
     host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1); 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(None, help="Port (default 8000)."),
     api_key: str = typer.Option(None, "--api-key", envvar="LLMCHAIN_API_KEY", help="Require 'Authorization: Bearer KEY'."),
-    public_metrics: bool = typer.Option(None, "--public-metrics", help="Serve /metrics without the API key."),
+    public_metrics: bool = typer.Option(False, "--public-metrics", help="Serve /metrics without the API key."),
     served_model_name: str = typer.Option(None, help="Model name clients use (default: the dir name)."),
     max_batch_size: int = typer.Option(None, help="Sequences decoded together (KV-cache slots; default 16)."),
     max_queue: int = typer.Option(None, help="Waiting requests beyond this get 503 + Retry-After (default 256)."),
@@ -39,7 +39,7 @@ def serve(
 
     _check_dir(model_dir)
     cfg = load_config(ServeConfig, config, host=host, port=port, api_key=api_key,
-                      public_metrics=public_metrics, served_model_name=served_model_name,
+                      public_metrics=public_metrics or None, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
                       chat_template=str(chat_template) if chat_template else None, threads=threads,
                       dtype=dtype)  # fmt: skip
