@@ -42,8 +42,8 @@ def printable(text: str, limit: int = 500) -> str:
 
 
 def _first_lone_surrogate(data: Any) -> str | None:
-    """The path (e.g. "messages.0.content") of the first string or key in parsed JSON that is not valid
-    Unicode, or None. A loop, not recursion: the body may nest as deep as the JSON parser allowed."""
+    """The path (e.g. "messages.0.content") of a string or key in parsed JSON that is not valid Unicode,
+    or None if all are. A loop, not recursion: the body may nest as deep as the JSON parser allowed."""
     stack: list[tuple[tuple | None, Any]] = [(None, data)]  # (path as nested (parent, key) pairs, value)
     while stack:
         path, x = stack.pop()
