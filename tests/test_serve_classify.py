@@ -41,3 +41,8 @@ def test_classify_endpoint(classifier_dir):
         r = httpx.post(srv.url + "/v1/completions", json={"prompt": "hi"})
         assert r.status_code == 400 and "classifier" in r.json()["error"]["message"]
         assert httpx.get(srv.url + "/v1/models").json()["data"][0]["id"] == "clf"
+        r = httpx.post(srv.url + "/v1/classify", json={"input": ["good " * 5000]})  # truncated to the model's 64
+        assert r.status_code == 200 and r.json()["data"][0]["label"] in ("neg", "pos")
+        r = httpx.post(srv.url + "/v1/classify", content=rb'{"input": ["good \ud800"]}',
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -122,3 +125,60 @@ def test_without_a_compiler_or_when_disabled_there_is_no_kernel(monkeypatch, tmp
         assert not list(tmp_path.rglob("*.so"))
     finally:
         K.load.cache_clear()
+
+
+def _fresh_load(hd: int = 16, group: int = 1) -> K.CpuKernels | None:
+    K.load.cache_clear()  # load() is cached per process: these tests each want a real look at the dir
+    try:
+        return K.load(hd, group)
+    finally:
+        K.load.cache_clear()
+
+
+@pytest.fixture
+def cc():
+    import shutil
+
+    if shutil.which("cc") is None or os.environ.get("LLMCHAIN_C_KERNELS") == "0":
+        pytest.skip("no C compiler (cc)")
+
+
+def test_kernels_are_never_loaded_from_a_cache_dir_others_can_write(cc, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    shared = tmp_path / "llmchain" / "kernels"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)  # as in a /tmp-like place: anyone could plant a library here
+    with caplog.at_level(logging.WARNING, logger="llmchain.serve"):
+        kernels = _fresh_load()
+    assert kernels is not None and kernels.argmax(torch.tensor([[1.0, 3.0, 2.0]])) == [1]  # built privately
+    assert "others can write to it (mode 777)" in caplog.text
+    assert not list(shared.iterdir())  # nothing built into, or loaded from, the unsafe dir
+    shared.chmod(0o700)
+    link = tmp_path / "elsewhere"
+    shared.rename(link)
+    shared.symlink_to(link)  # a symlinked cache dir is refused too, even one that points to a private dir
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llmchain.serve"):
+        assert _fresh_load() is not None
+    assert "symbolic link" in caplog.text and not list(link.iterdir())
+
+
+def test_a_cached_library_that_is_not_ours_alone_is_rebuilt_not_loaded(cc, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _fresh_load() is not None
+    (lib,) = (tmp_path / "llmchain" / "kernels").iterdir()
+    assert stat.S_IMODE(lib.parent.stat().st_mode) & 0o077 == 0  # the dir we create is private
+    assert stat.S_IMODE(lib.stat().st_mode) & 0o022 == 0
+    built = lib.stat().st_ino
+    lib.chmod(0o666)  # someone else could have rewritten it
+    with caplog.at_level(logging.WARNING, logger="llmchain.serve"):
+        assert _fresh_load() is not None
+    assert "rebuilding" in caplog.text and lib.stat().st_ino != built
+    assert stat.S_IMODE(lib.stat().st_mode) & 0o022 == 0
+    planted = tmp_path / "planted.so"
+    lib.rename(planted)
+    lib.symlink_to(planted)  # a symlink in place of the library is replaced by a build of our own
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llmchain.serve"):
+        assert _fresh_load() is not None
+    assert "rebuilding" in caplog.text and not lib.is_symlink() and lib.is_file()

@@ -86,6 +86,54 @@ def test_health_is_503_until_a_model_is_loaded(tmp_path):
     app = create_app(ServeOptions(model_dir=str(tmp_path)), load_in_background=False)
     with TestClient(app) as client:
         r = client.get("/health")
-        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert r.status_code == 503 and r.json() == {"status": "failed"}  # the why (with paths): log only
         r = client.post("/v1/completions", json={"prompt": "hi"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "model_load_failed" and str(tmp_path) not in r.text
+
+
+@pytest.mark.parametrize("public_metrics", [False, True])
+def test_metrics_follow_the_api_key_unless_public(tmp_path, public_metrics):
+    from starlette.testclient import TestClient
+
+    (tmp_path / "config.json").write_text("{}")  # the gate answers before any model is needed
+    app = create_app(ServeOptions(model_dir=str(tmp_path), api_key="k", public_metrics=public_metrics),
+                     load_in_background=False)  # fmt: skip
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == (200 if public_metrics else 401)
+        assert client.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+        for path in ("/docs", "/openapi.json", "/v1/models"):  # public metrics open nothing else
+            assert client.get(path).status_code == 401
+        assert client.get("/openapi.json", headers={"Authorization": "Bearer k"}).status_code == 200
+
+
+def test_serve_options_have_one_definition_in_serve_config():
+    from dataclasses import fields
+
+    from llmchain.config import ServeConfig
+    from llmchain.serve.worker import EngineSpec
+
+    defaults = ServeConfig()
+    opts = ServeOptions(model_dir="m")
+    assert all(getattr(opts, name) == getattr(defaults, name) for name in ServeConfig.model_fields)
+    spec = EngineSpec("m")
+    assert all(getattr(spec, f.name) == getattr(defaults, f.name) for f in fields(EngineSpec)[1:])  # not model_dir
+    assert EngineSpec.from_options(ServeOptions(model_dir="m", max_queue=3)).max_queue == 3
+
+
+def test_cli_serve_passes_the_auth_options_to_the_app(tmp_path, monkeypatch):
+    import uvicorn
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "serve.yaml").write_text("max_body_bytes: 4096\nport: 8123\n")
+    yaml = str(tmp_path / "serve.yaml")
+    code, _, err = run_cli("serve", str(tmp_path), "--api-key", "k", "--public-metrics", "-c", yaml)
+    assert code == 0, err
+    guard = started["app"]
+    assert guard.api_key == "k" and guard.max_body == 4096 and started["port"] == 8123
+    assert not guard._needs_key("/metrics") and guard._needs_key("/docs") and guard._needs_key("/v1/models")
+    code, _, err = run_cli("serve", str(tmp_path), "--api-key", "k")
+    assert code == 0, err
+    assert started["app"]._needs_key("/metrics")

@@ -426,13 +426,14 @@ class ServeConfig(StageConfig):
 
     host: str = "127.0.0.1"  # loopback by default: exposing a server is an explicit choice
     port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = None
+    api_key: str | None = None  # when set, /v1/*, /docs, /openapi.json (and /metrics) need 'Bearer KEY'
+    public_metrics: bool = False  # True: /metrics answers without the API key (for a scraper without it)
     served_model_name: str | None = None
     max_batch_size: int = Field(16, ge=1, le=1024)  # KV-cache slots = sequences decoded together
     max_queue: int = Field(256, ge=0)  # waiting requests beyond this get 503 + Retry-After
     max_model_len: int | None = Field(None, ge=2)  # default: the model's max_position_embeddings
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
-    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies get 413 before they are read
     device: str = "cpu"
     threads: int = Field(1, ge=1)  # torch CPU threads; 1 keeps decoding batch-invariant (infer/engine.py)
     # Matmul precision: auto = bf16 on CPUs with AMX (row-invariant oneDNN kernels, infer/forward.py), else

@@ -19,6 +19,7 @@ def serve(
     host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1); 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(None, help="Port (default 8000)."),
     api_key: str = typer.Option(None, "--api-key", envvar="LLMCHAIN_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    public_metrics: bool = typer.Option(False, "--public-metrics", help="Serve /metrics without the API key."),
     served_model_name: str = typer.Option(None, help="Model name clients use (default: the dir name)."),
     max_batch_size: int = typer.Option(None, help="Sequences decoded together (KV-cache slots; default 16)."),
     max_queue: int = typer.Option(None, help="Waiting requests beyond this get 503 + Retry-After (default 256)."),
@@ -37,7 +38,8 @@ def serve(
     from llmchain.serve.api import ServeOptions, create_app
 
     check_model_dir(model_dir)
-    cfg = load_config(ServeConfig, config, host=host, port=port, api_key=api_key, served_model_name=served_model_name,
+    cfg = load_config(ServeConfig, config, host=host, port=port, api_key=api_key,
+                      public_metrics=public_metrics or None, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
                       chat_template=str(chat_template) if chat_template else None, threads=threads,
                       dtype=dtype)  # fmt: skip
@@ -52,10 +54,7 @@ def serve(
             raise UserError(f"--dtype: {e}") from None
     if cfg.chat_template and not Path(cfg.chat_template).is_file():
         raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
-    opts = ServeOptions(model_dir=str(model_dir), served_model_name=cfg.served_model_name, api_key=cfg.api_key,
-                        max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue, max_model_len=cfg.max_model_len,
-                        chat_template=cfg.chat_template, max_body_bytes=cfg.max_body_bytes, device=cfg.device,
-                        threads=cfg.threads, dtype=cfg.dtype)  # fmt: skip
+    opts = ServeOptions(model_dir=str(model_dir), **cfg.model_dump())
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         typer.echo(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it", err=True)
     typer.echo(f"serving {model_dir} at http://{cfg.host}:{cfg.port}  (chat page: /, API: /v1, docs: /docs)")

@@ -116,8 +116,8 @@ class Engine:
         model,
         tokenizer,
         *,
-        max_batch_size: int = 16,
-        max_queue: int = 256,
+        max_batch_size: int | None = None,
+        max_queue: int | None = None,
         max_model_len: int | None = None,
         max_prefill_tokens: int = 2048,
         eos_token_ids: list[int] | None = None,
@@ -125,6 +125,11 @@ class Engine:
         threads: int | None = 1,
         dtype: str = "auto",
     ):
+        from llmchain.config import ServeConfig
+
+        defaults = ServeConfig()  # the one definition of the serving defaults (None: take it)
+        max_batch_size = max_batch_size or defaults.max_batch_size
+        max_queue = defaults.max_queue if max_queue is None else max_queue
         self.tokenizer, self.metrics = tokenizer, metrics
         self.config = model.config
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
@@ -431,7 +436,7 @@ class Engine:
         self._outbox.append((h, None))
 
 
-def load_engine(model_dir: str | Path, *, device: str = "cpu", max_batch_size: int = 16, dtype: str = "auto",
+def load_engine(model_dir: str | Path, *, device: str = "cpu", max_batch_size: int | None = None, dtype: str = "auto",
                 threads: int | None = None, chat_template: str | None = None) -> Engine:
     """An in-process engine over the model dir's weights and tokenizer (`engine.tokenizer`), stopping at
     `stop_token_ids`. What `llmchain generate`, `chat`, eval, reports and recipe stages generate with.

@@ -10,6 +10,9 @@ Why by hand:
 Built for the model's head_dim and GQA group with `cc -O3 -march=native` (a ~0.3 s compile, cached
 under ~/.cache/llmchain/kernels keyed by the source, flags and CPU). Without a C compiler — or with
 LLMCHAIN_C_KERNELS=0 — `load()` returns None and the engine keeps its fp32 cache and PyTorch ops.
+Loading a library runs its code, so it is loaded only from a cache dir that is ours alone (owned by us,
+not a symlink, not group/world-writable) and only a regular file that is ours and not writable by
+others; an unsafe dir is not used (the kernels are built in a fresh private temporary dir instead).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 from functools import cache
@@ -56,23 +60,86 @@ def load(head_dim: int, group: int) -> CpuKernels | None:
         return None
     flags = [*FLAGS, f"-DHD={head_dim}", f"-DG={group}"]
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"serve-kernels-hd{head_dim}-g{group}-{key}.so"
     try:
-        if not out.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-            os.close(fd)
-            try:
-                subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True,
-                               text=True, timeout=120)  # fmt: skip
-                os.replace(tmp, out)  # atomic: a half-written library never has the final name
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-        return CpuKernels(ctypes.CDLL(str(out)), head_dim, group)
+        lib = _load_library(cc, flags, _cache_dir(), f"serve-kernels-hd{head_dim}-g{group}-{key}.so")
+        return CpuKernels(lib, head_dim, group)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", "") or e
         log.warning("building the C kernels failed (%s): the engine uses PyTorch ops and an fp32 KV cache", detail)
         return None
+
+
+class UnsafeFile(OSError):
+    """A library we will not load: not ours, writable by others, or not a regular file."""
+
+
+def _unsafe_dir(path: Path) -> str | None:
+    """Why `path` may not hold libraries we load (None: it is ours alone)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != os.getuid():
+        return f"it is owned by uid {st.st_uid}, not by this user ({os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"others can write to it (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _open_private(path: Path) -> ctypes.CDLL:
+    """dlopen `path` if it is a regular file of ours that no one else can write. The checks are made on
+    the opened file and the library is loaded through that same descriptor, so the file cannot be
+    swapped between the check and the load."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a symlink fails here (ELOOP)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise UnsafeFile(f"{path}: not a regular file of this user's that only it can write")
+        lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
+    except BaseException:
+        os.close(fd)
+        raise
+    # The descriptor stays open (one per library, a handful per process): glibc knows a loaded library
+    # by its path, so a later library opened under a reused /proc/self/fd/N would get this one back.
+    return lib
+
+
+def _compile(cc: str, flags: list[str], out: Path) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+        os.chmod(tmp, 0o644)  # the linker's mode follows the umask, which may let the group write
+        os.replace(tmp, out)  # atomic: a half-written library never has the final name
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _load_library(cc: str, flags: list[str], cache_dir: Path, name: str) -> ctypes.CDLL:
+    """The kernels library `name`: from `cache_dir` (built there first if missing or unsafe) when that
+    dir is private, else built in a fresh private temporary dir that is deleted once it is loaded."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        problem = _unsafe_dir(cache_dir)
+    except OSError as e:
+        problem = f"it cannot be created ({e.strerror})"
+    if problem is not None:
+        log.warning("not loading the C kernels from %s: %s; building them in a private temporary dir",
+                    cache_dir, problem)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="llmchain-kernels-") as tmp:  # mode 0700, ours
+            _compile(cc, flags, Path(tmp) / name)
+            return _open_private(Path(tmp) / name)  # loaded (mapped): the file may go
+    out = cache_dir / name
+    try:
+        return _open_private(out)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a symlink, someone else's file, a writable one: replace it with our own build
+        log.warning("rebuilding the C kernels at %s: %s", out, e)
+    _compile(cc, flags, out)
+    return _open_private(out)
 
 
 class CpuKernels:

@@ -92,6 +92,8 @@ def check_request(prompt_ids: list[int], params: SamplingParams, max_model_len: 
                             f"(max_model_len); shorten the prompt")  # fmt: skip
     if max(prompt_ids) >= vocab_size or min(prompt_ids) < 0:
         raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+    if any(not 0 <= t < vocab_size for t in params.logit_bias):
+        raise ValueError(f"logit_bias keys must be token ids in [0, {vocab_size})")
     if params.n > max_batch_size:
         raise ValueError(f"n={params.n} exceeds the server's max batch size ({max_batch_size})")
 

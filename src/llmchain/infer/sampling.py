@@ -30,6 +30,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit
     n: int = 1
     logprobs: int | None = None  # None: off; k ≥ 0: the chosen token's logprob and the top k
 
@@ -45,6 +46,8 @@ class SamplingParams:
             ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
             ("n", 1 <= self.n <= 16, "must be in [1, 16]"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "must be in [0, 20]"),
+            ("logit_bias", all(-100 <= b <= 100 for b in self.logit_bias.values()),
+             "values must be in [-100, 100]"),
             ("stop", len(self.stop) <= 16 and all(0 < len(s) <= 256 for s in self.stop),
              "at most 16 non-empty strings of ≤ 256 characters"),
         ]  # fmt: skip
@@ -59,7 +62,8 @@ class SamplingParams:
     @property
     def plain_greedy(self) -> bool:
         """Greedy without penalties: the engine takes a batched argmax for these rows."""
-        return self.greedy and self.repetition_penalty == 1 and not self.frequency_penalty and not self.presence_penalty
+        return (self.greedy and self.repetition_penalty == 1 and not self.frequency_penalty
+                and not self.presence_penalty and not self.logit_bias)  # fmt: skip
 
 
 class Sampler:
@@ -72,6 +76,10 @@ class Sampler:
         self.vocab_size = vocab_size
         self.counts: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+        if params.logit_bias:  # ids were checked against the vocab (requests.check_request)
+            self.bias = torch.zeros(vocab_size)
+            self.bias[list(params.logit_bias)] = torch.tensor(list(params.logit_bias.values()))
         if params.frequency_penalty or params.presence_penalty:
             self.counts = torch.zeros(vocab_size)
         if params.repetition_penalty != 1:
@@ -93,6 +101,8 @@ class Sampler:
             logits = torch.where(self.seen, rp, logits)
         if self.counts is not None:  # OpenAI: subtract per occurrence and once for presence
             logits = logits - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0).float()
+        if self.bias is not None:  # OpenAI's logit_bias: added to the logits before sampling
+            logits = logits + self.bias
         return logits
 
     def sample(self, logits: torch.Tensor) -> int:

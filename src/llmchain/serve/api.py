@@ -3,6 +3,10 @@
 `create_app(ServeOptions(...))` loads the model in the background (GET /health answers 503 until
 it is ready) and runs an `Engine`. Errors use OpenAI's shape. Clients that go away — streaming or
 not — have their sequences cancelled so their KV slots are freed at once.
+
+Hardening (docs/serving-security.md): no client input gets a 5xx; error bodies carry our own
+messages, never an exception's text or a file path (those go to the server log); the model is named,
+never located; with an API key, only the chat page, its static files and /health are public.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -24,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmchain.config import ServeConfig
 from llmchain.infer.requests import EngineOverloaded, Event, PromptTooLong, RequestHandle
 from llmchain.serve.protocol import (
     APIError,
@@ -31,25 +35,21 @@ from llmchain.serve.protocol import (
     ClassifyRequest,
     CompletionRequest,
     Formatter,
+    printable,
 )
 
 log = logging.getLogger("llmchain.serve")
 STATIC = Path(__file__).parent / "static"
+# What answers without the API key: the chat page (it asks for the key itself), its files, the health
+# check a load balancer polls. Everything else — /v1/*, /docs, /openapi.json, unknown paths — needs it.
+PUBLIC_PATHS = ("/", "/health", "/favicon.ico")
 
 
-@dataclass
-class ServeOptions:
+class ServeOptions(ServeConfig):
+    """What `create_app` serves: a model dir plus the serve options, each defined (with its default) once,
+    in config.py's ServeConfig. `host` and `port` are the CLI's; the app ignores them."""
+
     model_dir: str
-    served_model_name: str | None = None
-    api_key: str | None = None
-    max_batch_size: int = 16
-    max_queue: int = 256
-    max_model_len: int | None = None
-    chat_template: str | None = None  # a file whose text replaces the tokenizer's chat template
-    max_body_bytes: int = 1 << 20
-    device: str = "cpu"
-    threads: int | None = 1  # torch threads; 1 keeps decoding batch-invariant at any batch size (engine.py)
-    dtype: str = "auto"  # matmul precision: auto (bf16 on AMX CPUs, else the weights'), bfloat16 or float32
     engine_process: bool = True  # run the engine in a child process (off the event loop's GIL)
 
 
@@ -72,9 +72,9 @@ class State:
             self._load()
             gc.collect()  # what is loaded now stays: keep the collector from re-walking it (worker.py)
             gc.freeze()
-        except Exception as e:  # shown by /health and in the log; the process keeps answering 503
+        except Exception as e:  # logged; the server answers 503 without the why (it may hold paths)
             log.exception("loading %s failed", self.opts.model_dir)
-            self.load_error = str(e)
+            self.load_error = f"{type(e).__name__}: {e}"
 
     def _load(self) -> None:
         cfg = json.loads((Path(self.opts.model_dir) / "config.json").read_text(encoding="utf-8"))
@@ -86,9 +86,7 @@ class State:
         from llmchain.serve.worker import EngineProcess, EngineSpec, build_engine, load_tokenizer
 
         o = self.opts
-        spec = EngineSpec(model_dir=o.model_dir, chat_template=o.chat_template, device=o.device,
-                          max_batch_size=o.max_batch_size, max_queue=o.max_queue, max_model_len=o.max_model_len,
-                          threads=o.threads, dtype=o.dtype)  # fmt: skip
+        spec = EngineSpec.from_options(o)
         if o.engine_process:  # the engine in its own process (serve/worker.py), as `llmchain serve` runs it
             tok, engine = load_tokenizer(spec), EngineProcess(spec, self.metrics)
         else:
@@ -108,12 +106,13 @@ class State:
 
     def check(self, model: str | None, kind: str = "generate") -> None:
         if self.load_error:
-            raise APIError(503, f"the model failed to load: {self.load_error}", code="model_load_failed")
+            raise APIError(503, "the model failed to load (the server's log says why)",
+                           code="model_load_failed")  # fmt: skip
         if not self.ready:
             raise APIError(503, "the model is still loading; retry shortly", code="loading")
         if self.engine is not None and self.engine.error is not None:
-            raise APIError(503, f"the engine has failed: {self.engine.error}", code="engine_failed")
-        if model is not None and model not in (self.name, self.opts.model_dir):
+            raise APIError(503, "the engine has failed (the server's log says why)", code="engine_failed")
+        if model is not None and model != self.name:
             raise APIError(404, f"the model {model!r} does not exist; this server serves {self.name!r}",
                            "model", "model_not_found")  # fmt: skip
         if kind == "generate" and self.engine is None:
@@ -129,10 +128,15 @@ def _error(e: APIError) -> JSONResponse:
 
 
 class Guard:
-    """Pure-ASGI gate in front of the app: request body size limit and the Bearer API key on /v1/*."""
+    """Pure-ASGI gate in front of the app: the Bearer API key (on all but PUBLIC_PATHS, /static/ and, if
+    `public_metrics`, /metrics), then the request body size limit — before the app reads a byte of it."""
 
-    def __init__(self, app, max_body: int, api_key: str | None):
+    def __init__(self, app, max_body: int, api_key: str | None, public_metrics: bool = False):
         self.app, self.max_body, self.api_key = app, max_body, api_key
+        self.public = PUBLIC_PATHS + (("/metrics",) if public_metrics else ())
+
+    def _needs_key(self, path: str) -> bool:
+        return bool(self.api_key) and path not in self.public and not path.startswith("/static/")
 
     async def _reply(self, scope, receive, send, e: APIError) -> None:
         await _error(e)(scope, receive, send)
@@ -141,7 +145,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key and scope["path"].startswith("/v1/"):
+        if self._needs_key(scope["path"]):
             auth = headers.get("authorization", "")
             token = auth[7:] if auth.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), self.api_key.encode()):
@@ -203,29 +207,25 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        return _error(APIError(400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}",
-                               loc[0] if loc else None))  # fmt: skip
+        return _error(_validation_error(e.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, e: StarletteHTTPException):
         return _error(APIError(e.status_code, str(e.detail)))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request, e: Exception):
-        log.exception("unexpected error")
-        return JSONResponse({"error": {"message": f"internal error: {e}", "type": "server_error",
-                                       "param": None, "code": None}}, status_code=500)  # fmt: skip
+    async def _unexpected(request, e: Exception):  # a bug of ours: the details go to the log, not the client
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": {"message": "internal error (the server's log has the details)",
+                                       "type": "server_error", "param": None, "code": None}},
+                            status_code=500)  # fmt: skip
 
     @app.get("/health")
-    async def health():
-        if state.load_error:
-            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+    async def health():  # public (a load balancer polls it): a status, never the error's text
+        if state.load_error or (state.engine is not None and state.engine.error is not None):
+            return JSONResponse({"status": "failed"}, status_code=503)
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
-        if state.engine is not None and state.engine.error is not None:
-            return JSONResponse({"status": "failed", "error": str(state.engine.error)}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -234,8 +234,9 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
 
     @app.get("/v1/models")
     async def models():
+        # the name only: where the model lives on the server's disk is none of the client's business
         card = {"id": state.name, "object": "model", "created": state.created, "owned_by": "llmchain",
-                "root": opts.model_dir}  # fmt: skip
+                "root": state.name}  # fmt: skip
         if state.engine is not None:
             card["max_model_len"] = state.engine.max_model_len
         return {"object": "list", "data": [card]}
@@ -253,14 +254,14 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
         state.check(body.model)
         tok = state.tokenizer
         if not tok.chat_template:
-            raise APIError(400, f"the model dir {opts.model_dir} has no chat template (tokenizer_config.json "
+            raise APIError(400, f"the model {state.name!r} has no chat template (tokenizer_config.json "
                                 "'chat_template'): use /v1/completions, or start the server with "
                                 "--chat-template FILE", "messages", "no_chat_template")  # fmt: skip
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # the template rejects the conversation (e.g. role order)
-            raise APIError(400, f"the chat template rejected the messages: {e}", "messages") from None
+        except Exception as e:
+            raise _template_error(e) from None
         prompt = tok.encode(text, add_special_tokens=False)
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = _params(body, body.max_completion_tokens or body.max_tokens, top)
@@ -281,7 +282,29 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return Guard(app, opts.max_body_bytes, opts.api_key)
+    return Guard(app, opts.max_body_bytes, opts.api_key, opts.public_metrics)
+
+
+def _validation_error(errors: list) -> APIError:
+    """pydantic's first complaint as a 400 naming the field (its message, never the input it quotes)."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    msg = first.get("msg", "invalid request").removeprefix("Value error, ")
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+        msg = "must be a JSON object (Content-Type: application/json)"
+    return APIError(400, f"{'.'.join(loc) or 'body'}: {msg}", loc[0] if loc else None)
+
+
+def _template_error(e: Exception) -> APIError:
+    """A 400 for a conversation the chat template refuses. A template's own `raise_exception('...')`
+    (a plain jinja2 TemplateError, e.g. "roles must alternate") is meant for the user and is passed on;
+    anything else is an exception's text, which goes to the log only."""
+    from jinja2 import TemplateError
+
+    if type(e) is TemplateError:
+        return APIError(400, f"the chat template rejected the messages: {printable(str(e), 300)}", "messages")
+    log.warning("the chat template failed on a request: %s: %s", type(e).__name__, e)
+    return APIError(400, "the chat template could not render these messages", "messages")
 
 
 def _prompt_ids(state: State, prompt) -> list[list[int]]:
@@ -315,11 +338,14 @@ async def _respond(state: State, request: Request, kind: str, prompts, params, b
     try:
         for p in prompts:
             handles.append(engine.submit(p, params, loop))
-    except (EngineOverloaded, PromptTooLong, ValueError) as e:
+    except (EngineOverloaded, PromptTooLong, ValueError, RuntimeError) as e:
         for h in handles:
             engine.cancel(h)
         if isinstance(e, EngineOverloaded):
             raise APIError(503, f"server overloaded: {e}", code="overloaded") from None
+        if isinstance(e, RuntimeError):  # the engine failed between state.check and submit
+            raise APIError(503, "the engine has failed (the server's log says why)",
+                           code="engine_failed") from None  # fmt: skip
         if isinstance(e, PromptTooLong):
             raise APIError(413, str(e), "prompt" if kind == "text_completion" else "messages",
                            "context_length_exceeded") from None  # fmt: skip

@@ -17,6 +17,12 @@ REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
 FINISH_REASONS = ("stop", "length", "abort")
 
 
+def label_value(text: str) -> str:
+    """`text` as a Prometheus label value: a quote, backslash or newline in a model's name would
+    otherwise end the label early and break (or forge lines of) the whole page."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Histogram:
     def __init__(self, name: str, doc: str, buckets: tuple[float, ...]):
         self.name, self.doc, self.buckets = PREFIX + name, doc, buckets
@@ -47,7 +53,7 @@ class ServeMetrics:
     """Counters and histograms fed by the engine thread; gauges read from the engine at scrape time."""
 
     def __init__(self, model_name: str):
-        self.labels = f'model_name="{model_name}"'
+        self.labels = f'model_name="{label_value(model_name)}"'
         self.lock = threading.Lock()
         self.ttft = Histogram("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                               LATENCY_BUCKETS)  # fmt: skip

@@ -2,6 +2,8 @@
 
 Unknown fields are ignored, as vLLM does, so clients that send newer OpenAI fields keep working.
 Fields beyond OpenAI's (top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos) are vLLM's.
+Every number must be finite and every string valid Unicode (no lone UTF-16 surrogate, which JSON's
+"\\ud800" escape can carry and no tokenizer accepts): a body that breaks either is a 400.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmchain.infer.requests import Event
 from llmchain.infer.sampling import SamplingParams
@@ -19,27 +21,79 @@ from llmchain.infer.sampling import SamplingParams
 class APIError(Exception):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
+    TYPES = {401: "authentication_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
-                          "param": self.param, "code": self.code}}  # fmt: skip
+        kind = self.TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "server_error")
+        return {"error": {"message": printable(self.message), "type": kind,
+                          "param": None if self.param is None else printable(self.param, 64),
+                          "code": self.code}}  # fmt: skip
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """`text` safe to put in an error body: lone surrogates (which no UTF-8 encoder takes) as \\uXXXX
+    escapes, and cut to `limit` characters (a message may quote the client's input)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _first_lone_surrogate(data: Any) -> str | None:
+    """The path (e.g. "messages.0.content") of a string or key in parsed JSON that is not valid Unicode,
+    or None if all are. A loop, not recursion: the body may nest as deep as the JSON parser allowed."""
+    stack: list[tuple[tuple | None, Any]] = [(None, data)]  # (path as nested (parent, key) pairs, value)
+    while stack:
+        path, x = stack.pop()
+        if isinstance(x, str):
+            if not x.isascii() and not _is_unicode(x):
+                parts = []
+                while path is not None:
+                    path, key = path
+                    parts.append(str(key))
+                return ".".join(reversed(parts)) or "body"
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                stack += [((path, k), k), ((path, k), v)]
+        elif isinstance(x, list):  # numbers (most of a token-id prompt) cannot be invalid: skip them
+            stack.extend(((path, i), v) for i, v in enumerate(x) if isinstance(v, (str, list, dict)))
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    # NaN and ±Infinity are JSON extensions Python's parser accepts: no sampling parameter means them
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), allow_inf_nan=False)
+
+
+class _Request(_Body):
+    """A request body: every string in it (fields, list items, dict keys, ignored fields) must be valid
+    Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        path = _first_lone_surrogate(data)
+        if path is not None:  # an APIError, not a ValueError: pydantic lets it through to the handler
+            raise APIError(400, f"{path}: not valid Unicode text (a lone UTF-16 surrogate)",
+                           path.split(".")[0])  # fmt: skip
+        return data
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Sampling(_Body):
+class _Sampling(_Request):
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=100)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -55,6 +109,8 @@ class _Sampling(_Body):
     repetition_penalty: float | None = Field(None, gt=0, le=100)
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    # token id (JSON keys are strings: "50256") → a bias added to its logit, as OpenAI's [-100, 100]
+    logit_bias: dict[int, float] | None = None
 
     def sampling(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """SamplingParams for this body; ValueError names a bad field."""
@@ -72,6 +128,7 @@ class _Sampling(_Body):
             stop=stop,
             stop_token_ids=list(self.stop_token_ids or []),
             ignore_eos=self.ignore_eos,
+            logit_bias=dict(self.logit_bias or {}),
             n=self.n,
             logprobs=logprobs,
         )
@@ -115,7 +172,7 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-class ClassifyRequest(_Body):
+class ClassifyRequest(_Request):
     model: str | None = None
     input: str | list[str] = Field(..., description="One text or a list of texts.")
 

@@ -23,6 +23,7 @@ from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 
+from llmchain.config import ServeConfig
 from llmchain.infer.requests import (
     EngineOverloaded,
     Event,
@@ -36,18 +37,26 @@ from llmchain.infer.sampling import SamplingParams
 log = logging.getLogger("llmchain.serve")
 
 
+_DEFAULT = ServeConfig()  # every option's default is defined once, in config.py
+
+
 @dataclass
 class EngineSpec:
     """What builds an engine: the model dir and the engine's options (picklable, for the child)."""
 
     model_dir: str
-    chat_template: str | None = None
-    device: str = "cpu"
-    max_batch_size: int = 16
-    max_queue: int = 256
-    max_model_len: int | None = None
-    threads: int | None = 1
-    dtype: str = "auto"
+    chat_template: str | None = _DEFAULT.chat_template
+    device: str = _DEFAULT.device
+    max_batch_size: int = _DEFAULT.max_batch_size
+    max_queue: int = _DEFAULT.max_queue
+    max_model_len: int | None = _DEFAULT.max_model_len
+    threads: int | None = _DEFAULT.threads  # None: leave torch's thread count alone
+    dtype: str = _DEFAULT.dtype
+
+    @classmethod
+    def from_options(cls, opts) -> EngineSpec:
+        """The engine's part of the server's options (a ServeConfig or anything with the same fields)."""
+        return cls(**{f.name: getattr(opts, f.name) for f in fields(cls)})
 
 
 def load_tokenizer(spec: EngineSpec):
