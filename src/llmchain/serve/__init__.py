@@ -1,1 +1,1 @@
-"""Serving: continuous-batching engine, sampling, OpenAI-compatible API, chat page."""
+"""Serving over HTTP: the OpenAI-compatible API, the engine process, metrics, the chat page (the engine is llmchain.infer)."""

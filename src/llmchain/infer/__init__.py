@@ -1,0 +1,1 @@
+"""The one inference engine: continuous batching over a slot KV cache, sampling, C kernels (serve, chat, generate, eval)."""
