@@ -1,13 +1,15 @@
 """Shared fixtures. `shared_data` is ../shared/data (real public data sets, see its README).
 
 A user's clone has no ../shared: tests that need it skip with the reason. Under CI=true its absence
-fails loudly instead, so CI can never pass by skipping everything.
+fails loudly instead (`skip_or_fail`, also used for a missing C compiler or browser), so CI can never
+pass by skipping everything.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -15,12 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LLMCHAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip a test whose prerequisite this machine lacks — but fail under CI=true, where every
+    prerequisite is installed, so CI can never pass by skipping."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but the shared data sets are missing at {SHARED_DATA}")
-        pytest.skip(f"needs ../shared/data beside the clone (not found at {SHARED_DATA})")
+        skip_or_fail(f"needs ../shared/data beside the clone (not found at {SHARED_DATA})")
     return SHARED_DATA
 
 
