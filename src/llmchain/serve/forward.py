@@ -48,16 +48,20 @@ def bf16_supported() -> bool:
         if not ("amx_bf16" in flags and torch.backends.mkldnn.is_available()
                 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):  # fmt: skip
             return False
-        # The ops are internal to PyTorch: probe them once so a changed signature falls back to fp32.
-        # Fixed inputs (own generator) and a relative-norm check: an element-wise tolerance on random
-        # inputs failed for ~1 % of seeds (bf16 rounding near zero), so a server sometimes fell back to
-        # the ~2.5× slower fp32 path at random.
-        g = torch.Generator().manual_seed(0)
-        w, x = torch.randn(32, 64, generator=g), torch.randn(3, 64, generator=g)
-        y, ref = _Linear(w, None, bf16=True)(x).float(), F.linear(x, w)
-        return bool(torch.linalg.vector_norm(y - ref) <= 0.02 * torch.linalg.vector_norm(ref))
+        return _bf16_ops_work()
     except Exception:  # noqa: BLE001 — a capability probe: any failure means "use the fp32 path"
         return False
+
+
+def _bf16_ops_work() -> bool:
+    """Whether the bf16 `_Linear` (PyTorch-internal oneDNN ops) gives F.linear's result within bf16
+    rounding: probed once so a changed signature falls back to fp32. Fixed inputs (own generator) and a
+    relative-norm check: an element-wise tolerance on random inputs failed for ~1 % of seeds (bf16
+    rounding near zero), so a server sometimes fell back to the ~2.5× slower fp32 path at random."""
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(32, 64, generator=g), torch.randn(3, 64, generator=g)
+    y, ref = _Linear(w, None, bf16=True)(x).float(), F.linear(x, w)
+    return bool(torch.linalg.vector_norm(y - ref) <= 0.02 * torch.linalg.vector_norm(ref))
 
 
 def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> bool:
