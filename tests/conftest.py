@@ -51,3 +51,71 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(args))
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def fresh_runtime():
+    """The training loop's runtime (device, precision, process group) is per process: a test that trains
+    starts and ends without one. Runs use threads=1 (robust when other jobs share the cores): torch's
+    thread count is restored after. A module opts in with
+    `pytestmark = pytest.mark.usefixtures("fresh_runtime")`."""
+    import torch
+
+    from llmchain.train.distributed import teardown_runtime
+
+    threads = torch.get_num_threads()
+    teardown_runtime()
+    yield
+    teardown_runtime()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Build (once per session for the same arguments) an HF model dir: llmchain's BPE tokenizer of
+    `vocab` tokens trained on `corpus` (text, or a file as it is), and a seeded random Llama — the nano
+    preset with `config` overrides, of `model_vocab` (default `vocab`) embeddings.
+    Call it: `tiny_model_dir(corpus, vocab, model_vocab=None, seed=0, **config) -> Path`."""
+    built: dict[tuple, Path] = {}
+
+    def build(corpus: str | Path, vocab: int, model_vocab: int | None = None, seed: int = 0, **config):
+        import torch
+
+        from llmchain.model.io import save_model
+        from llmchain.model.llama import Llama
+        from llmchain.model.presets import preset_config
+        from llmchain.tokenizer import train_tokenizer
+
+        key = (str(corpus) if isinstance(corpus, Path) else hash(corpus), vocab, model_vocab, seed,
+               tuple(sorted(config.items())))  # fmt: skip
+        if key not in built:
+            root = tmp_path_factory.mktemp("tiny-model")
+            if not isinstance(corpus, Path):
+                (root / "corpus.txt").write_text(corpus, encoding="utf-8")
+                corpus = root / "corpus.txt"
+            train_tokenizer(corpus, vocab, root / "tok")
+            torch.manual_seed(seed)
+            model = Llama(preset_config("nano", model_vocab or vocab, **config))
+            built[key] = save_model(model, root / "model", tokenizer_dir=root / "tok")
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory, shared_data):
+    """The serve tests' model (serve_fixtures.make_model_dir: a tiny random Llama whose greedy text
+    varies, and a byte-level BPE on tinyshakespeare), built once per session for each `chat_template`.
+    Call it: `serve_model_dir(chat_template=True) -> Path`."""
+    from serve_fixtures import make_model_dir
+
+    built: dict[bool, Path] = {}
+
+    def build(chat_template: bool = True) -> Path:
+        if chat_template not in built:
+            root = tmp_path_factory.mktemp("serve-model")
+            corpus = shared_data / "tinyshakespeare" / "input.txt"
+            built[chat_template] = make_model_dir(root, corpus, chat_template=chat_template)
+        return built[chat_template]
+
+    return build

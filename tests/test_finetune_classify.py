@@ -19,13 +19,7 @@ from llmchain.train.classify import BucketedBatches, finetune_classifier, metric
 from llmchain.train.distributed import teardown_runtime
 from llmchain.train.labeled import LabelMap, read_labeled
 
-
-@pytest.fixture(autouse=True)
-def _fresh_runtime():
-    threads = torch.get_num_threads()
-    yield
-    teardown_runtime()
-    torch.set_num_threads(threads)  # runs below use threads=1: robust when other jobs share the cores
+pytestmark = pytest.mark.usefixtures("fresh_runtime")  # conftest: the loop's runtime is per process
 
 
 @pytest.fixture(scope="module")
@@ -133,19 +127,10 @@ def test_minilm_on_sst2_beats_chance_and_predict_writes_scores(sst2, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory, shared_data) -> Path:
-    from llmchain.model.io import save_model
-    from llmchain.model.llama import Llama, LlamaConfig
-    from llmchain.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("dec")
-    (root / "dev.txt").write_text((shared_data / "sst2/dev.tsv").read_text(encoding="utf-8"), encoding="utf-8")
-    train_tokenizer(root / "dev.txt", 400, root / "tok")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1)  # fmt: skip
-    return save_model(Llama(cfg), root / "model", tokenizer_dir=root / "tok")
+def tiny_decoder(tiny_model_dir, shared_data) -> Path:
+    text = (shared_data / "sst2/dev.tsv").read_text(encoding="utf-8")  # as plain text, header and all
+    return tiny_model_dir(text, 400, hidden_size=32, intermediate_size=64, max_position_embeddings=128,
+                          eos_token_id=0, pad_token_id=1)  # fmt: skip
 
 
 def test_decoder_classifier_opens_in_transformers_with_the_same_logits(tiny_decoder, sst2, tmp_path):

@@ -25,33 +25,18 @@ from llmchain.train.sft import SFTBatches, SFTModel, finetune_sft, rows_to_batch
 SEED_TASKS = "self_instruct_human/seed_tasks_train.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_runtime():
-    threads = torch.get_num_threads()
-    yield
-    teardown_runtime()  # the loop's runtime (device, precision) is per process: reset between runs
-    torch.set_num_threads(threads)  # runs below use threads=1 (a nano model gains nothing from more)
+pytestmark = pytest.mark.usefixtures("fresh_runtime")  # conftest: the loop's runtime is per process
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, shared_data) -> Path:
+def base(tmp_path_factory, shared_data, tiny_model_dir) -> Path:
     """A nano random Llama + chat tokenizer (ChatML template), as an HF model dir."""
-    from llmchain.model.io import save_model
-    from llmchain.model.llama import Llama, LlamaConfig
-    from llmchain.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("sft_base")
-    docs = root / "docs.jsonl"
+    docs = tmp_path_factory.mktemp("sft_base") / "docs.jsonl"
     with open(docs, "w", encoding="utf-8") as f:
         for line in (shared_data / SEED_TASKS).read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
             f.write(json.dumps({"text": f"{r['instruction']}\n{r['input']}\n{r['output']}"}) + "\n")
-    train_tokenizer(docs, 512, root / "tok")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, eos_token_id=0, bos_token_id=0, pad_token_id=1)  # fmt: skip
-    return save_model(Llama(cfg), root / "model", tokenizer_dir=root / "tok")
+    return tiny_model_dir(docs, 512, eos_token_id=0, bos_token_id=0, pad_token_id=1)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from llmchain.serve.api import ServeOptions, create_app
-from serve_fixtures import LiveServer, cached_model_dir
+from serve_fixtures import LiveServer
 
 KEY = "sk-test-key"
 PROMPTS = ["First Citizen:", "Before we proceed any further,", "You are all resolved", "ROMEO:", "What say you?",
@@ -20,8 +20,8 @@ PROMPTS = ["First Citizen:", "Before we proceed any further,", "You are all reso
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shared_data):
-    d = cached_model_dir(tmp_path_factory, shared_data)
+def server(serve_model_dir):
+    d = serve_model_dir()
     app = create_app(ServeOptions(model_dir=str(d), served_model_name="tiny", api_key=KEY, max_batch_size=8,
                                   max_queue=64, max_model_len=512, max_body_bytes=64 * 1024, threads=1))  # fmt: skip
     with LiveServer(app) as srv:

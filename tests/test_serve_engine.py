@@ -16,18 +16,17 @@ from llmchain.serve.kernel import BlockedKV
 from llmchain.serve.kernel import load as load_kernel
 from llmchain.serve.sampling import SamplingParams
 from llmchain.serve.worker import EngineProcess, EngineSpec
-from serve_fixtures import cached_model_dir
 
 
 @pytest.fixture(scope="module", params=["thread", "process"])
-def engine(request, tmp_path_factory, shared_data):
+def engine(request, serve_model_dir):
     """The engine on a thread of this process, and in a child process behind `EngineProcess` (how
     `llmchain serve` runs it): every engine test runs against both."""
     from transformers import AutoTokenizer
 
     from llmchain.model.io import load_model
 
-    d = cached_model_dir(tmp_path_factory, shared_data)
+    d = serve_model_dir()
     tok = AutoTokenizer.from_pretrained(d)
     if request.param == "thread":
         eng = Engine(load_model(d), tok, max_batch_size=8, max_queue=16, eos_token_ids=[tok.eos_token_id],
@@ -47,13 +46,14 @@ def _need_bf16_ops() -> None:
         skip_or_fail("oneDNN has no bf16 kernels for this CPU: the bf16 decode path cannot run here")
 
 
-@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-kernel"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-kernel", "bf16-kernel-generic"])
 @torch.inference_mode()
 def test_step_rows_are_bit_identical_whatever_the_batch(mode):
-    bf16, kernel = mode != "fp32", mode == "bf16-kernel"
+    bf16, kernel = mode != "fp32", mode.startswith("bf16-kernel")
+    generic = True if mode.endswith("generic") else None  # None: LLMCHAIN_KERNELS_GENERIC decides
     if bf16:
         _need_bf16_ops()
-    if kernel and load_kernel(32, 2) is None:
+    if kernel and load_kernel(32, 2, generic) is None:
         skip_or_fail("the decode-attention C kernel cannot be built here (no cc, or not Linux)")
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
@@ -66,8 +66,8 @@ def test_step_rows_are_bit_identical_whatever_the_batch(mode):
     B = len(prompts)
     cache = BlockedKV(cfg, B + 2, 640) if kernel else KVCache(cfg, B + 2, 640)
     w = prepare_decode(model, 640, bf16=bf16)
-    w.kernels = load_kernel(cfg.head_dim, 2) if kernel else None  # bf16 keys/values, read by the C kernels
-    assert (w.kernels is not None) == kernel
+    w.kernels = load_kernel(cfg.head_dim, 2, generic) if kernel else None  # bf16 keys/values, read in C
+    assert (w.kernels is not None) == kernel and (not generic or w.kernels.isa == "generic")
     none = torch.zeros(0, dtype=torch.long)
     tol = dict(rtol=0, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-4)  # bf16 matmuls vs the fp32 model
 
@@ -206,11 +206,12 @@ def test_bf16_probe_does_not_depend_on_the_global_rng():
         torch.manual_seed(seed)
         answers.add(_bf16_ops_work())
     assert answers == {True}
-    assert bf16_supported() == ("amx_bf16" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore"))
+    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    assert bf16_supported() == amx  # the engine picks bf16 by itself on AMX only
 
 
-def test_a_dead_engine_process_ends_its_requests_and_says_why(tmp_path_factory, shared_data):
-    d = cached_model_dir(tmp_path_factory, shared_data)
+def test_a_dead_engine_process_ends_its_requests_and_says_why(serve_model_dir):
+    d = serve_model_dir()
     eng = EngineProcess(EngineSpec(str(d), max_batch_size=2, threads=1)).start()
     try:
         h = eng.submit([1, 2, 3], SamplingParams(max_tokens=10_000, temperature=0, ignore_eos=True))

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import skip_or_fail
 from llmchain.serve.api import ServeOptions, create_app
-from serve_fixtures import LiveServer, cached_model_dir
+from serve_fixtures import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,8 +29,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shared_data):
-    d = cached_model_dir(tmp_path_factory, shared_data)
+def server(serve_model_dir):
+    d = serve_model_dir()
     with LiveServer(create_app(ServeOptions(model_dir=str(d), max_batch_size=4, threads=1))) as srv:
         yield srv
 

@@ -22,7 +22,9 @@ from llmchain.errors import UserError
 from llmchain.train import checkpoint as ckpt
 from llmchain.train.ema import WeightEMA
 from llmchain.train.loop import fit, lr_at
-from train_fixtures import fresh_runtime, make_model, mse  # noqa: F401 — fresh_runtime: autouse fixture
+from train_helpers import make_model, mse
+
+pytestmark = pytest.mark.usefixtures("fresh_runtime")  # conftest: the loop's runtime is per process
 
 
 class Regression:

@@ -1,22 +1,11 @@
 """Shared pieces of the generic-loop tests (tests/test_train_loop.py, tests/test_train_ema.py): a tiny
-regression MLP, its loss, and the fixture that resets the loop's per-process runtime around each test.
+regression MLP and its loss (the runtime reset they need is conftest's `fresh_runtime` fixture).
 Imported by those files (tests/ is on sys.path under pytest's default import mode).
 """
 
 from __future__ import annotations
 
-import pytest
 import torch
-
-from llmchain.train.distributed import teardown_runtime
-
-
-@pytest.fixture(autouse=True)
-def fresh_runtime():
-    """Autouse in every module that imports it: the loop's runtime (device, precision) is per process."""
-    teardown_runtime()
-    yield
-    teardown_runtime()
 
 
 def mse(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
