@@ -7,7 +7,10 @@ pass by skipping everything.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,6 +41,23 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def sigterm_at(batches: type, step: int) -> Iterator[None]:
+    """Within the block, fetching batch `step` from a `batches` (a class with `get_batch(step, rank,
+    world_size)`) sends this process SIGTERM, as `kill PID` would: the loop finishes that step,
+    checkpoints and stops."""
+    original = batches.get_batch
+
+    def get_batch(self, s: int, rank: int, world_size: int):
+        if s == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, s, rank, world_size)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batches, "get_batch", get_batch)
+        yield
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, sigterm_at
 from llmchain.config import ClassifyConfig
 from llmchain.errors import DataError, UserError
 from llmchain.model.classifier import load_classifier
@@ -199,9 +199,7 @@ def test_train_rows_embedding_trains_like_the_full_table(tiny_bert, sst2, tmp_pa
 
 
 @pytest.mark.parametrize("base", ["decoder", "bert"])
-def test_classify_resume_equals_uninterrupted(base, tiny_decoder, tiny_bert, sst2, tmp_path, monkeypatch):
-    import os
-    import signal
+def test_classify_resume_equals_uninterrupted(base, tiny_decoder, tiny_bert, sst2, tmp_path):
 
     from safetensors.torch import load_file
 
@@ -209,18 +207,10 @@ def test_classify_resume_equals_uninterrupted(base, tiny_decoder, tiny_bert, sst
               precision="fp32", batch_size=64, max_length=32, threads=1, patience=0)  # 5 steps per epoch
     full = finetune_classifier(ClassifyConfig(out=str(tmp_path / "full"), **kw), quiet=True)
     teardown_runtime()
-    original = BucketedBatches.get_batch
-
-    def stop_mid_epoch_2(self, step, rank, world_size):
-        if step == 7:
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, checkpoints and returns
-        return original(self, step, rank, world_size)
-
-    monkeypatch.setattr(BucketedBatches, "get_batch", stop_mid_epoch_2)
-    cut = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), **kw), quiet=True)
+    with sigterm_at(BucketedBatches, 7):  # mid epoch 2
+        cut = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), **kw), quiet=True)
     assert not cut["completed"] and cut["steps"] == 8
     teardown_runtime()
-    monkeypatch.setattr(BucketedBatches, "get_batch", original)
     resumed = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), resume="auto", **kw), quiet=True)
     assert resumed["completed"] and resumed["steps"] == 15
     history = [json.loads(p.read_text())["history"] for p in (tmp_path / "full" / "classify_state.json",

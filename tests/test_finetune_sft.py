@@ -8,15 +8,13 @@ The eval-only set (user_oriented_eval.jsonl) is never used here.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import run_cli, sigterm_at
 from llmchain.config import SFTConfig
 from llmchain.train.chat_data import encode_examples, pack, read_chat_data, render, tokenize_example
 from llmchain.train.distributed import teardown_runtime
@@ -198,23 +196,14 @@ def test_lora_trains_only_adapters_and_merge_equals_adapted_model(base, small_da
         torch.testing.assert_close(load_model(result.final)(x)[0], adapted(x)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_lora_resume_equals_uninterrupted(base, small_data, tmp_path, monkeypatch):
+def test_lora_resume_equals_uninterrupted(base, small_data, tmp_path):
     kw = dict(lora=True, lora_r=4, lr=1e-2, max_steps=6, save_every=2, lora_dropout=0.1, samples=0)
     full = finetune_sft(cfg(base, small_data, tmp_path / "full", **kw), quiet=True)
     teardown_runtime()
-
-    original = SFTBatches.get_batch
-
-    def stop_at_3(self, step, rank, world_size):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # as a kill would: the loop finishes the step and checkpoints
-        return original(self, step, rank, world_size)
-
-    monkeypatch.setattr(SFTBatches, "get_batch", stop_at_3)
-    cut = finetune_sft(cfg(base, small_data, tmp_path / "cut", **kw), quiet=True)
+    with sigterm_at(SFTBatches, 3):
+        cut = finetune_sft(cfg(base, small_data, tmp_path / "cut", **kw), quiet=True)
     assert not cut.fit.completed and cut.fit.step == 4 and cut.adapter is None
     teardown_runtime()
-    monkeypatch.setattr(SFTBatches, "get_batch", original)
     resumed = finetune_sft(cfg(base, small_data, tmp_path / "cut", resume="auto", **kw), quiet=True)
     assert resumed.fit.completed and resumed.fit.step == 6
     a = load_file(full.adapter / "adapter_model.safetensors")
