@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from conftest import skip_or_fail
 from llmchain.model.llama import KVCache, Llama, LlamaConfig
 from llmchain.serve.engine import Engine, EngineOverloaded, PromptTooLong
-from llmchain.serve.forward import bf16_supported, prepare_decode, step_logits
+from llmchain.serve.forward import prepare_decode, step_logits
 from llmchain.serve.kernel import BlockedKV
 from llmchain.serve.kernel import load as load_kernel
 from llmchain.serve.sampling import SamplingParams
@@ -194,20 +193,26 @@ def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
             assert all(PROMPT_MIN <= z - a + p <= lin.band and (z - a + p) % PROMPT_STEP == 0 for a, z, p in calls[1:])
 
 
-def test_bf16_probe_does_not_depend_on_the_global_rng():
+def test_bf16_probe_does_not_depend_on_the_global_rng(monkeypatch):
     """The capability probe once used unseeded random inputs with an element-wise tolerance and failed
-    for ~1 % of RNG states, silently sending a server to the slower fp32 path. Its numeric check runs
-    wherever the bf16 ops do (not only on AMX, where `bf16_supported` gets that far)."""
-    from llmchain.serve.forward import _bf16_ops_work
+    for ~1 % of RNG states, silently sending a server to the slower fp32 path. The probe runs wherever
+    the bf16 ops do: on a CPU without AMX too, told it has AMX. Cleared before each call (it is cached)."""
+    from llmchain.serve import forward
 
     _need_bf16_ops()
+    amx = forward._has_amx()
+    monkeypatch.setattr(forward, "_has_amx", lambda: True)
     answers = set()
-    for seed in range(40):
-        torch.manual_seed(seed)
-        answers.add(_bf16_ops_work())
+    try:
+        for seed in range(40):
+            forward.bf16_supported.cache_clear()
+            torch.manual_seed(seed)
+            answers.add(forward.bf16_supported())
+    finally:
+        forward.bf16_supported.cache_clear()
     assert answers == {True}
-    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    assert bf16_supported() == amx  # the engine picks bf16 by itself on AMX only
+    monkeypatch.undo()
+    assert forward.bf16_supported() == amx  # the engine picks bf16 by itself on AMX only
 
 
 def test_a_dead_engine_process_ends_its_requests_and_says_why(serve_model_dir):

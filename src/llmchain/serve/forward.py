@@ -23,6 +23,7 @@ attends on its own. Then no token's numbers depend on what else shares the step
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,28 +41,33 @@ KEY_BLOCK = 256  # p·V over at most this many keys per matmul: one summation or
 ROW_CHUNKS = (32, 16)
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU runs oneDNN's bf16 AMX kernels (the row-invariance of small calls, ≤ 16 or 32
-    rows, was verified on those; other bf16 paths are not assumed to share it)."""
+def _has_amx() -> bool:
     try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-        if not ("amx_bf16" in flags and torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported()):  # fmt: skip
-            return False
-        return _bf16_ops_work()
-    except Exception:  # noqa: BLE001 — a capability probe: any failure means "use the fp32 path"
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
         return False
 
 
-def _bf16_ops_work() -> bool:
-    """Whether the bf16 `_Linear` (PyTorch-internal oneDNN ops) gives F.linear's result within bf16
-    rounding: probed once so a changed signature falls back to fp32. Fixed inputs (own generator) and a
-    relative-norm check: an element-wise tolerance on random inputs failed for ~1 % of seeds (bf16
-    rounding near zero), so a server sometimes fell back to the ~2.5× slower fp32 path at random."""
-    g = torch.Generator().manual_seed(0)
-    w, x = torch.randn(32, 64, generator=g), torch.randn(3, 64, generator=g)
-    y, ref = _Linear(w, None, bf16=True)(x).float(), F.linear(x, w)
-    return bool(torch.linalg.vector_norm(y - ref) <= 0.02 * torch.linalg.vector_norm(ref))
+@functools.cache
+def bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN's bf16 AMX kernels (the row-invariance of small calls, ≤ 16 or 32
+    rows, was verified on those; other bf16 paths are not assumed to share it). Probed once a process;
+    the tests run the probe on other CPUs with oneDNN bf16 too, by patching `_has_amx`."""
+    if not _has_amx():
+        return False
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
+        # The ops are internal to PyTorch: probe them once so a changed signature falls back to fp32.
+        # Fixed inputs (own generator) and a relative-norm check: an element-wise tolerance on random
+        # inputs failed for ~1 % of seeds (bf16 rounding near zero), so a server sometimes fell back to
+        # the ~2.5× slower fp32 path at random.
+        g = torch.Generator().manual_seed(0)
+        w, x = torch.randn(32, 64, generator=g), torch.randn(3, 64, generator=g)
+        y, ref = _Linear(w, None, bf16=True)(x).float(), F.linear(x, w)
+        return bool(torch.linalg.vector_norm(y - ref) <= 0.02 * torch.linalg.vector_norm(ref))
+    except Exception:  # noqa: BLE001 — a capability probe: any failure means "use the fp32 path"
+        return False
 
 
 def use_bf16(dtype: str, device: torch.device, weight_dtype: torch.dtype) -> bool:

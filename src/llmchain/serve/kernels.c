@@ -18,8 +18,8 @@
  * else is in the batch, and masked positions are never read.
  */
 #include <math.h>
-/* -DLLMCHAIN_GENERIC (LLMCHAIN_KERNELS_GENERIC=1 in serve/kernel.py) builds the portable branches even
- * where AVX-512 is there, so the tests can check them on any machine against the same references. */
+/* -DLLMCHAIN_GENERIC (the loader passes it for LLMCHAIN_KERNELS_GENERIC=1) builds the portable branches
+ * even where AVX-512 is there, so the tests can check them on any machine against the same references. */
 #if defined(__AVX512F__) && !defined(LLMCHAIN_GENERIC)
 #define USE_AVX512 1
 #include <immintrin.h>
@@ -34,7 +34,7 @@ typedef uint16_t vh __attribute__((vector_size(32)));
 #define NV 4       /* vectors per key block */
 #define KB 64      /* keys per block (NV * W) */
 
-/* Which branches this build took: "avx512" or "generic" (serve/kernel.py's CpuKernels.isa). */
+/* Which branches this build took: "avx512" or "generic" (the loader's CpuKernels.isa). */
 const char *kernels_isa(void) {
 #ifdef USE_AVX512
     return "avx512";
