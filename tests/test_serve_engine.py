@@ -38,9 +38,9 @@ def engine(request, serve_model_dir):
 
 
 def _need_bf16_ops() -> None:
-    """The bf16 path's oneDNN ops run on any CPU oneDNN has bf16 kernels for (AVX-512, AMX, Arm bf16),
-    not only where the engine picks them (AMX, `bf16_supported`): the tests run that path wherever it runs,
-    and its start-up probes (row chunk, prompt band) choose call sizes for this CPU as for an AMX one."""
+    """The bf16 path's oneDNN ops run on every CPU oneDNN has bf16 kernels for (an AVX-512 CPU without
+    AMX too), not only where the engine picks them (AMX, `bf16_supported`): the tests run that path
+    wherever it runs, its start-up probes (row chunk, prompt band) choosing call sizes for that CPU."""
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         skip_or_fail("oneDNN has no bf16 kernels for this CPU: the bf16 decode path cannot run here")
 
