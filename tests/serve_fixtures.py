@@ -1,7 +1,8 @@
-"""Fixtures for the serve tests: a tiny byte-level BPE tokenizer and a tiny random Llama, as HF dirs;
-and a live uvicorn server on 127.0.0.1 in a background thread.
+"""Helpers of the serve tests: a tiny byte-level BPE tokenizer and a tiny random Llama, as HF dirs
+(conftest's `serve_model_dir` fixture builds the model once per session); and a live uvicorn server
+on 127.0.0.1 in a background thread.
 
-Imported by tests/test_serve_*.py (tests/ is on sys.path under pytest's default import mode).
+Imported by tests/test_serve_*.py and conftest.py (tests/ is on sys.path under pytest's default import mode).
 """
 
 from __future__ import annotations
@@ -94,12 +95,3 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-def cached_model_dir(tmp_path_factory, shared_data: Path | None, name: str = "serve-model", **kw) -> Path:
-    """One model dir per test session, however many modules ask for it (keyed by `name`)."""
-    root = tmp_path_factory.getbasetemp() / name
-    if not (root / "model" / "config.json").is_file():
-        corpus = shared_data / "tinyshakespeare" / "input.txt" if shared_data else None
-        make_model_dir(root, corpus, **kw)
-    return root / "model"

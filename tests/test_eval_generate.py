@@ -13,8 +13,6 @@ import pytest
 from conftest import run_cli
 from llmchain.eval.metrics import generation_metrics
 
-SACREBLEU = Path(sys.executable).parent / "sacrebleu"
-
 
 def _perturb(lines: list[str], k: int) -> list[str]:
     """Imperfect 'translations' from real sentences: drop the last word; swap two words every k-th line."""
@@ -29,7 +27,8 @@ def _perturb(lines: list[str], k: int) -> list[str]:
 
 
 def _sacrebleu_cli(refs: list[Path], hyp: Path, tokenize: str | None = None) -> tuple[float, float]:
-    cmd = [str(SACREBLEU), *map(str, refs), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "6"]
+    cmd = [sys.executable, "-m", "sacrebleu", *map(str, refs), "-i", str(hyp),
+           "-m", "bleu", "chrf", "-b", "-w", "6"]  # fmt: skip
     if tokenize:
         cmd += ["-tok", tokenize]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -37,7 +36,6 @@ def _sacrebleu_cli(refs: list[Path], hyp: Path, tokenize: str | None = None) -> 
     return float(bleu), float(chrf)
 
 
-@pytest.mark.skipif(not SACREBLEU.exists(), reason="sacrebleu CLI not installed beside python")
 def test_bleu_chrf_equal_sacrebleu_cli_on_multi30k(shared_data, tmp_path):
     d = shared_data / "multi30k"
     ref = (d / "val.de").read_text(encoding="utf-8").splitlines()
@@ -116,8 +114,8 @@ def test_exact_match_and_nearest_baseline(shared_data, tmp_path):
     assert (tmp_path / "ev" / "outputs.jsonl").is_file() and (tmp_path / "ev" / "chrf.png").is_file()
 
 
-def test_generate_with_a_tiny_model(tmp_path, shared_data):
-    model_dir = tiny_model(tmp_path, shared_data)
+def test_generate_with_a_tiny_model(tmp_path, shared_data, tiny_model_dir):
+    model_dir = tiny_model_dir(shakespeare(shared_data), 300, eos_token_id=0, bos_token_id=0)
     data = _write(tmp_path / "d.jsonl", [json.dumps({"prompt": "ROMEO:", "reference": "O, she doth teach"}),
                                          json.dumps({"prompt": "JULIET:", "references": ["a", "b"]})])  # fmt: skip
     code, out, err = run_cli("eval", "generate", "--model", str(model_dir), "--data", str(data),
@@ -132,22 +130,12 @@ def test_generate_with_a_tiny_model(tmp_path, shared_data):
     assert json.loads((tmp_path / "ev2" / "report.json").read_text())["config"]["chat_template"] is False
 
 
-def tiny_model(tmp_path: Path, shared_data: Path, vocab: int = 300, model_vocab: int | None = None) -> Path:
-    """A random nano Llama with a real (small) BPE tokenizer trained on tinyshakespeare's start."""
-    from llmchain.model.io import save_model
-    from llmchain.model.llama import Llama
-    from llmchain.model.presets import preset_config
-    from llmchain.tokenizer import train_tokenizer
-
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    text = tmp_path / "t.txt"
-    text.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:20000], encoding="utf-8")
-    train_tokenizer(text, vocab, tmp_path / "tok")
-    model = Llama(preset_config("nano", model_vocab or vocab, eos_token_id=0, bos_token_id=0))
-    return save_model(model, tmp_path / "model", tokenizer_dir=tmp_path / "tok")
+def shakespeare(shared_data: Path) -> str:
+    """tinyshakespeare's start: enough text for a small BPE tokenizer (`tiny_model_dir`)."""
+    return (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:20000]
 
 
-def test_one_line_errors(shared_data, tmp_path):
+def test_one_line_errors(shared_data, tmp_path, tiny_model_dir):
     d = shared_data / "multi30k"
     short = _write(tmp_path / "short.txt", ["only one line"])
     cases = [
@@ -161,7 +149,7 @@ def test_one_line_errors(shared_data, tmp_path):
         assert code == 2, (args, err)
         assert err.startswith("error: ") and err.count("\n") == 1, err
     # a model whose vocabulary is smaller than its tokenizer's
-    bad = tiny_model(tmp_path / "bad", shared_data, vocab=300, model_vocab=280)
+    bad = tiny_model_dir(shakespeare(shared_data), 300, model_vocab=280, eos_token_id=0, bos_token_id=0)
     pairs = _write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a", "reference": "b"})])
     code, _, err = run_cli("eval", "generate", "--model", str(bad), "--data", str(pairs), "-o", str(tmp_path / "e"))
     assert code == 2 and "do not belong together" in err and err.count("\n") == 1

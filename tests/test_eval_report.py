@@ -124,7 +124,7 @@ def test_card_of_a_bare_model_states_what_is_missing(chain, tmp_path):
     assert "model missing" not in out and "data missing" in out
 
 
-def test_eval_lm_text_file_and_errors(chain, tmp_path, shared_data):
+def test_eval_lm_text_file_and_errors(chain, tmp_path, shared_data, tiny_model_dir):
     model, shards = chain["model"], chain["shards"]
     text = tmp_path / "val.txt"
     text.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[-20000:])
@@ -147,9 +147,10 @@ def test_eval_lm_text_file_and_errors(chain, tmp_path, shared_data):
                            "-o", str(tmp_path / "ev2"))  # fmt: skip
     assert code == 0, err
     # errors: one line, exit 2
-    from test_eval_generate import tiny_model
+    from test_eval_generate import shakespeare
 
-    other = tiny_model(tmp_path / "other", shared_data, vocab=300)  # another tokenizer, 300 tokens
+    # another tokenizer, of 300 tokens
+    other = tiny_model_dir(shakespeare(shared_data), 300, eos_token_id=0, bos_token_id=0)
     bare = tmp_path / "bare"
     shutil.copytree(model, bare)
     (bare / "manifest.json").unlink()

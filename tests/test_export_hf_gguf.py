@@ -9,26 +9,16 @@ import torch
 
 from conftest import run_cli
 from llmchain.model.export import export_gguf, export_hf, permute_rope, read_gguf, unpermute_rope
-from llmchain.model.io import save_model
-from llmchain.model.llama import Llama, LlamaConfig, apply_rotary
+from llmchain.model.llama import Llama, apply_rotary
 
 CORPUS = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from llmchain.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("export")
-    (root / "corpus.txt").write_text(CORPUS)
-    train_tokenizer(root / "corpus.txt", 300, root / "tok")
-    torch.manual_seed(0)
-    # vocab 320 > tokenizer's 300: padded ids must become [PAD] tokens; GQA (4 heads, 2 kv heads)
-    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, rope_theta=5000.0, eos_token_id=0,
-                      bos_token_id=0, pad_token_id=1, tie_word_embeddings=True)  # fmt: skip
-    save_model(Llama(cfg).eval(), root / "model", tokenizer_dir=root / "tok")
-    return root / "model"
+def model_dir(tiny_model_dir):
+    # model vocab 320 > tokenizer's 300: padded ids must become [PAD] tokens; GQA (nano: 4 heads, 2 kv heads)
+    return tiny_model_dir(CORPUS, 300, model_vocab=320, intermediate_size=96, max_position_embeddings=64,
+                          rope_theta=5000.0, eos_token_id=0, bos_token_id=0, pad_token_id=1)  # fmt: skip
 
 
 def _load_ours(config, state) -> Llama:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, sigterm_at
 from llmchain.config import ClassifyConfig
 from llmchain.data.tables import LabelMap, read_labelled
 from llmchain.errors import DataError, UserError
@@ -19,13 +19,7 @@ from llmchain.model.classifier import load_classifier
 from llmchain.train.classify import BucketedBatches, finetune_classifier, metrics_from_confusion, minilm_dir
 from llmchain.train.distributed import teardown_runtime
 
-
-@pytest.fixture(autouse=True)
-def _fresh_runtime():
-    threads = torch.get_num_threads()
-    yield
-    teardown_runtime()
-    torch.set_num_threads(threads)  # runs below use threads=1: robust when other jobs share the cores
+pytestmark = pytest.mark.usefixtures("fresh_runtime")  # conftest: the loop's runtime is per process
 
 
 @pytest.fixture(scope="module")
@@ -133,19 +127,10 @@ def test_minilm_on_sst2_beats_chance_and_predict_writes_scores(sst2, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory, shared_data) -> Path:
-    from llmchain.model.io import save_model
-    from llmchain.model.llama import Llama, LlamaConfig
-    from llmchain.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("dec")
-    (root / "dev.txt").write_text((shared_data / "sst2/dev.tsv").read_text(encoding="utf-8"), encoding="utf-8")
-    train_tokenizer(root / "dev.txt", 400, root / "tok")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1)  # fmt: skip
-    return save_model(Llama(cfg), root / "model", tokenizer_dir=root / "tok")
+def tiny_decoder(tiny_model_dir, shared_data) -> Path:
+    text = (shared_data / "sst2/dev.tsv").read_text(encoding="utf-8")  # as plain text, header and all
+    return tiny_model_dir(text, 400, hidden_size=32, intermediate_size=64, max_position_embeddings=128,
+                          eos_token_id=0, pad_token_id=1)  # fmt: skip
 
 
 def test_decoder_classifier_opens_in_transformers_with_the_same_logits(tiny_decoder, sst2, tmp_path):
@@ -214,9 +199,7 @@ def test_train_rows_embedding_trains_like_the_full_table(tiny_bert, sst2, tmp_pa
 
 
 @pytest.mark.parametrize("base", ["decoder", "bert"])
-def test_classify_resume_equals_uninterrupted(base, tiny_decoder, tiny_bert, sst2, tmp_path, monkeypatch):
-    import os
-    import signal
+def test_classify_resume_equals_uninterrupted(base, tiny_decoder, tiny_bert, sst2, tmp_path):
 
     from safetensors.torch import load_file
 
@@ -224,18 +207,10 @@ def test_classify_resume_equals_uninterrupted(base, tiny_decoder, tiny_bert, sst
               precision="fp32", batch_size=64, max_length=32, threads=1, patience=0)  # 5 steps per epoch
     full = finetune_classifier(ClassifyConfig(out=str(tmp_path / "full"), **kw), quiet=True)
     teardown_runtime()
-    original = BucketedBatches.get_batch
-
-    def stop_mid_epoch_2(self, step, rank, world_size):
-        if step == 7:
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, checkpoints and returns
-        return original(self, step, rank, world_size)
-
-    monkeypatch.setattr(BucketedBatches, "get_batch", stop_mid_epoch_2)
-    cut = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), **kw), quiet=True)
+    with sigterm_at(BucketedBatches, 7):  # mid epoch 2
+        cut = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), **kw), quiet=True)
     assert not cut["completed"] and cut["steps"] == 8
     teardown_runtime()
-    monkeypatch.setattr(BucketedBatches, "get_batch", original)
     resumed = finetune_classifier(ClassifyConfig(out=str(tmp_path / "cut"), resume="auto", **kw), quiet=True)
     assert resumed["completed"] and resumed["steps"] == 15
     history = [json.loads(p.read_text())["history"] for p in (tmp_path / "full" / "classify_state.json",

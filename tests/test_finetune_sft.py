@@ -8,15 +8,13 @@ The eval-only set (user_oriented_eval.jsonl) is never used here.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import run_cli, sigterm_at
 from llmchain.config import SFTConfig
 from llmchain.train.chat_data import encode_examples, pack, read_chat_data, render, tokenize_example
 from llmchain.train.distributed import teardown_runtime
@@ -25,33 +23,18 @@ from llmchain.train.sft import SFTBatches, SFTModel, finetune_sft, rows_to_batch
 SEED_TASKS = "self_instruct_human/seed_tasks_train.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_runtime():
-    threads = torch.get_num_threads()
-    yield
-    teardown_runtime()  # the loop's runtime (device, precision) is per process: reset between runs
-    torch.set_num_threads(threads)  # runs below use threads=1 (a nano model gains nothing from more)
+pytestmark = pytest.mark.usefixtures("fresh_runtime")  # conftest: the loop's runtime is per process
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, shared_data) -> Path:
+def base(tmp_path_factory, shared_data, tiny_model_dir) -> Path:
     """A nano random Llama + chat tokenizer (ChatML template), as an HF model dir."""
-    from llmchain.model.io import save_model
-    from llmchain.model.llama import Llama, LlamaConfig
-    from llmchain.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("sft_base")
-    docs = root / "docs.jsonl"
+    docs = tmp_path_factory.mktemp("sft_base") / "docs.jsonl"
     with open(docs, "w", encoding="utf-8") as f:
         for line in (shared_data / SEED_TASKS).read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
             f.write(json.dumps({"text": f"{r['instruction']}\n{r['input']}\n{r['output']}"}) + "\n")
-    train_tokenizer(docs, 512, root / "tok")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, eos_token_id=0, bos_token_id=0, pad_token_id=1)  # fmt: skip
-    return save_model(Llama(cfg), root / "model", tokenizer_dir=root / "tok")
+    return tiny_model_dir(docs, 512, eos_token_id=0, bos_token_id=0, pad_token_id=1)
 
 
 @pytest.fixture(scope="module")
@@ -213,23 +196,14 @@ def test_lora_trains_only_adapters_and_merge_equals_adapted_model(base, small_da
         torch.testing.assert_close(load_model(result.final)(x)[0], adapted(x)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_lora_resume_equals_uninterrupted(base, small_data, tmp_path, monkeypatch):
+def test_lora_resume_equals_uninterrupted(base, small_data, tmp_path):
     kw = dict(lora=True, lora_r=4, lr=1e-2, max_steps=6, save_every=2, lora_dropout=0.1, samples=0)
     full = finetune_sft(cfg(base, small_data, tmp_path / "full", **kw), quiet=True)
     teardown_runtime()
-
-    original = SFTBatches.get_batch
-
-    def stop_at_3(self, step, rank, world_size):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # as a kill would: the loop finishes the step and checkpoints
-        return original(self, step, rank, world_size)
-
-    monkeypatch.setattr(SFTBatches, "get_batch", stop_at_3)
-    cut = finetune_sft(cfg(base, small_data, tmp_path / "cut", **kw), quiet=True)
+    with sigterm_at(SFTBatches, 3):
+        cut = finetune_sft(cfg(base, small_data, tmp_path / "cut", **kw), quiet=True)
     assert not cut.fit.completed and cut.fit.step == 4 and cut.adapter is None
     teardown_runtime()
-    monkeypatch.setattr(SFTBatches, "get_batch", original)
     resumed = finetune_sft(cfg(base, small_data, tmp_path / "cut", resume="auto", **kw), quiet=True)
     assert resumed.fit.completed and resumed.fit.step == 6
     a = load_file(full.adapter / "adapter_model.safetensors")

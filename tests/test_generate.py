@@ -5,19 +5,12 @@ import torch
 
 from conftest import run_cli
 from llmchain.model.io import save_model
-from llmchain.model.llama import Llama
-from llmchain.model.presets import preset_config
-from llmchain.tokenizer import load_tokenizer, train_tokenizer
+from llmchain.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shared_data):
-    root = tmp_path_factory.mktemp("gen")
-    train_tokenizer(shared_data / "tinyshakespeare" / "input.txt", 512, root / "tok")
-    torch.manual_seed(0)
-    model = Llama(preset_config("nano", 512, max_position_embeddings=64))
-    save_model(model, root / "model", tokenizer_dir=root / "tok")
-    return root / "model"
+def model_dir(tiny_model_dir, shared_data):
+    return tiny_model_dir(shared_data / "tinyshakespeare" / "input.txt", 512, max_position_embeddings=64)
 
 
 def _gen(model_dir, *args):

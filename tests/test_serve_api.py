@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from llmchain.serve.api import ServeOptions, create_app
-from serve_fixtures import LiveServer, cached_model_dir
+from serve_fixtures import LiveServer
 
 KEY = "sk-test-key"
 PROMPTS = ["First Citizen:", "Before we proceed any further,", "You are all resolved", "ROMEO:", "What say you?",
@@ -21,8 +21,8 @@ PROMPTS = ["First Citizen:", "Before we proceed any further,", "You are all reso
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shared_data):
-    d = cached_model_dir(tmp_path_factory, shared_data)
+def server(serve_model_dir):
+    d = serve_model_dir()
     app = create_app(ServeOptions(model_dir=str(d), served_model_name="tiny", api_key=KEY, max_batch_size=8,
                                   max_queue=64, max_model_len=512, max_body_bytes=64 * 1024, threads=1))  # fmt: skip
     with LiveServer(app) as srv:
@@ -109,7 +109,7 @@ def test_stop_strings_across_token_boundaries(client):
         stop = tokens[k][-2:] + tokens[k + 1][:2]
         break
     else:
-        pytest.skip("no clean token boundary in this random model's output")
+        pytest.fail("no clean token boundary in the seeded model's output: the stop cannot be planted")
     expected = full[: full.index(stop)]
     r2 = client.completions.create(model="tiny", prompt="Before we proceed", max_tokens=30, temperature=0,
                                    stop=[stop], extra_body={"ignore_eos": True})  # fmt: skip

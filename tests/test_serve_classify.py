@@ -11,7 +11,6 @@ from serve_fixtures import LiveServer
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
-    pytest.importorskip("llmchain.model.classifier", reason="needs llmchain.model.classifier (helper finetune)")
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 

@@ -7,25 +7,25 @@ import time
 import pytest
 import torch
 
+from conftest import skip_or_fail
 from llmchain.infer.engine import Engine, EngineOverloaded, PromptTooLong
-from llmchain.infer.forward import KVCache, bf16_supported, prepare_decode, step_logits
+from llmchain.infer.forward import KVCache, prepare_decode, step_logits
 from llmchain.infer.kernels import BlockedKV
 from llmchain.infer.kernels import load as load_kernel
 from llmchain.infer.sampling import SamplingParams
 from llmchain.model.llama import Llama, LlamaConfig
 from llmchain.serve.worker import EngineProcess, EngineSpec
-from serve_fixtures import cached_model_dir
 
 
 @pytest.fixture(scope="module", params=["thread", "process"])
-def engine(request, tmp_path_factory, shared_data):
+def engine(request, serve_model_dir):
     """The engine on a thread of this process, and in a child process behind `EngineProcess` (how
     `llmchain serve` runs it): every engine test runs against both."""
     from transformers import AutoTokenizer
 
     from llmchain.model.io import load_model
 
-    d = cached_model_dir(tmp_path_factory, shared_data)
+    d = serve_model_dir()
     tok = AutoTokenizer.from_pretrained(d)
     if request.param == "thread":
         eng = Engine(load_model(d), tok, max_batch_size=8, max_queue=16, eos_token_ids=[tok.eos_token_id],
@@ -37,15 +37,23 @@ def engine(request, tmp_path_factory, shared_data):
     eng.stop()
 
 
-NO_AMX = pytest.mark.skipif(not bf16_supported(), reason="no AMX bf16 on this CPU")
-NO_KERNEL = pytest.mark.skipif(load_kernel(32, 2) is None, reason="the decode-attention C kernel cannot be built here")
+def _need_bf16_ops() -> None:
+    """The bf16 path's oneDNN ops run on every CPU oneDNN has bf16 kernels for (an AVX-512 CPU without
+    AMX too), not only where the engine picks them (AMX, `bf16_supported`): the tests run that path
+    wherever it runs, its start-up probes (row chunk, prompt band) choosing call sizes for that CPU."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        skip_or_fail("oneDNN has no bf16 kernels for this CPU: the bf16 decode path cannot run here")
 
 
-@pytest.mark.parametrize("mode", ["fp32", pytest.param("bf16", marks=NO_AMX),
-                                  pytest.param("bf16-kernel", marks=[NO_AMX, NO_KERNEL])])  # fmt: skip
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-kernel", "bf16-kernel-generic"])
 @torch.inference_mode()
 def test_step_rows_are_bit_identical_whatever_the_batch(mode):
-    bf16, kernel = mode != "fp32", mode == "bf16-kernel"
+    bf16, kernel = mode != "fp32", mode.startswith("bf16-kernel")
+    generic = True if mode.endswith("generic") else None  # None: LLMCHAIN_KERNELS_GENERIC decides
+    if bf16:
+        _need_bf16_ops()
+    if kernel and load_kernel(32, 2, generic) is None:
+        skip_or_fail("the decode-attention C kernel cannot be built here (no cc, or not Linux)")
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=640)  # fmt: skip
@@ -57,8 +65,8 @@ def test_step_rows_are_bit_identical_whatever_the_batch(mode):
     B = len(prompts)
     cache = BlockedKV(cfg, B + 2, 640) if kernel else KVCache(cfg, B + 2, 640)
     w = prepare_decode(model, 640, bf16=bf16)
-    w.kernels = load_kernel(cfg.head_dim, 2) if kernel else None  # bf16 keys/values, read by the C kernels
-    assert (w.kernels is not None) == kernel
+    w.kernels = load_kernel(cfg.head_dim, 2, generic) if kernel else None  # bf16 keys/values, read in C
+    assert (w.kernels is not None) == kernel and (not generic or w.kernels.isa == "generic")
     none = torch.zeros(0, dtype=torch.long)
     tol = dict(rtol=0, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-4)  # bf16 matmuls vs the fp32 model
 
@@ -153,7 +161,6 @@ def test_prompt_longer_than_the_context_is_refused(engine):
         engine.submit([1] * engine.max_model_len, SamplingParams())
 
 
-@NO_AMX
 @torch.inference_mode()
 def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
     """Prompt rows are packed into calls of PROMPT_MIN..band rows (`_Linear._calls`), padded to a few
@@ -161,6 +168,7 @@ def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
     of the call, on this test's model shapes: the same bits as the rows alone in a PROMPT_MIN-row call."""
     from llmchain.infer.forward import PROMPT_MIN, PROMPT_STEP, _Linear
 
+    _need_bf16_ops()
     g = torch.Generator().manual_seed(5)
     lp = torch.ops.mkldnn._linear_pointwise
     for n, k in [(256, 128), (128, 128), (352, 128), (128, 352), (1000, 128)]:
@@ -181,18 +189,30 @@ def test_prompt_rows_come_out_the_same_in_every_call_size_of_the_band():
             assert all(PROMPT_MIN <= z - a + p <= lin.band and (z - a + p) % PROMPT_STEP == 0 for a, z, p in calls[1:])
 
 
-def test_bf16_probe_does_not_depend_on_the_global_rng():
+def test_bf16_probe_does_not_depend_on_the_global_rng(monkeypatch):
     """The capability probe once used unseeded random inputs with an element-wise tolerance and failed
-    for ~1 % of RNG states, silently sending a server to the slower fp32 path."""
+    for ~1 % of RNG states, silently sending a server to the slower fp32 path. The probe runs wherever
+    the bf16 ops do: on a CPU without AMX too, told it has AMX. Cleared before each call (it is cached)."""
+    from llmchain.infer import forward
+
+    _need_bf16_ops()
+    amx = forward._has_amx()
+    monkeypatch.setattr(forward, "_has_amx", lambda: True)
     answers = set()
-    for seed in range(40):
-        torch.manual_seed(seed)
-        answers.add(bf16_supported())
-    assert len(answers) == 1
+    try:
+        for seed in range(40):
+            forward.bf16_supported.cache_clear()
+            torch.manual_seed(seed)
+            answers.add(forward.bf16_supported())
+    finally:
+        forward.bf16_supported.cache_clear()
+    assert answers == {True}
+    monkeypatch.undo()
+    assert forward.bf16_supported() == amx  # the engine picks bf16 by itself on AMX only
 
 
-def test_a_dead_engine_process_ends_its_requests_and_says_why(tmp_path_factory, shared_data):
-    d = cached_model_dir(tmp_path_factory, shared_data)
+def test_a_dead_engine_process_ends_its_requests_and_says_why(serve_model_dir):
+    d = serve_model_dir()
     eng = EngineProcess(EngineSpec(str(d), max_batch_size=2, threads=1)).start()
     try:
         h = eng.submit([1, 2, 3], SamplingParams(max_tokens=10_000, temperature=0, ignore_eos=True))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from llmchain.serve.api import ServeOptions, create_app
-from serve_fixtures import LiveServer, cached_model_dir
+from serve_fixtures import LiveServer
 
 KEY = "sk-fuzz"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -22,8 +22,8 @@ LEAKS = re.compile(r"Traceback|\b[A-Z]\w*(Error|Exception)\b|\.py\b|site-package
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shared_data):
-    return cached_model_dir(tmp_path_factory, shared_data)
+def model_dir(serve_model_dir):
+    return serve_model_dir()
 
 
 @pytest.fixture(scope="module")

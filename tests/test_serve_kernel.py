@@ -1,17 +1,23 @@
-"""The decode-attention C kernel (infer/kernels.py) and its blocked bf16 KV cache, against plain PyTorch."""
+"""The serving engine's C kernels (infer/kernels.py) and their blocked bf16 KV cache, against plain PyTorch
+and float64 references — each kernel in both builds: the native one (AVX-512 branches where the CPU has
+them) and the generic one (LLMCHAIN_KERNELS_GENERIC: the portable branches, forced on any CPU)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import platform
 import stat
 
 import pytest
 import torch
 
+from conftest import skip_or_fail
 from llmchain.infer import kernels as K
 from llmchain.model.llama import LlamaConfig
+
+BUILDS = pytest.mark.parametrize("generic", [False, True], ids=["native", "generic"])
 
 
 def _config(hd: int, nh: int, nkv: int) -> LlamaConfig:
@@ -19,16 +25,24 @@ def _config(hd: int, nh: int, nkv: int) -> LlamaConfig:
                        num_attention_heads=nh, num_key_value_heads=nkv, max_position_embeddings=300)  # fmt: skip
 
 
-def _need(hd: int, group: int) -> K.CpuKernels:
-    kernels = K.load(hd, group)
+def _need(hd: int, group: int, generic: bool) -> K.CpuKernels:
+    kernels = K.load(hd, group, generic)
     if kernels is None:
-        pytest.skip("the C kernels cannot be built here (no cc, or not Linux)")
+        skip_or_fail("the C kernels cannot be built here (no cc, or not Linux)")
+    assert kernels.isa == ("generic" if generic else _native_isa())
     return kernels
 
 
+def _native_isa() -> str:
+    """What `-march=native` gives on this machine: the AVX-512 branches where the CPU has AVX-512F."""
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    return "avx512" if x86 and "avx512f" in K._cpu_flags().split() else "generic"
+
+
+@BUILDS
 @pytest.mark.parametrize(("hd", "nh", "nkv"), [(64, 8, 4), (32, 4, 4), (16, 6, 2)])
-def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv):
-    attn = _need(hd, nh // nkv).attention
+def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv, generic):
+    attn = _need(hd, nh // nkv, generic).attention
     cfg, g = _config(hd, nh, nkv), torch.Generator().manual_seed(0)
     cache = K.BlockedKV(cfg, slots=5, max_len=200)
     assert cache.max_len == 256  # rounded up to whole 64-key blocks
@@ -51,9 +65,10 @@ def test_kernel_matches_softmax_attention_over_what_the_cache_holds(hd, nh, nkv)
         assert torch.equal(alone[0], out[b])
 
 
+@BUILDS
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual):
-    kernels = _need(64, 2)
+def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual, generic):
+    kernels = _need(64, 2, generic)
     g = torch.Generator().manual_seed(2)
     x, w = torch.randn(37, 512, generator=g) * 3, torch.randn(512, generator=g)
     y = torch.randn(37, 512, generator=g).bfloat16() if with_residual else None
@@ -68,10 +83,11 @@ def test_add_rms_norm_is_the_residual_add_then_torch_rms_norm(with_residual):
     assert torch.equal(alone, h[5:6])  # a row alone: the same bits
 
 
-def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row():
+@BUILDS
+def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row(generic):
     from llmchain.infer.forward import _rope
 
-    kernels = _need(32, 2)
+    kernels = _need(32, 2, generic)
     cfg, g = _config(32, 4, 2), torch.Generator().manual_seed(1)
     nh, nkv, hd, n = 4, 2, 32, 70
     inv = 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd)
@@ -100,9 +116,10 @@ def test_rope_write_rotates_like_the_engine_and_writes_the_cache_row_by_row():
     assert torch.equal(b.v[0][1, :, :n], b.v[0][2, :, :n]) and torch.equal(keys(b, 1)[:, :n], keys(a, 2)[:, :n])
 
 
+@BUILDS
 @pytest.mark.parametrize("cols", [4096, 1000, 17, 5])
-def test_argmax_is_torch_argmax_with_ties_nan_and_inf(cols):
-    kernels = _need(32, 2)
+def test_argmax_is_torch_argmax_with_ties_nan_and_inf(cols, generic):
+    kernels = _need(32, 2, generic)
     x = torch.randn(9, cols, generator=torch.Generator().manual_seed(cols))
     x[1, 2], x[1, cols - 1] = 99.0, 99.0  # a tie: the first wins
     x[2] = 0.0  # all equal
@@ -140,7 +157,7 @@ def cc():
     import shutil
 
     if shutil.which("cc") is None or os.environ.get("LLMCHAIN_C_KERNELS") == "0":
-        pytest.skip("no C compiler (cc)")
+        skip_or_fail("no C compiler (cc)")
 
 
 def test_kernels_are_never_loaded_from_a_cache_dir_others_can_write(cc, tmp_path, monkeypatch, caplog):
@@ -182,3 +199,16 @@ def test_a_cached_library_that_is_not_ours_alone_is_rebuilt_not_loaded(cc, tmp_p
     with caplog.at_level(logging.WARNING, logger="llmchain.serve"):
         assert _fresh_load() is not None
     assert "rebuilding" in caplog.text and not lib.is_symlink() and lib.is_file()
+
+
+def test_the_env_var_forces_the_generic_build_at_load(monkeypatch):
+    native = _need(64, 2, False)
+    K.load.cache_clear()
+    try:
+        monkeypatch.setenv(K.GENERIC_ENV, "1")
+        assert K.load(64, 2).isa == "generic"
+        monkeypatch.setenv(K.GENERIC_ENV, "0")
+        K.load.cache_clear()
+        assert K.load(64, 2).isa == native.isa == _native_isa()
+    finally:
+        K.load.cache_clear()

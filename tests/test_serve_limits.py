@@ -10,12 +10,12 @@ import pytest
 
 from conftest import run_cli
 from llmchain.serve.api import ServeOptions, create_app
-from serve_fixtures import CHATML, LiveServer, cached_model_dir
+from serve_fixtures import CHATML, LiveServer
 
 
 @pytest.fixture(scope="module")
-def plain_dir(tmp_path_factory, shared_data):
-    return cached_model_dir(tmp_path_factory, shared_data, name="serve-model-no-template", chat_template=False)
+def plain_dir(serve_model_dir):
+    return serve_model_dir(chat_template=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_chat_template_flag_overrides(plain_dir, tmp_path):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
 
 
-def test_cli_serve_rejects_a_bad_dir_and_chat_talks(tmp_path, tmp_path_factory, shared_data, monkeypatch):
+def test_cli_serve_rejects_a_bad_dir_and_chat_talks(tmp_path, serve_model_dir, monkeypatch):
     import io
 
     code, _, err = run_cli("serve", str(tmp_path))
@@ -72,7 +72,7 @@ def test_cli_serve_rejects_a_bad_dir_and_chat_talks(tmp_path, tmp_path_factory, 
     (tmp_path / "config.json").write_text("{}")
     code, _, err = run_cli("serve", str(tmp_path), "--dtype", "fp16")
     assert code == 2 and "dtype" in err and "float32" in err
-    model = cached_model_dir(tmp_path_factory, shared_data)
+    model = serve_model_dir()
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/reset\nAgain\n/exit\n"))
     code, out, err = run_cli("chat", str(model), "--max-tokens", "5", "--temperature", "0")
     assert code == 0, err

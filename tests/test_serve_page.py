@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
+from conftest import skip_or_fail
 from llmchain.serve.api import ServeOptions, create_app
-from serve_fixtures import LiveServer, cached_model_dir
+from serve_fixtures import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -18,9 +19,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 @pytest.fixture(scope="module")
 def browser():
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but Chromium is missing at {CHROMIUM} (.ci/run installs Debian's chromium)")
-        pytest.skip(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
+        skip_or_fail(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -30,8 +29,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shared_data):
-    d = cached_model_dir(tmp_path_factory, shared_data)
+def server(serve_model_dir):
+    d = serve_model_dir()
     with LiveServer(create_app(ServeOptions(model_dir=str(d), max_batch_size=4, threads=1))) as srv:
         yield srv
 

@@ -9,9 +9,6 @@ linear LR schedule (`lr_schedule="linear"`).
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
 from pydantic import ValidationError
@@ -22,21 +19,9 @@ from llmchain.errors import UserError
 from llmchain.train import checkpoint as ckpt
 from llmchain.train.ema import WeightEMA
 from llmchain.train.loop import fit, lr_at
-from train_fixtures import fresh_runtime, make_model, mse  # noqa: F401 — fresh_runtime: autouse fixture
+from train_helpers import Regression, make_model, mse
 
-
-class Regression:
-    """y = sum(x): batches are a pure function of (step, rank)."""
-
-    def __init__(self, stop_at: int | None = None):
-        self.stop_at = stop_at
-
-    def get_batch(self, step: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-        if step == self.stop_at:
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, checkpoints, returns
-        g = torch.Generator().manual_seed(1000 + step)
-        x = torch.randn(8, 4, generator=g)
-        return {"x": x, "y": x.sum(-1, keepdim=True)}
+pytestmark = pytest.mark.usefixtures("fresh_runtime")  # conftest: the loop's runtime is per process
 
 
 def config(**kw) -> TrainConfig:

@@ -16,17 +16,9 @@ from llmchain.config import TrainConfig
 from llmchain.errors import ConfigError
 from llmchain.train import checkpoint as ckpt
 from llmchain.train.loop import fit, lr_at
-from train_fixtures import fresh_runtime, make_model, mse  # noqa: F401 — fresh_runtime: autouse fixture
+from train_helpers import Regression, make_model, mse
 
-
-class Regression:
-    """y = sum(x): batches are a pure function of (step, rank)."""
-
-    def get_batch(self, step: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(1000 + step)
-        x = torch.randn(8 * world_size, 4, generator=g)
-        rows = slice(rank * 8, (rank + 1) * 8)
-        return {"x": x[rows], "y": x.sum(-1, keepdim=True)[rows]}
+pytestmark = pytest.mark.usefixtures("fresh_runtime")  # conftest: the loop's runtime is per process
 
 
 def config(**kw) -> TrainConfig:
@@ -79,7 +71,7 @@ def test_split_run_resume_equals_uninterrupted(tmp_path):
     # A run stopped at 10 of 20 steps (as a kill would leave it) and resumed gives the same weights.
     full, _ = run(tmp_path, "full", max_steps=20, save_every=10)
     model = make_model()
-    fit(model, _StopAt(10), config(max_steps=20), tmp_path / "cut", loss_fn=mse, quiet=True)
+    fit(model, Regression(stop_at=10), config(max_steps=20), tmp_path / "cut", loss_fn=mse, quiet=True)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [11, 10]  # SIGTERM: after the step
     model = make_model()
     fit(model, Regression(), config(max_steps=20, resume="auto"), tmp_path / "cut", loss_fn=mse, quiet=True)
@@ -87,24 +79,10 @@ def test_split_run_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(a, b)
 
 
-class _StopAt(Regression):
-    """Raises SIGTERM's effect (KeyboardInterrupt-free stop) by signalling itself at a step."""
-
-    def __init__(self, step: int):
-        self.stop = step
-
-    def get_batch(self, step, rank, world_size):
-        if step == self.stop:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, checkpoints, returns
-        return super().get_batch(step, rank, world_size)
-
-
 def test_sigterm_checkpoints_and_stops(tmp_path):
     model = make_model()
-    result = fit(model, _StopAt(5), config(max_steps=20, save_every=0), tmp_path / "r", loss_fn=mse, quiet=True)
+    result = fit(model, Regression(stop_at=5), config(max_steps=20, save_every=0), tmp_path / "r", loss_fn=mse,
+                 quiet=True)  # fmt: skip
     assert not result.completed and result.stopped_by == "SIGTERM"
     assert result.step == 6 and result.checkpoint.name == "step-6"
     assert ckpt.verify_checkpoint(result.checkpoint) is None

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import run_cli, sigterm_at
 
 # Tiny and single-threaded: the CI machine has 2 cores shared with other work.
 CORE = ["--preset", "nano", "--batch-size", "4", "--seq-len", "32", "--threads", "1", "--precision", "fp32",
@@ -131,19 +131,12 @@ def test_sigkill_then_resume_is_bit_identical(shards, tmp_path):
     assert [r["loss"] for r in _records(cut)] == [r["loss"] for r in _records(tmp_path / "full")]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_130(shards, tmp_path, monkeypatch):
+def test_sigterm_saves_a_checkpoint_and_exits_130(shards, tmp_path):
     import llmchain.train.pretrain as pretrain
 
-    get = pretrain.TokenShards.get_batch
-
-    def get_and_signal(self, step, rank, world_size):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would: the loop finishes the step and saves
-        return get(self, step, rank, world_size)
-
-    monkeypatch.setattr(pretrain.TokenShards, "get_batch", get_and_signal)
     out = tmp_path / "run"
-    code, _, err = run_cli("pretrain", "--data", str(shards), "--out", str(out), "--max-steps", "40", *TINY)
+    with sigterm_at(pretrain.TokenShards, 3):
+        code, _, err = run_cli("pretrain", "--data", str(shards), "--out", str(out), "--max-steps", "40", *TINY)
     assert code == 130
     assert "stopped by SIGTERM at step 4" in err and "--resume auto" in err and len(err.splitlines()) == 1
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"] and not (out / "final").exists()

@@ -18,7 +18,10 @@
  * else is in the batch, and masked positions are never read.
  */
 #include <math.h>
-#ifdef __AVX512F__
+/* -DLLMCHAIN_GENERIC (the loader passes it for LLMCHAIN_KERNELS_GENERIC=1) builds the portable branches
+ * even where AVX-512 is there, so the tests can check them on any machine against the same references. */
+#if defined(__AVX512F__) && !defined(LLMCHAIN_GENERIC)
+#define USE_AVX512 1
 #include <immintrin.h>
 #endif
 #include <stdint.h>
@@ -31,8 +34,17 @@ typedef uint16_t vh __attribute__((vector_size(32)));
 #define NV 4       /* vectors per key block */
 #define KB 64      /* keys per block (NV * W) */
 
+/* Which branches this build took: "avx512" or "generic" (the loader's CpuKernels.isa). */
+const char *kernels_isa(void) {
+#ifdef USE_AVX512
+    return "avx512";
+#else
+    return "generic";
+#endif
+}
+
 static inline vf load_bf16(const uint16_t *p) { /* 16 bf16 -> 16 fp32, exact (bf16 is fp32's top half) */
-#ifdef __AVX512F__ /* one widening move: GCC lowers the generic form below through 256-bit halves */
+#ifdef USE_AVX512 /* one widening move: GCC lowers the generic form below through 256-bit halves */
     return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
 #else
     vh h;
@@ -98,7 +110,7 @@ void rope_write(const uint16_t *restrict qkv, const float *restrict cos, const f
 }
 
 static inline vf exp_le0(vf x) { /* exp(x) for x <= 0: Cephes' expf (range reduction, degree-5 polynomial) */
-#ifdef __AVX512F__
+#ifdef USE_AVX512
     __m512 v = _mm512_max_ps((__m512)x, _mm512_set1_ps(-87.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -121,7 +133,7 @@ static inline vf exp_le0(vf x) { /* exp(x) for x <= 0: Cephes' expf (range reduc
 
 static inline vf vmax(vf a, vf b, int first) { /* lane-wise max; `first`: just b */
     if (first) return b;
-#ifdef __AVX512F__
+#ifdef USE_AVX512
     return (vf)_mm512_max_ps((__m512)a, (__m512)b);
 #else
     for (int j = 0; j < W; j++) a[j] = b[j] > a[j] ? b[j] : a[j];

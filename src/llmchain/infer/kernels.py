@@ -13,6 +13,8 @@ LLMCHAIN_C_KERNELS=0 — `load()` returns None and the engine keeps its fp32 cac
 Loading a library runs its code, so it is loaded only from a cache dir that is ours alone (owned by us,
 not a symlink, not group/world-writable) and only a regular file that is ours and not writable by
 others; an unsafe dir is not used (the kernels are built in a fresh private temporary dir instead).
+LLMCHAIN_KERNELS_GENERIC=1 (read at a process's first `load`) builds the portable C branches even on
+an AVX-512 CPU, into a library of its own: how the tests check those branches on any machine.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger("llmchain.serve")
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11"]
 BLOCK = 64  # keys per block of the transposed key cache (KB in the C source)
+GENERIC_ENV = "LLMCHAIN_KERNELS_GENERIC"
 
 
 def _cache_dir() -> Path:
@@ -49,16 +52,25 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
+def _variant_flags(generic: bool | None) -> list[str]:
+    """-DLLMCHAIN_GENERIC where the portable branches are asked for (`generic`, or by default the env var).
+    The flags are part of the library's cache key, so each variant is a .so of its own."""
+    if generic is None:
+        generic = os.environ.get(GENERIC_ENV, "0") == "1"
+    return ["-DLLMCHAIN_GENERIC"] if generic else []
+
+
 @cache
-def load(head_dim: int, group: int) -> CpuKernels | None:
-    """The kernels for this head_dim and group (query heads per kv head), or None where they cannot be built."""
+def load(head_dim: int, group: int, generic: bool | None = None) -> CpuKernels | None:
+    """The kernels for this head_dim and group (query heads per kv head), or None where they cannot be built.
+    `generic`: the portable C branches instead of the AVX-512 ones (None: LLMCHAIN_KERNELS_GENERIC=1)."""
     if os.environ.get("LLMCHAIN_C_KERNELS", "1") == "0" or head_dim % 16 or platform.system() != "Linux":
         return None
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
         log.warning("no C compiler (cc): the engine uses PyTorch ops and an fp32 KV cache")
         return None
-    flags = [*FLAGS, f"-DHD={head_dim}", f"-DG={group}"]
+    flags = [*FLAGS, f"-DHD={head_dim}", f"-DG={group}", *_variant_flags(generic)]
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
     try:
         lib = _load_library(cc, flags, _cache_dir(), f"serve-kernels-hd{head_dim}-g{group}-{key}.so")
@@ -149,6 +161,8 @@ class CpuKernels:
         self.head_dim, self.group = head_dim, group
         self._attn, self._norm, self._rope = lib.decode_attention, lib.add_rms_norm, lib.rope_write
         self._argmax = lib.argmax_rows
+        lib.kernels_isa.restype = ctypes.c_char_p
+        self.isa = lib.kernels_isa().decode()  # "avx512" or "generic": which branches the build took
         for f in (self._attn, self._norm, self._rope, self._argmax):
             f.restype = None
         ptr = ctypes.c_void_p
