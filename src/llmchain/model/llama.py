@@ -178,7 +178,9 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(h, self.n_kv * hd, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * hd, h, bias=config.o_bias)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, mask=None):
+        """`mask` (B, 1, T, T), True where a query may attend: packed SFT rows (train/sft.py) pass a
+        block-diagonal one; None is plain causal attention."""
         B, T, _ = x.shape
         # Three matmuls, not one over concatenated weights: fusing measured no faster here (fp32 and
         # bf16, eager and compiled: the per-step concatenation and the split of its gradient eat the gain).
@@ -191,11 +193,11 @@ class LlamaAttention(nn.Module):
         q = apply_rotary(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
         k = apply_rotary(k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2), cos, sin)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        if use_matmul_attention(q, k, low):
+        if mask is None and use_matmul_attention(q, k, low):
             y = CausalMatmulAttention.apply((q * self.head_dim**-0.5).to(low), k.to(low), v.to(low))
             y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
             return self.o_proj(y)
-        y = _attention(q, k, v, is_causal=T > 1)
+        y = _attention(q, k, v, is_causal=T > 1) if mask is None else _attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype))
 
@@ -203,8 +205,8 @@ class LlamaAttention(nn.Module):
 def _attention(q, k, v, **kw) -> torch.Tensor:
     """SDPA with grouped-query attention: each kv head serves n_heads / n_kv query heads."""
     if k.shape[1] != q.shape[1]:
-        # The kernel indexes the shared kv heads itself: no copies (compiled too, as HF does).
-        if _SDPA_GQA:
+        # The kernel indexes the shared kv heads itself: no copies (compiled too, as HF does, when unmasked).
+        if _SDPA_GQA and not (_compiling() and "attn_mask" in kw):
             return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

@@ -74,7 +74,7 @@ class SFTModel(nn.Module):
         return self.llama.flops_per_token(seq_len)
 
 
-_MASK_ARG = 6  # LlamaAttention.forward(x, cos, sin, positions, cache, slots, mask)
+_MASK_ARG = 3  # LlamaAttention.forward(x, cos, sin, mask)
 
 
 @contextlib.contextmanager
