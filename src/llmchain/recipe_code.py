@@ -1,0 +1,252 @@
+"""Which code a recipe stage is made of, found statically, and its fingerprint.
+
+A stage's code is what its callables (`run`, `check`, a callable `output`) really reach: in the module
+that defines them, the top-level definitions they name (transitively, so a helper such as `_cfg`
+counts and the other stages' adapters do not); from there, every llmchain module imported — at module
+level or inside a function, since heavy imports are lazy — and everything those import, read with
+`ast` rather than taken from `sys.modules` (which holds whatever else the process happened to import).
+Package data a reached module names by a literal (serve/kernel.py's "kernels.c") counts too.
+
+The fingerprint hashes the syntax tree of that code without docstrings (`ast.dump`), so reflowing a
+line or editing a comment does not re-run a five-minute pretraining, while any change to what the code
+does — a default, a constant, an operator — does. Limits: a module named only by a runtime string
+(`importlib.import_module(config value)`, e.g. a custom data step) is not followed.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGE = "llmchain"
+PACKAGE_DIR = Path(__file__).resolve().parent  # the tree that is hashed (tests point it at a copy)
+
+
+@dataclass
+class _Parsed:
+    tree: ast.Module
+    imports: set[str]  # llmchain modules the file imports anywhere (function bodies included)
+    dump: str  # the code without docstrings, formatting and comments
+    strings: set[str]  # its string literals (a few name package data files)
+
+
+# (path, content digest) → parse: a plan parses each file once, and an edit is seen even within one mtime tick
+_PARSED: dict[tuple[str, bytes], _Parsed] = {}
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of llmchain module `name` under PACKAGE_DIR (None: not llmchain, or no such file)."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base / "__init__.py", base.with_suffix(".py") if parts[1:] else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE_DIR).with_suffix("").parts
+    return ".".join((PACKAGE, *(rel[:-1] if rel[-1] == "__init__" else rel)))
+
+
+def _strip_docstrings(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):  # fmt: skip
+            node.body = body[1:]
+
+
+def _imports_in(nodes: Iterable[ast.AST], module: str, is_package: bool) -> set[str]:
+    """llmchain modules imported anywhere under `nodes` (with the packages that importing them runs)."""
+    found: set[str] = set()
+    for top in nodes:
+        for node in ast.walk(top):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from the module's package, up level-1 more
+                    pkg = module.split(".") if is_package else module.split(".")[:-1]
+                    pkg = pkg[: len(pkg) - (node.level - 1)]
+                    base = ".".join(pkg + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                names = [base] + [f"{base}.{a.name}" for a in node.names]  # `from pkg import submodule`
+            for name in names:
+                parts = name.split(".")
+                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in found if module_file(m) is not None}
+
+
+def parse(path: Path) -> _Parsed:
+    source = path.read_bytes()
+    key = (str(path), hashlib.blake2b(source, digest_size=16).digest())
+    if key not in _PARSED:
+        tree = ast.parse(source, filename=str(path))
+        _strip_docstrings(tree)
+        try:
+            module, is_pkg = _module_name(path), path.name == "__init__.py"
+        except ValueError:  # outside llmchain (a test's or a plugin's stage): only absolute imports resolve
+            module, is_pkg = path.stem, False
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        _PARSED[key] = _Parsed(tree, _imports_in([tree], module, is_pkg), ast.dump(tree), strings)
+    return _PARSED[key]
+
+
+def module_closure(modules: Iterable[str]) -> set[str]:
+    """`modules` and every llmchain module they import, transitively (statically, lazy imports included)."""
+    todo, seen = list(modules), set()
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        todo.extend(parse(path).imports - seen)
+    return seen
+
+
+def _data_files(path: Path) -> list[Path]:
+    """Non-Python files beside module `path` that it names by a string literal (e.g. "kernels.c")."""
+    out = []
+    for text in sorted(parse(path).strings):
+        if (not text or len(text) > 200 or "\0" in text or ".." in text or text.startswith(("/", "~"))
+                or text.strip("./") == ""):  # fmt: skip
+            continue
+        p = path.parent / text
+        if p.is_file() and p.suffix != ".py":
+            out.append(p)
+        elif p.is_dir() and not (p / "__init__.py").exists():
+            out.extend(f for f in sorted(p.rglob("*")) if f.is_file() and "__pycache__" not in f.parts)
+    return out
+
+
+# ----------------------------------------------------------------------------- a stage's own code
+
+
+def _top_level_names(stmt: ast.stmt) -> set[str]:
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+    return {n.id for t in targets if t is not None for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _first_line(stmt: ast.stmt) -> int:
+    decorators = getattr(stmt, "decorator_list", [])
+    return min([stmt.lineno] + [d.lineno for d in decorators])
+
+
+@dataclass
+class StageCode:
+    """What a stage's fingerprint is made of."""
+
+    entries: dict[Path, list[str]]  # file of a stage callable → its reached top-level statements (dumps)
+    modules: set[str]  # llmchain modules imported from there, transitively
+    values: list[str]  # simple values captured by closures (e.g. the config class name of a check)
+
+    def files(self) -> list[Path]:
+        """Every source and data file the fingerprint covers, sorted."""
+        files = {module_file(m) for m in self.modules} | set(self.entries)
+        files |= {d for f in list(files) if f is not None for d in _data_files(f)}
+        return sorted(f for f in files if f is not None)
+
+
+def _source_of(obj: Any) -> Path | None:
+    name = getattr(obj, "__module__", None) or ""
+    if module_file(name) is not None:  # llmchain's own: read from PACKAGE_DIR
+        return module_file(name)
+    try:
+        return Path(inspect.getsourcefile(obj) or "")
+    except TypeError:  # a builtin: nothing to read
+        return None
+
+
+def _collect(obj: Any, code: StageCode, seen: set[int]) -> None:
+    """Add a stage callable (function, closure, lambda, class, or callable object) to `code`."""
+    if id(obj) in seen or obj is None:
+        return
+    seen.add(id(obj))
+    obj = inspect.unwrap(obj) if callable(obj) else obj
+    if not inspect.isfunction(obj) and not inspect.isclass(obj):
+        func = getattr(obj, "func", None)  # functools.partial
+        if func is not None:
+            code.values.append(repr((getattr(obj, "args", ()), getattr(obj, "keywords", {}))))
+            return _collect(func, code, seen)
+        return _collect(type(obj), code, seen) if callable(obj) else None
+    for cell in getattr(obj, "__closure__", None) or ():
+        value = cell.cell_contents
+        if isinstance(value, (str, int, float, bool, tuple, frozenset, type(None))):
+            code.values.append(repr(value))
+        elif callable(value):
+            _collect(value, code, seen)
+    path = _source_of(obj)
+    if path is None or not path.is_file():
+        return
+    tree = parse(path).tree
+    if inspect.isfunction(obj):
+        line = obj.__code__.co_firstlineno
+        roots = [s for s in tree.body if _first_line(s) <= line <= (s.end_lineno or s.lineno)]
+    else:
+        roots = [s for s in tree.body if _top_level_names(s) & {obj.__qualname__.split(".")[0]}]
+    # Follow names from the roots to the top-level statements that bind them, within this file.
+    binders: dict[str, list[ast.stmt]] = {}
+    for s in tree.body:
+        for n in _top_level_names(s):
+            binders.setdefault(n, []).append(s)
+    reached: list[ast.stmt] = []
+    todo = list(roots)
+    while todo:
+        s = todo.pop()
+        if any(s is r for r in reached):
+            continue
+        reached.append(s)
+        for node in ast.walk(s):
+            if isinstance(node, ast.Name):
+                todo.extend(binders.get(node.id, []))
+    module_imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]  # run on import
+    module = _module_name(path) if path.is_relative_to(PACKAGE_DIR) else path.stem
+    code.modules |= _imports_in(reached + module_imports, module, path.name == "__init__.py")
+    dumps = code.entries.setdefault(path, [])
+    for s in sorted(reached, key=lambda s: s.lineno):
+        if not isinstance(s, (ast.Import, ast.ImportFrom)) and ast.dump(s) not in dumps:
+            dumps.append(ast.dump(s))
+
+
+def stage_code(callables: Iterable[Callable[..., Any] | None]) -> StageCode:
+    """The code that `callables` (a stage's run/check/output) reach; see the module docstring."""
+    code = StageCode({}, set(), [])
+    seen: set[int] = set()
+    for fn in callables:
+        _collect(fn, code, seen)
+    code.modules = module_closure(code.modules)
+    return code
+
+
+def code_hash(code: StageCode) -> str:
+    """sha256 of the reached statements, the imported modules' syntax trees and their data files."""
+    h = hashlib.sha256()
+    for path, dumps in sorted(code.entries.items()):
+        h.update(f"entry {path.name}\0".encode() + "\n".join(dumps).encode() + b"\n")
+    entry_files = set(code.entries)
+    for path in code.files():
+        rel = path.relative_to(PACKAGE_DIR).as_posix() if path.is_relative_to(PACKAGE_DIR) else path.name
+        if path.suffix == ".py":
+            # An entry file counts only for the statements the stage reaches, unless something imports it.
+            if path not in entry_files or (path.is_relative_to(PACKAGE_DIR) and _module_name(path) in code.modules):
+                h.update(f"module {rel}\0{parse(path).dump}\n".encode())
+        else:
+            h.update(f"data {rel}\0".encode() + path.read_bytes() + b"\n")
+    h.update(("values\0" + "\n".join(code.values) + f"\npython {sys.version_info[:2]}").encode())
+    return h.hexdigest()
