@@ -22,7 +22,15 @@ from pydantic import BaseModel, Field
 from conftest import run_cli
 from llmchain import recipe_code
 from llmchain.config import read_yaml
-from llmchain.recipe import Runner, StageType, builtin_recipes, code_version, parse_recipe, register_stage, run_recipe
+from llmchain.recipe import (
+    Runner,
+    StageType,
+    builtin_recipes,
+    code_version,
+    parse_recipe,
+    register_stage,
+    run_recipe,
+)
 from llmchain.recipe_stages import BUILTIN_STAGES
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -54,7 +62,8 @@ def test_pretrain_code_is_every_module_it_imports_and_nothing_else():
     files = _files(BUILTIN_STAGES["pretrain"])
     # the modules the old hand-written list missed, and the module that defines the stage
     assert {"model/kernels.py", "train/ema.py", "config.py", "recipe_stages.py"} <= files
-    assert {"train/pretrain.py", "train/loop.py", "train/checkpoint.py", "model/llama.py", "eval/lm.py"} <= files
+    core = {"train/pretrain.py", "train/loop.py", "train/checkpoint.py", "model/llama.py", "eval/lm.py"}
+    assert core <= files
     # not imported by pretraining: serving, fine-tuning, the model card, the recipe engine itself
     assert not {"serve/api.py", "serve/engine.py", "train/sft.py", "eval/report.py", "recipe.py",
                 "recipe_file.py"} & files  # fmt: skip
@@ -107,7 +116,8 @@ def test_a_changed_default_changes_the_config_hash(tmp_path, monkeypatch):
 
     written = {"preset": "nano", "max_steps": 5}
     before = config_hash(written)
-    assert config_hash({**written, "lr": c.PretrainConfig.model_fields["lr"].default}) == before  # values, not text
+    default_lr = c.PretrainConfig.model_fields["lr"].default
+    assert config_hash({**written, "lr": default_lr}) == before  # the values are hashed, not the text
 
     class NewDefault(c.PretrainConfig):
         lr: float = Field(2e-3, gt=0)
@@ -173,7 +183,8 @@ register_stage(StageType("t_cache_write", _write))
 
 def _write_recipe(tmp_path: Path, **config) -> Path:
     path = tmp_path / "w.yaml"
-    path.write_text(yaml.safe_dump({"name": "w", "stages": {"make": {"type": "t_cache_write", "config": config}}}))
+    stages = {"make": {"type": "t_cache_write", "config": config}}
+    path.write_text(yaml.safe_dump({"name": "w", "stages": stages}))
     return path
 
 
@@ -214,13 +225,15 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cache-shards")
     (root / "input.txt").write_text(CORPUS.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
     train_tokenizer(root / "input.txt", 320, root / "tok")
-    pack_documents(root / "input.txt", root / "tok", root / "shards", val_fraction=0.1, split_by="chars", workers=1)
+    pack_documents(root / "input.txt", root / "tok", root / "shards", val_fraction=0.1, split_by="chars",
+                   workers=1)  # fmt: skip
     return root / "shards"
 
 
 def _pretrain_yaml(tmp_path: Path, shards: Path, lr: float) -> Path:
     config = {"preset": "nano", "seq_len": 32, "batch_size": 4, "max_steps": 8, "warmup_steps": 2, "lr": lr,
-              "eval_every": 0, "save_every": 2, "log_every": 1, "threads": 1, "precision": "fp32"}  # fmt: skip
+              "eval_every": 0, "save_every": 2, "log_every": 1, "threads": 1,
+              "precision": "fp32"}  # fmt: skip
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"name": "p", "stages": {"pretrain": {"inputs": {"shards": str(shards)},
                                                                          "config": config}}}))  # fmt: skip
@@ -312,7 +325,8 @@ def test_plain_names_with_dots_and_dashes_are_fine(tmp_path):
 
 def test_builtin_stages_are_one_registry_without_an_import_cycle():
     # recipe_stages imports nothing of the engine, statically (lazy imports included)...
-    assert not {"llmchain.recipe", "llmchain.recipe_file"} & recipe_code.module_closure(["llmchain.recipe_stages"])
+    imported = recipe_code.module_closure(["llmchain.recipe_stages"])
+    assert not {"llmchain.recipe", "llmchain.recipe_file"} & imported
     # ...so recipe_file imports alone, registers every built-in, and does not pull in the runner
     probe = ("import sys, llmchain.recipe_file as f; "
              "print(' '.join(f.stage_types()), 'llmchain.recipe' in sys.modules)")  # fmt: skip

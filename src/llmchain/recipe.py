@@ -53,7 +53,8 @@ def code_version(stage: StageType) -> str:
     """llmchain's version + a hash of the code `stage` really runs (see llmchain.recipe_code): editing a
     module the stage does not import leaves it unchanged; editing one it does (even lazily) changes it."""
     code = recipe_code.stage_code([stage.run, stage.check, stage.output if callable(stage.output) else None])
-    code.values.append(repr((stage.inputs, stage.optional, stage.output if isinstance(stage.output, str) else "")))
+    output = stage.output if isinstance(stage.output, str) else ""  # a callable one is part of the code
+    code.values.append(repr((stage.inputs, stage.optional, output)))
     return f"{__version__}+{recipe_code.code_hash(code)[:16]}"
 
 
@@ -171,7 +172,7 @@ class Runner:
             return f"its record {self.stamp_path(stage)} is unreadable"
         changed = self._changed(old, fp)
         if old.get("state") != "done":
-            return "interrupted run (resuming)" if changed is None else f"interrupted run (starting over: {changed})"
+            return f"interrupted run (starting over: {changed})" if changed else "interrupted run (resuming)"
         if changed is not None:
             return changed
         out = self.output_of(stage.name)
@@ -237,15 +238,18 @@ class Runner:
         atomic_write_json(self.stamp_path(stage), record)
         self._stamps[stage.name] = record
         t0 = time.perf_counter()
-        ctx = StageContext(stage.name, work, self.input_paths(stage), dict(stage.config), self.run_dir, self.log)
+        inputs = self.input_paths(stage)
+        ctx = StageContext(stage.name, work, inputs, dict(stage.config), self.run_dir, self.log)
         summary = stage.type.run(ctx) or {}
         status.seconds = time.perf_counter() - t0
-        if not self._output_in(stage, work).exists():
-            raise RuntimeError(f"stage {stage.name!r} finished without writing {self._output_in(stage, work)}")
+        written = self._output_in(stage, work)
+        if not written.exists():
+            raise RuntimeError(f"stage {stage.name!r} finished without writing {written}")
         if work != out:
             self._swap_in(work, out)
         # Numbers that name a path (e.g. the exported file) name where it is now.
-        status.summary = {k: v.replace(str(work), str(out)) if isinstance(v, str) else v for k, v in summary.items()}
+        status.summary = {k: v.replace(str(work), str(out)) if isinstance(v, str) else v
+                          for k, v in summary.items()}  # fmt: skip
         output = self.output_of(stage.name)
         cache: dict[str, Any] = {}
         record.update(state="done", seconds=round(status.seconds, 2), output_sha256=_cached_hash(output, cache),

@@ -98,7 +98,7 @@ def parse(path: Path) -> _Parsed:
             module, is_pkg = _module_name(path), path.name == "__init__.py"
         except ValueError:  # outside llmchain (a test's or a plugin's stage): only absolute imports resolve
             module, is_pkg = path.stem, False
-        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) is str}
         _PARSED[key] = _Parsed(tree, _imports_in([tree], module, is_pkg), ast.dump(tree), strings)
     return _PARSED[key]
 
@@ -244,7 +244,8 @@ def code_hash(code: StageCode) -> str:
         rel = path.relative_to(PACKAGE_DIR).as_posix() if path.is_relative_to(PACKAGE_DIR) else path.name
         if path.suffix == ".py":
             # An entry file counts only for the statements the stage reaches, unless something imports it.
-            if path not in entry_files or (path.is_relative_to(PACKAGE_DIR) and _module_name(path) in code.modules):
+            imported = path.is_relative_to(PACKAGE_DIR) and _module_name(path) in code.modules
+            if path not in entry_files or imported:
                 h.update(f"module {rel}\0{parse(path).dump}\n".encode())
         else:
             h.update(f"data {rel}\0".encode() + path.read_bytes() + b"\n")

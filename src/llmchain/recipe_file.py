@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmchain.errors import ConfigError, UserError
-from llmchain.recipe_stages import BUILTIN_STAGES, StageContext, StageType  # noqa: F401  (StageContext: re-exported)
+from llmchain.recipe_stages import BUILTIN_STAGES, StageContext, StageType  # noqa: F401  (re-exported)
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
 # Recipe and stage names become directories (runs/NAME/STAGE): one plain path component each.

@@ -200,7 +200,8 @@ def _check_finetune(config: dict[str, Any]) -> dict[str, Any]:
     placeholders = {"out": _ENGINE, "train": _ENGINE} if task == "classify" else {"out": _ENGINE, "data": _ENGINE}
     if "model" not in c:
         placeholders["model"] = _ENGINE
-    return {"task": task, **_check("ClassifyConfig" if task == "classify" else "SFTConfig", **placeholders)(c)}
+    checked = _check("ClassifyConfig" if task == "classify" else "SFTConfig", **placeholders)(c)
+    return {"task": task, **checked}
 
 
 def _finetune_output(config: dict[str, Any]) -> str:
@@ -244,7 +245,8 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
 
 def _check_eval(config: dict[str, Any]) -> dict[str, Any]:
     task, c = _task(config, "lm", ("lm", "classify", "generate"))
-    return {"task": task} | _check({"lm": "EvalLMConfig", "classify": "EvalClassifyConfig", "generate": "EvalGenerateConfig"}[task])(c)
+    cls = {"lm": "EvalLMConfig", "classify": "EvalClassifyConfig", "generate": "EvalGenerateConfig"}[task]
+    return {"task": task, **_check(cls)(c)}
 
 
 def run_report(ctx: StageContext) -> dict[str, Any]:
@@ -348,5 +350,6 @@ BUILTIN_STAGES: dict[str, StageType] = {st.name: st for st in (
               check=_check("ReportConfig"), help="model → model card"),
     StageType("generate", run_generate, inputs=("model",), check=_check_generate,
               help="model → sample generations (samples.md)"),
-    StageType("export", run_export, inputs=("model",), check=_check_export, help="model → GGUF file or clean HF dir"),
+    StageType("export", run_export, inputs=("model",), check=_check_export,
+              help="model → GGUF file or clean HF dir"),
 )}  # fmt: skip
