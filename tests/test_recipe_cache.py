@@ -341,3 +341,54 @@ def test_builtin_stages_are_one_registry_without_an_import_cycle():
     assert used and used <= set(BUILTIN_STAGES)
     assert set(BUILTIN_STAGES) == {"data", "tokenizer", "pack", "pretrain", "finetune", "eval", "report",
                                    "generate", "export"}  # fmt: skip
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch) -> dict:
+    """SIGTERM at optimizer step `step` of any training loop (pretraining, fine-tuning) while set."""
+    import llmchain.train.loop as loop
+
+    record, state = loop._train_record, {"step": None}
+
+    def recording(config, step, *args, **kwargs):
+        if step == state["step"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record(config, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_record", recording)
+    return state
+
+
+@pytest.mark.timeout(180)
+def test_interrupted_finetune_resumes_from_its_checkpoint(tmp_path, shards, interrupt_at):
+    import torch
+
+    from llmchain.model.io import save_model
+    from llmchain.model.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    base = Llama(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                             tie_word_embeddings=True, eos_token_id=0, bos_token_id=0,
+                             pad_token_id=1))  # fmt: skip
+    save_model(base, tmp_path / "base", tokenizer_dir=shards.parent / "tok")
+    rows = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."}
+            for i in range(24)]  # fmt: skip
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"task": "sft", "max_steps": 6, "batch_size": 2, "seq_len": 64, "save_every": 2, "log_every": 1,
+              "warmup_steps": 1, "eval_every": 0, "threads": 1, "precision": "fp32"}  # fmt: skip
+    path = tmp_path / "ft.yaml"
+    inputs = {"model": str(tmp_path / "base"), "train": str(tmp_path / "sft.jsonl")}
+    path.write_text(yaml.safe_dump({"name": "ft", "stages": {"finetune": {"inputs": inputs, "config": config}}}))
+    runs, out = tmp_path / "runs", tmp_path / "runs/ft/finetune"
+    interrupt_at["step"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(path, runs_dir=runs, log=quiet)
+    assert (out / "checkpoints").is_dir() and not (out / "final").exists()
+    interrupt_at["step"] = None
+    log: list[str] = []
+    run_recipe(path, runs_dir=runs, log=log.append)
+    assert any("resuming the interrupted run in" in line for line in log), log
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("split", "train") == "train"] == list(range(1, 7))
+    assert (out / "final/model.safetensors").is_file()

@@ -3,14 +3,18 @@
 A recipe names its stages, says which earlier output (or file) each one takes and gives each its
 config. `run_recipe` orders the stages by their inputs and runs each into `runs/NAME/STAGE/`.
 
-A stage is up to date when its *fingerprint* — the hash of its kind, its config, the content hashes
-of its inputs and the version of the code that implements it — equals the one recorded when it last
-finished, and its output is still what it wrote. The record is `runs/NAME/.recipe/STAGE.json`
+A stage is up to date when its *fingerprint* — the hash of its kind, its config as checked (defaults
+filled in, so a changed default counts), the content hashes of its inputs and the code it really runs
+(the modules its adapter imports, found statically: llmchain.recipe_code) — equals the one recorded
+when it last finished, and its output is still what it wrote. The record is `runs/NAME/.recipe/STAGE.json`
 (beside, not inside, the artifact, which the stage may replace atomically). An input that is an
 earlier stage is identified by the content hash of that stage's output, so a change upstream re-runs
 exactly the stages downstream of it; file inputs are hashed once and re-hashed only when their size
-or mtime changes (git's stat cache). A stage that was interrupted resumes into its old dir when its
-fingerprint is unchanged; a stage that must re-run for any other reason starts from an empty dir.
+or mtime changes (git's stat cache). A stage that was interrupted resumes where it was when its
+fingerprint is unchanged (pretraining continues from its checkpoint); any other run starts afresh,
+beside the old output when there is one (`.recipe/work/STAGE`), which it replaces only on success: a
+failed re-run, or one whose record is unreadable, never costs the output. docs/recipes-cache.md has
+the rules in short.
 """
 
 from __future__ import annotations
@@ -252,8 +256,9 @@ class Runner:
                           for k, v in summary.items()}  # fmt: skip
         output = self.output_of(stage.name)
         cache: dict[str, Any] = {}
-        record.update(state="done", seconds=round(status.seconds, 2), output_sha256=_cached_hash(output, cache),
-                      output_stat=cache["stat"], summary=status.summary)  # fmt: skip
+        record.update(state="done", workdir=stage.name, seconds=round(status.seconds, 2),
+                      summary=status.summary, output_sha256=_cached_hash(output, cache),
+                      output_stat=cache["stat"])  # fmt: skip
         atomic_write_json(self.stamp_path(stage), record)
 
     def _choose_work_dir(self, stage: Stage, fp: dict[str, Any]) -> Path:

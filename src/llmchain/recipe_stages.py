@@ -149,6 +149,13 @@ def _task(config: dict[str, Any], default: str, allowed: tuple[str, ...]) -> tup
     return task, c
 
 
+def _finetune_task(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    # resume auto, as pretraining: an interrupted fine-tuning that the recipe resumes continues from its
+    # newest checkpoint (without it the loop refuses a run dir that has checkpoints)
+    task, c = _task(config, "sft", ("sft", "classify"))
+    return task, {"resume": "auto", **c}
+
+
 def _finetune_filled(ctx_inputs: dict[str, Any], task: str) -> dict[str, Any]:
     filled = {k: str(v) for k, v in ctx_inputs.items()}
     if task == "sft":
@@ -161,7 +168,7 @@ def _finetune_filled(ctx_inputs: dict[str, Any], task: str) -> dict[str, Any]:
 
 def run_finetune(ctx: StageContext) -> dict[str, Any]:
     """task classify → llmchain.train.classify (output RUN/best); task sft → llmchain.train.sft (RUN/final)."""
-    task, c = _task(ctx.config, "sft", ("sft", "classify"))
+    task, c = _finetune_task(ctx.config)
     filled = {**_finetune_filled(ctx.inputs, task), "out": str(ctx.out_dir)}
     if task == "classify":
         from llmchain.train.classify import finetune_classifier
@@ -193,7 +200,7 @@ def _r(x: Any) -> Any:
 
 
 def _check_finetune(config: dict[str, Any]) -> dict[str, Any]:
-    task, c = _task(config, "sft", ("sft", "classify"))
+    task, c = _finetune_task(config)
     if task == "sft" and c.get("lora") and c.get("merge") is False:
         raise ConfigError("config field 'merge': a recipe's sft stage needs merge: true with lora (later stages "
                           "take the merged model in RUN/final)")  # fmt: skip
