@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import json
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -187,19 +188,23 @@ def _collect(obj: Any, code: StageCode, seen: set[int]) -> None:
         return _collect(type(obj), code, seen) if callable(obj) else None
     for cell in getattr(obj, "__closure__", None) or ():
         value = cell.cell_contents
-        if isinstance(value, (str, int, float, bool, tuple, frozenset, type(None))):
-            code.values.append(repr(value))
-        elif callable(value):
+        if callable(value):
             _collect(value, code, seen)
+        else:  # plain data (a config class name, a dict of filled-in fields): its JSON; objects are skipped
+            try:
+                code.values.append(json.dumps(value, sort_keys=True))
+            except (TypeError, ValueError):
+                pass
     path = _source_of(obj)
     if path is None or not path.is_file():
         return
     tree = parse(path).tree
-    if inspect.isfunction(obj):
+    top = obj.__qualname__.split(".")[0]  # a closure's or a method's enclosing top-level definition
+    if top == "<lambda>":  # a lambda at module level: the statement around its line
         line = obj.__code__.co_firstlineno
         roots = [s for s in tree.body if _first_line(s) <= line <= (s.end_lineno or s.lineno)]
     else:
-        roots = [s for s in tree.body if _top_level_names(s) & {obj.__qualname__.split(".")[0]}]
+        roots = [s for s in tree.body if top in _top_level_names(s)]
     # Follow names from the roots to the top-level statements that bind them, within this file.
     binders: dict[str, list[ast.stmt]] = {}
     for s in tree.body:
