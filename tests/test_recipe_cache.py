@@ -213,6 +213,27 @@ def test_an_unreadable_stamp_never_deletes_the_output(tmp_path, garbage):
     assert [s.reason for s in plan] == ["up to date"]
 
 
+def test_a_swap_never_touches_another_stages_work_dir(tmp_path):
+    # "a" swaps its re-run in by way of a dir that must not be "a.old"'s interrupted work dir
+    def recipe(fail: bool) -> Path:
+        path = tmp_path / "two.yaml"
+        stages = {"a": {"type": "t_cache_write", "config": {"value": 1}},
+                  "a.old": {"type": "t_cache_write", "config": {"value": 2, "fail": fail}}}  # fmt: skip
+        path.write_text(yaml.safe_dump({"name": "two", "stages": stages}))
+        return path
+
+    runs = tmp_path / "runs"
+    with pytest.raises(RuntimeError):
+        run_recipe(recipe(fail=True), runs_dir=runs, log=quiet)  # "a.old" fails in its own (new) dir
+    run_recipe(recipe(fail=False), runs_dir=runs, log=quiet)
+    with pytest.raises(RuntimeError):
+        run_recipe(recipe(fail=True), runs_dir=runs, log=quiet)  # now it fails in its work dir
+    partial = runs / "two/.recipe/work/a.old/value.txt"
+    assert partial.read_text() == "2"
+    run_recipe(recipe(fail=True), runs_dir=runs, only="a", log=quiet)
+    assert partial.read_text() == "2" and (runs / "two/a/value.txt").read_text() == "1"
+
+
 # ------------------------------------------------------------------------- interrupted pretraining
 
 
@@ -379,7 +400,8 @@ def test_interrupted_finetune_resumes_from_its_checkpoint(tmp_path, shards, inte
               "warmup_steps": 1, "eval_every": 0, "threads": 1, "precision": "fp32"}  # fmt: skip
     path = tmp_path / "ft.yaml"
     inputs = {"model": str(tmp_path / "base"), "train": str(tmp_path / "sft.jsonl")}
-    path.write_text(yaml.safe_dump({"name": "ft", "stages": {"finetune": {"inputs": inputs, "config": config}}}))
+    stages = {"finetune": {"inputs": inputs, "config": config}}
+    path.write_text(yaml.safe_dump({"name": "ft", "stages": stages}))
     runs, out = tmp_path / "runs", tmp_path / "runs/ft/finetune"
     interrupt_at["step"] = 3
     with pytest.raises(KeyboardInterrupt):

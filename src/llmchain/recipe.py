@@ -6,15 +6,15 @@ config. `run_recipe` orders the stages by their inputs and runs each into `runs/
 A stage is up to date when its *fingerprint* — the hash of its kind, its config as checked (defaults
 filled in, so a changed default counts), the content hashes of its inputs and the code it really runs
 (the modules its adapter imports, found statically: llmchain.recipe_code) — equals the one recorded
-when it last finished, and its output is still what it wrote. The record is `runs/NAME/.recipe/STAGE.json`
-(beside, not inside, the artifact, which the stage may replace atomically). An input that is an
-earlier stage is identified by the content hash of that stage's output, so a change upstream re-runs
-exactly the stages downstream of it; file inputs are hashed once and re-hashed only when their size
-or mtime changes (git's stat cache). A stage that was interrupted resumes where it was when its
-fingerprint is unchanged (pretraining continues from its checkpoint); any other run starts afresh,
-beside the old output when there is one (`.recipe/work/STAGE`), which it replaces only on success: a
-failed re-run, or one whose record is unreadable, never costs the output. docs/recipes-cache.md has
-the rules in short.
+when it last finished, and its output is still what it wrote. The record is
+`runs/NAME/.recipe/STAGE.json` (beside, not inside, the artifact, which the stage may replace
+atomically). An input that is an earlier stage is identified by the content hash of that stage's
+output, so a change upstream re-runs exactly the stages downstream of it; file inputs are hashed once
+and re-hashed only when their size or mtime changes (git's stat cache). A stage that was interrupted
+resumes where it was when its fingerprint is unchanged (training continues from its checkpoint); any
+other run starts afresh, beside the old output when there is one (`.recipe/work/STAGE`), which it
+replaces only on success: a failed re-run, or one whose record is unreadable, never costs the output.
+docs/recipes-cache.md has the rules in short.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class Runner:
         if not written.exists():
             raise RuntimeError(f"stage {stage.name!r} finished without writing {written}")
         if work != out:
-            self._swap_in(work, out)
+            self._swap_in(work, out, self.run_dir / STAMP_DIR / "old" / stage.name)
         # Numbers that name a path (e.g. the exported file) name where it is now.
         status.summary = {k: v.replace(str(work), str(out)) if isinstance(v, str) else v
                           for k, v in summary.items()}  # fmt: skip
@@ -283,11 +283,12 @@ class Runner:
         return out if not out.exists() else scratch
 
     @staticmethod
-    def _swap_in(work: Path, out: Path) -> None:
-        """Replace `out` by the finished `work` (two renames; the old output is deleted last)."""
-        old = work.with_name(f"{work.name}.old")
+    def _swap_in(work: Path, out: Path, old: Path) -> None:
+        """Replace `out` by the finished `work` (two renames, by way of `old`; the old output is deleted
+        last). `old` is in a dir of its own: a name beside `work` could be another stage's work dir."""
         if old.exists():
-            shutil.rmtree(old)
+            shutil.rmtree(old)  # left by a swap that was cut between its renames: `out` has the newer one
+        old.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             os.replace(out, old)
         os.replace(work, out)
