@@ -173,7 +173,7 @@ class Runner:
         if not old:
             return "never run" if not self.out_dir(stage).exists() else "no record of a finished run"
         if old.get("state") == UNREADABLE:
-            return f"its record {self.stamp_path(stage)} is unreadable"
+            return "its record is unreadable"
         changed = self._changed(old, fp)
         if old.get("state") != "done":
             return f"interrupted run (starting over: {changed})" if changed else "interrupted run (resuming)"
