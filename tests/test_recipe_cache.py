@@ -100,6 +100,23 @@ def test_only_edits_to_code_a_stage_runs_change_its_fingerprint(pkg_copy):
         assert code_version(pretrain) == before[0], rel
 
 
+def test_a_saved_code_index_spares_the_parsing_and_still_sees_edits(pkg_copy, tmp_path, monkeypatch):
+    pretrain = BUILTIN_STAGES["pretrain"]
+    before = code_version(pretrain)
+    recipe_code.save_index(tmp_path / "index.json")
+    monkeypatch.setattr(recipe_code, "_INDEX", {})  # a new process: nothing known but the saved index
+    monkeypatch.setattr(recipe_code, "_TREES", {})
+    (tmp_path / "bad.json").write_text('{"version": 1, "files": [')
+    recipe_code.load_index(tmp_path / "bad.json")  # an unreadable index is ignored
+    recipe_code.load_index(tmp_path / "index.json")
+    parsed: list[str] = []
+    real_parse = recipe_code.parse
+    monkeypatch.setattr(recipe_code, "parse", lambda path: parsed.append(path.name) or real_parse(path))
+    assert code_version(pretrain) == before and set(parsed) == {"recipe_stages.py"}  # the entry's tree only
+    _append(pkg_copy / "train/ema.py", "\n_PROBE = 1\n")
+    assert code_version(pretrain) != before and "ema.py" in parsed
+
+
 # ---------------------------------------------------------------------------------- config hash
 
 

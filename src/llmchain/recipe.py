@@ -113,6 +113,11 @@ class Runner:
         self.log = log
         self._stamps: dict[str, dict[str, Any]] = {}
         self._will_run: set[str] = set()
+        recipe_code.load_index(self.code_index)  # what a plan needs of each source file, by content
+
+    @property
+    def code_index(self) -> Path:
+        return self.run_dir / STAMP_DIR / "code-index.json"
 
     def out_dir(self, stage: Stage) -> Path:
         return self.run_dir / stage.name
@@ -302,6 +307,7 @@ class Runner:
         todo = [s for s in plan if s.run]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "recipe.json", self.describe())  # the recipe as it was run
+        recipe_code.save_index(self.code_index)
         for n, status in enumerate(todo, 1):
             if status.reason.endswith(" re-runs") and not status.forced:
                 # Its upstream has run now: if that re-made the same output, this stage is still up to date.

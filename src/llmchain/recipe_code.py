@@ -29,16 +29,13 @@ PACKAGE = "llmchain"
 PACKAGE_DIR = Path(__file__).resolve().parent  # the tree that is hashed (tests point it at a copy)
 
 
-@dataclass
-class _Parsed:
-    tree: ast.Module
-    imports: set[str]  # llmchain modules the file imports anywhere (function bodies included)
-    dump: str  # the code without docstrings, formatting and comments
-    strings: set[str]  # its string literals (a few name package data files)
-
-
-# (path, content digest) → parse: a plan parses each file once, and an edit is seen even within one mtime tick
-_PARSED: dict[tuple[str, bytes], _Parsed] = {}
+# What the fingerprint needs of one module file, by (its path in the package, a digest of its bytes):
+# kept in memory, and saved between runs (`load_index`/`save_index`) so that a plan does not parse ~50
+# files again (~1 s). The digest makes it exact: an edit is seen even within one mtime tick.
+_INDEX: dict[str, dict[str, Any]] = {}
+_INDEX_VERSION = f"1 python {sys.version_info[0]}.{sys.version_info[1]}"  # ast.dump differs by version
+_TREES: dict[str, ast.Module] = {}  # the same key → the parsed tree, docstrings dropped (this process only)
+_USED: set[str] = set()  # the keys this process looked at: what `save_index` keeps
 
 
 def module_file(name: str) -> Path | None:
@@ -58,50 +55,95 @@ def _module_name(path: Path) -> str:
     return ".".join((PACKAGE, *(rel[:-1] if rel[-1] == "__init__" else rel)))
 
 
-def _strip_docstrings(tree: ast.AST) -> None:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):  # fmt: skip
-            node.body = body[1:]
+_SCOPES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    """Dotted names an import statement may load (with their packages, which importing them runs)."""
+    names: list[str] = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:  # relative: from the module's package, up level-1 more
+            pkg = module.split(".") if is_package else module.split(".")[:-1]
+            pkg = pkg[: len(pkg) - (node.level - 1)]
+            base = ".".join(pkg + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        names = [base] + [f"{base}.{a.name}" for a in node.names]  # `from pkg import submodule`
+    return [".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)]
 
 
 def _imports_in(nodes: Iterable[ast.AST], module: str, is_package: bool) -> set[str]:
-    """llmchain modules imported anywhere under `nodes` (with the packages that importing them runs)."""
-    found: set[str] = set()
-    for top in nodes:
-        for node in ast.walk(top):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: from the module's package, up level-1 more
-                    pkg = module.split(".") if is_package else module.split(".")[:-1]
-                    pkg = pkg[: len(pkg) - (node.level - 1)]
-                    base = ".".join(pkg + ([node.module] if node.module else []))
-                else:
-                    base = node.module or ""
-                names = [base] + [f"{base}.{a.name}" for a in node.names]  # `from pkg import submodule`
-            for name in names:
-                parts = name.split(".")
-                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    """llmchain modules imported anywhere under `nodes` (function bodies included)."""
+    found = {name for top in nodes for node in ast.walk(top) for name in _imported(node, module, is_package)}
     return {m for m in found if module_file(m) is not None}
 
 
-def parse(path: Path) -> _Parsed:
+def _key(path: Path) -> tuple[str, bytes]:
     source = path.read_bytes()
-    key = (str(path), hashlib.blake2b(source, digest_size=16).digest())
-    if key not in _PARSED:
-        tree = ast.parse(source, filename=str(path))
-        _strip_docstrings(tree)
+    rel = path.relative_to(PACKAGE_DIR).as_posix() if path.is_relative_to(PACKAGE_DIR) else str(path)
+    return f"{rel}:{hashlib.blake2b(source, digest_size=16).hexdigest()}", source
+
+
+def parse(path: Path) -> ast.Module:
+    """The syntax tree of `path`, docstrings dropped (parsed once per content)."""
+    key, source = _key(path)
+    _USED.add(key)
+    if key not in _TREES:
+        _TREES[key] = tree = ast.parse(source, filename=str(path))
         try:
             module, is_pkg = _module_name(path), path.name == "__init__.py"
         except ValueError:  # outside llmchain (a test's or a plugin's stage): only absolute imports resolve
             module, is_pkg = path.stem, False
-        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) is str}
-        _PARSED[key] = _Parsed(tree, _imports_in([tree], module, is_pkg), ast.dump(tree), strings)
-    return _PARSED[key]
+        imports: set[str] = set()
+        strings: set[str] = set()
+        for node in ast.walk(tree):  # one pass: imports, string literals, docstrings dropped
+            if isinstance(node, ast.Constant) and type(node.value) is str:
+                if len(node.value) <= 200 and "\n" not in node.value:  # could name a file
+                    strings.add(node.value)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                imports.update(_imported(node, module, is_pkg))
+            elif (isinstance(node, _SCOPES) and node.body and isinstance(node.body[0], ast.Expr)
+                    and isinstance(node.body[0].value, ast.Constant) and type(node.body[0].value.value) is str):
+                node.body = node.body[1:]  # fmt: skip
+        digest = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+        _INDEX[key] = {"imports": sorted(imports), "strings": sorted(strings), "code": digest}
+    return _TREES[key]
+
+
+def summary(path: Path) -> dict[str, Any]:
+    """What `path` imports (dotted names, llmchain or not), its string literals, and `code`: the sha256
+    of its syntax tree without docstrings — from the index when its bytes are known, else parsed."""
+    key, _ = _key(path)
+    _USED.add(key)
+    if key not in _INDEX:
+        parse(path)
+    return _INDEX[key]
+
+
+def load_index(path: Path) -> None:
+    """Add a saved index (see `save_index`) to this process's; an unreadable one is ignored."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("version") == _INDEX_VERSION and isinstance(saved.get("files"), dict):
+            _INDEX.update({k: v for k, v in saved["files"].items() if _valid_entry(v)})
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _valid_entry(entry: Any) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("code"), str)
+            and all(isinstance(entry.get(k), list) and all(isinstance(x, str) for x in entry[k])
+                    for k in ("imports", "strings")))  # fmt: skip
+
+
+def save_index(path: Path) -> None:
+    from llmchain.artifacts import atomic_write_json
+
+    # the package's files this process used (not a test's or plugin's, named by absolute path)
+    live = {k: _INDEX[k] for k in sorted(_USED) if k in _INDEX and not k.startswith("/")}
+    atomic_write_json(path, {"version": _INDEX_VERSION, "files": live})
 
 
 def module_closure(modules: Iterable[str]) -> set[str]:
@@ -113,14 +155,14 @@ def module_closure(modules: Iterable[str]) -> set[str]:
         if name in seen or path is None:
             continue
         seen.add(name)
-        todo.extend(parse(path).imports - seen)
+        todo.extend(m for m in summary(path)["imports"] if m not in seen and module_file(m) is not None)
     return seen
 
 
 def _data_files(path: Path) -> list[Path]:
     """Non-Python files beside module `path` that it names by a string literal (e.g. "kernels.c")."""
     out = []
-    for text in sorted(parse(path).strings):
+    for text in summary(path)["strings"]:
         if (not text or len(text) > 200 or "\0" in text or ".." in text or text.startswith(("/", "~"))
                 or text.strip("./") == ""):  # fmt: skip
             continue
@@ -198,7 +240,7 @@ def _collect(obj: Any, code: StageCode, seen: set[int]) -> None:
     path = _source_of(obj)
     if path is None or not path.is_file():
         return
-    tree = parse(path).tree
+    tree = parse(path)
     top = obj.__qualname__.split(".")[0]  # a closure's or a method's enclosing top-level definition
     if top == "<lambda>":  # a lambda at module level: the statement around its line
         line = obj.__code__.co_firstlineno
@@ -251,7 +293,7 @@ def code_hash(code: StageCode) -> str:
             # An entry file counts only for the statements the stage reaches, unless something imports it.
             imported = path.is_relative_to(PACKAGE_DIR) and _module_name(path) in code.modules
             if path not in entry_files or imported:
-                h.update(f"module {rel}\0{parse(path).dump}\n".encode())
+                h.update(f"module {rel}\0{summary(path)['code']}\n".encode())
         else:
             h.update(f"data {rel}\0".encode() + path.read_bytes() + b"\n")
     h.update(("values\0" + "\n".join(code.values) + f"\npython {sys.version_info[:2]}").encode())
