@@ -80,6 +80,10 @@ def _imports_in(nodes: Iterable[ast.AST], module: str, is_package: bool) -> set[
     return {m for m in found if module_file(m) is not None}
 
 
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and type(stmt.value.value) is str
+
+
 def _key(path: Path) -> tuple[str, bytes]:
     source = path.read_bytes()
     rel = path.relative_to(PACKAGE_DIR).as_posix() if path.is_relative_to(PACKAGE_DIR) else str(path)
@@ -104,9 +108,8 @@ def parse(path: Path) -> ast.Module:
                     strings.add(node.value)
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 imports.update(_imported(node, module, is_pkg))
-            elif (isinstance(node, _SCOPES) and node.body and isinstance(node.body[0], ast.Expr)
-                    and isinstance(node.body[0].value, ast.Constant) and type(node.body[0].value.value) is str):
-                node.body = node.body[1:]  # fmt: skip
+            elif isinstance(node, _SCOPES) and node.body and _is_docstring(node.body[0]):
+                node.body = node.body[1:]
         digest = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
         _INDEX[key] = {"imports": sorted(imports), "strings": sorted(strings), "code": digest}
     return _TREES[key]
