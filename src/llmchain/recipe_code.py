@@ -10,7 +10,12 @@ Package data a reached module names by a literal (serve/kernel.py's "kernels.c")
 The fingerprint hashes the syntax tree of that code without docstrings (`ast.dump`), so reflowing a
 line or editing a comment does not re-run a five-minute pretraining, while any change to what the code
 does — a default, a constant, an operator — does. Limits: a module named only by a runtime string
-(`importlib.import_module(config value)`, e.g. a custom data step) is not followed.
+(`importlib.import_module(config value)`, e.g. a custom data step) is not followed; library versions
+are not part of it.
+
+What a module contributes (its imports, string literals and tree hash) is kept by the digest of its
+bytes in an index the runner saves in runs/NAME/.recipe/code-index.json, so a plan re-parses only what
+changed and the files that define the stages.
 """
 
 from __future__ import annotations
