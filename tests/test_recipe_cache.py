@@ -1,6 +1,7 @@
 """The recipe cache cannot lie: a stage's code is what it really imports, its config hash sees defaults,
-an unreadable record never costs the output, an interrupted pretraining resumes unless its own inputs
-changed, names that become paths are checked, and the built-in stages are one explicit registry.
+an unreadable record never costs the output, an interrupted pretraining (or fine-tuning) resumes unless
+its own config, inputs or code changed, names that become paths are checked, and the built-in stages
+are one explicit registry.
 
 Edits to the code happen in a copy of the package (`pkg_copy`), never in the tree the other tests run.
 """
