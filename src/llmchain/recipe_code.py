@@ -21,6 +21,7 @@ changed and the files that define the stages.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import inspect
 import json
@@ -167,18 +168,30 @@ def module_closure(modules: Iterable[str]) -> set[str]:
     return seen
 
 
+@functools.lru_cache(maxsize=4)
+def _package_data(root: Path) -> dict[str, list[Path]]:
+    """Each non-Python file under `root`, and each dir that is not a package, by its path → its files
+    (one walk per process, instead of a stat per string literal of every module)."""
+    data: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if "__pycache__" in p.parts:
+            continue
+        if p.is_file() and p.suffix != ".py":
+            data[str(p)] = [p]
+        elif p.is_dir() and not (p / "__init__.py").exists():
+            data[str(p)] = [f for f in sorted(p.rglob("*")) if f.is_file() and "__pycache__" not in f.parts]
+    return data
+
+
 def _data_files(path: Path) -> list[Path]:
     """Non-Python files beside module `path` that it names by a string literal (e.g. "kernels.c")."""
+    data = _package_data(PACKAGE_DIR) if path.is_relative_to(PACKAGE_DIR) else {}
     out = []
     for text in summary(path)["strings"]:
-        if (not text or len(text) > 200 or "\0" in text or ".." in text or text.startswith(("/", "~"))
+        if (not text or "\0" in text or ".." in text or text.startswith(("/", "~"))
                 or text.strip("./") == ""):  # fmt: skip
             continue
-        p = path.parent / text
-        if p.is_file() and p.suffix != ".py":
-            out.append(p)
-        elif p.is_dir() and not (p / "__init__.py").exists():
-            out.extend(f for f in sorted(p.rglob("*")) if f.is_file() and "__pycache__" not in f.parts)
+        out.extend(data.get(str(path.parent / text), []))
     return out
 
 
