@@ -46,7 +46,7 @@ def _train(ctx):
     (ctx.out_dir / "final" / "model.txt").write_text(f"{len(vocab)} {len(docs)}")
 
 
-register_stage(StageType("t_filter", _filter, inputs=("raw",), code=("json",)))
+register_stage(StageType("t_filter", _filter, inputs=("raw",)))
 register_stage(StageType("t_vocab", _vocab, inputs=("documents",)))
 register_stage(StageType("t_train", _train, inputs=("documents", "tokenizer"), output="final"))
 
@@ -156,7 +156,7 @@ def test_interrupted_stage_reruns_and_later_succeeds(tmp_path):
                          log=lambda m: None)  # fmt: skip
     assert ran(plan) == ["pretrain"] and plan[2].reason == "interrupted run (resuming)"
     _, plan = run_recipe(write_recipe(tmp_path), runs_dir=runs, log=lambda m: None)
-    assert ran(plan) == ["pretrain"] and plan[2].reason == "interrupted run"
+    assert ran(plan) == ["pretrain"] and plan[2].reason == "interrupted run (starting over: config changed)"
 
 
 def test_set_overrides_a_config_field(tmp_path):

@@ -3,20 +3,23 @@
 A recipe names its stages, says which earlier output (or file) each one takes and gives each its
 config. `run_recipe` orders the stages by their inputs and runs each into `runs/NAME/STAGE/`.
 
-A stage is up to date when its *fingerprint* — the hash of its kind, its config, the content hashes
-of its inputs and the version of the code that implements it — equals the one recorded when it last
-finished, and its output is still what it wrote. The record is `runs/NAME/.recipe/STAGE.json`
-(beside, not inside, the artifact, which the stage may replace atomically). An input that is an
-earlier stage is identified by the content hash of that stage's output, so a change upstream re-runs
-exactly the stages downstream of it; file inputs are hashed once and re-hashed only when their size
-or mtime changes (git's stat cache). A stage that was interrupted resumes into its old dir when its
-fingerprint is unchanged; a stage that must re-run for any other reason starts from an empty dir.
+A stage is up to date when its *fingerprint* — the hash of its kind, its config as checked (defaults
+filled in, so a changed default counts), the content hashes of its inputs and the code it really runs
+(the modules its adapter imports, found statically: llmchain.recipe_code) — equals the one recorded
+when it last finished, and its output is still what it wrote. The record is
+`runs/NAME/.recipe/STAGE.json` (beside, not inside, the artifact, which the stage may replace
+atomically). An input that is an earlier stage is identified by the content hash of that stage's
+output, so a change upstream re-runs exactly the stages downstream of it; file inputs are hashed once
+and re-hashed only when their size or mtime changes (git's stat cache). A stage that was interrupted
+resumes where it was when its fingerprint is unchanged (training continues from its checkpoint); any
+other run starts afresh, beside the old output when there is one (`.recipe/work/STAGE`), which it
+replaces only on success: a failed re-run, or one whose record is unreadable, never costs the output.
+docs/recipes-cache.md has the rules in short.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmchain import __version__
+from llmchain import __version__, recipe_code
 from llmchain.artifacts import atomic_write_json, sha256_path
 from llmchain.errors import UserError
 from llmchain.recipe_file import (  # noqa: F401  (re-exported: llmchain.recipe is the public module)
@@ -44,38 +47,19 @@ from llmchain.recipe_file import (  # noqa: F401  (re-exported: llmchain.recipe 
 )
 
 STAMP_DIR = ".recipe"
-
+UNREADABLE = "unreadable"  # the state of a stamp that exists but cannot be read: nothing is known
 
 
 # ---------------------------------------------------------------------------- fingerprints
 
 
-def _module_files(mod: str) -> list[Path]:
-    spec = importlib.util.find_spec(mod)
-    if spec is None or spec.origin is None:
-        return []
-    origin = Path(spec.origin)
-    return sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-
-
 def code_version(stage: StageType) -> str:
-    """llmchain's version + a hash of the source of the modules that implement `stage`.
-
-    `stage.code` names modules or packages (all their .py files); "!module" leaves one out, so that
-    editing, say, fine-tuning code does not make a finished pretraining stale.
-    """
-    files: dict[Path, None] = {}
-    for mod in stage.code:
-        if not mod.startswith("!"):
-            files.update(dict.fromkeys(_module_files(mod)) or {Path(f"<missing {mod}>"): None})
-    for mod in stage.code:
-        if mod.startswith("!"):
-            for f in _module_files(mod[1:]):
-                files.pop(f, None)
-    h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(f.name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"missing") + b"\n")
-    return f"{__version__}+{h.hexdigest()[:16]}"
+    """llmchain's version + a hash of the code `stage` really runs (see llmchain.recipe_code): editing a
+    module the stage does not import leaves it unchanged; editing one it does (even lazily) changes it."""
+    code = recipe_code.stage_code([stage.run, stage.check, stage.output if callable(stage.output) else None])
+    output = stage.output if isinstance(stage.output, str) else ""  # a callable one is part of the code
+    code.values.append(repr((stage.inputs, stage.optional, output)))
+    return f"{__version__}+{recipe_code.code_hash(code)[:16]}"
 
 
 def _stat_signature(path: Path) -> str:
@@ -129,25 +113,44 @@ class Runner:
         self.log = log
         self._stamps: dict[str, dict[str, Any]] = {}
         self._will_run: set[str] = set()
+        recipe_code.load_index(self.code_index)  # what a plan needs of each source file, by content
+
+    @property
+    def code_index(self) -> Path:
+        return self.run_dir / STAMP_DIR / "code-index.json"
 
     def out_dir(self, stage: Stage) -> Path:
         return self.run_dir / stage.name
 
     def output_of(self, name: str) -> Path:
         stage = self.recipe.stage(name)
+        return self._output_in(stage, self.out_dir(stage))
+
+    @staticmethod
+    def _output_in(stage: Stage, directory: Path) -> Path:
         sub = stage.type.output(stage.config) if callable(stage.type.output) else stage.type.output
-        return self.out_dir(stage) / sub if sub else self.out_dir(stage)
+        return directory / sub if sub else directory
 
     def stamp_path(self, stage: Stage) -> Path:
         return self.run_dir / STAMP_DIR / f"{stage.name}.json"
 
     def stamp(self, stage: Stage) -> dict[str, Any]:
+        """The stage's record: {} when there is none, {"state": "unreadable"} when it cannot be read."""
         if stage.name not in self._stamps:
             try:
-                self._stamps[stage.name] = json.loads(self.stamp_path(stage).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                self._stamps[stage.name] = {}
+                record = json.loads(self.stamp_path(stage).read_text(encoding="utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON {type(record).__name__}, not an object")
+            except FileNotFoundError:
+                record = {}
+            except (OSError, ValueError) as e:  # corrupt or unreadable: never taken as "nothing there"
+                record = {"state": UNREADABLE, "error": f"{type(e).__name__}: {e}"}
+            self._stamps[stage.name] = record
         return self._stamps[stage.name]
+
+    def work_dir(self, stage: Stage) -> Path:
+        """Where a re-run writes while the old output stays in place; swapped in when it succeeds."""
+        return self.run_dir / STAMP_DIR / "work" / stage.name
 
     def input_paths(self, stage: Stage) -> dict[str, Path]:
         return {role: self.output_of(ref) if ref in stage.depends else Path(ref) for role, ref in stage.inputs.items()}
@@ -162,7 +165,8 @@ class Runner:
             else:
                 cache[role] = dict(old.get(role, {})) if old.get(role, {}).get("path") == ref else {"path": ref}
                 inputs[role] = _cached_hash(Path(ref), cache[role])
-        return {"type": stage.type.name, "config": _config_hash(stage.config), "code": code_version(stage.type),
+        config = stage.checked if stage.checked is not None else stage.config  # defaults filled in
+        return {"type": stage.type.name, "config": _config_hash(config), "code": code_version(stage.type),
                 "inputs": inputs, "input_cache": cache}  # fmt: skip
 
     def why(self, stage: Stage, fp: dict[str, Any]) -> str | None:
@@ -173,17 +177,13 @@ class Runner:
             return f"{upstream[0]!r} re-runs"
         if not old:
             return "never run" if not self.out_dir(stage).exists() else "no record of a finished run"
+        if old.get("state") == UNREADABLE:
+            return "its record is unreadable"
+        changed = self._changed(old, fp)
         if old.get("state") != "done":
-            return "interrupted run (resuming)" if self._same(old, fp) else "interrupted run"
-        if old.get("type") != fp["type"]:
-            return "stage type changed"
-        if old.get("config") != fp["config"]:
-            return "config changed"
-        for role, h in fp["inputs"].items():
-            if old.get("inputs", {}).get(role) != h:
-                return f"input {role!r} changed"
-        if old.get("code") != fp["code"]:
-            return "code changed"
+            return f"interrupted run (starting over: {changed})" if changed else "interrupted run (resuming)"
+        if changed is not None:
+            return changed
         out = self.output_of(stage.name)
         if not out.exists():
             return "output missing"
@@ -193,8 +193,19 @@ class Runner:
         return None
 
     @staticmethod
-    def _same(old: dict[str, Any], fp: dict[str, Any]) -> bool:
-        return all(old.get(k) == fp[k] for k in ("type", "config", "code", "inputs"))
+    def _changed(old: dict[str, Any], fp: dict[str, Any]) -> str | None:
+        """What differs between a record and a fingerprint ("config changed", ...), None when nothing."""
+        if old.get("type") != fp["type"]:
+            return "stage type changed"
+        if old.get("config") != fp["config"]:
+            return "config changed"
+        was = old.get("inputs") or {}
+        for role in sorted(set(fp["inputs"]) | set(was)):
+            if was.get(role) != fp["inputs"].get(role):
+                return f"input {role!r} changed"
+        if old.get("code") != fp["code"]:
+            return "code changed"
+        return None
 
     def plan(
         self, only: str | None = None, start: str | None = None, force: bool = False, until: str | None = None
@@ -229,24 +240,64 @@ class Runner:
                                 "before it first (without --only/--from)")  # fmt: skip
         fp = self.fingerprint(stage)
         out = self.out_dir(stage)
-        old = self.stamp(stage)
-        if out.exists() and not (old.get("state") == "running" and self._same(old, fp)):
-            shutil.rmtree(out)  # a fresh start: no stale checkpoints or files of an older config
-        record = {**fp, "state": "running", "stage": stage.name, "started": time.time()}
+        self.log(f"[bold cyan]▶ [{index}/{total}] {stage.name}[/] ({stage.type.name}) — {status.reason}")
+        work = self._choose_work_dir(stage, fp)
+        record = {**fp, "state": "running", "stage": stage.name, "started": time.time(),
+                  "workdir": work.relative_to(self.run_dir).as_posix()}  # fmt: skip
         atomic_write_json(self.stamp_path(stage), record)
         self._stamps[stage.name] = record
-        self.log(f"[bold cyan]▶ [{index}/{total}] {stage.name}[/] ({stage.type.name}) — {status.reason}")
         t0 = time.perf_counter()
-        ctx = StageContext(stage.name, out, self.input_paths(stage), dict(stage.config), self.run_dir, self.log)
-        status.summary = stage.type.run(ctx) or {}
+        inputs = self.input_paths(stage)
+        ctx = StageContext(stage.name, work, inputs, dict(stage.config), self.run_dir, self.log)
+        summary = stage.type.run(ctx) or {}
         status.seconds = time.perf_counter() - t0
+        written = self._output_in(stage, work)
+        if not written.exists():
+            raise RuntimeError(f"stage {stage.name!r} finished without writing {written}")
+        if work != out:
+            self._swap_in(work, out, self.run_dir / STAMP_DIR / "old" / stage.name)
+        # Numbers that name a path (e.g. the exported file) name where it is now.
+        status.summary = {k: v.replace(str(work), str(out)) if isinstance(v, str) else v
+                          for k, v in summary.items()}  # fmt: skip
         output = self.output_of(stage.name)
-        if not output.exists():
-            raise RuntimeError(f"stage {stage.name!r} finished without writing {output}")
         cache: dict[str, Any] = {}
-        record.update(state="done", seconds=round(status.seconds, 2), output_sha256=_cached_hash(output, cache),
-                      output_stat=cache["stat"], summary=status.summary)  # fmt: skip
+        record.update(state="done", workdir=stage.name, seconds=round(status.seconds, 2),
+                      summary=status.summary, output_sha256=_cached_hash(output, cache),
+                      output_stat=cache["stat"])  # fmt: skip
         atomic_write_json(self.stamp_path(stage), record)
+
+    def _choose_work_dir(self, stage: Stage, fp: dict[str, Any]) -> Path:
+        """Where the stage runs. An interrupted run with the same fingerprint resumes where it was (its
+        checkpoints); otherwise it starts afresh: in its own dir when there is none yet, else in the
+        work dir, swapped in on success, so the old output (or one whose record is unreadable) is
+        never deleted before a new one is complete. Only the engine's own work dir is ever cleared."""
+        old, out, scratch = self.stamp(stage), self.out_dir(stage), self.work_dir(stage)
+        if old.get("state") == "running":
+            was = self.run_dir / str(old.get("workdir", stage.name))
+            changed = self._changed(old, fp)
+            if changed is None and was in (out, scratch) and was.exists():
+                self.log(f"{stage.name}: resuming the interrupted run in {was}")
+                return was
+            if changed is not None:
+                self.log(f"{stage.name}: starting over, {changed} since the interrupted run")
+        elif old.get("state") == UNREADABLE and out.exists():
+            self.log(f"{stage.name}: its record is unreadable ({old.get('error')}); running into {scratch}, "
+                     f"{out} stays until the new output is complete")  # fmt: skip
+        if scratch.exists():
+            shutil.rmtree(scratch)  # an earlier attempt of the engine's own that will not be resumed
+        return out if not out.exists() else scratch
+
+    @staticmethod
+    def _swap_in(work: Path, out: Path, old: Path) -> None:
+        """Replace `out` by the finished `work` (two renames, by way of `old`; the old output is deleted
+        last). `old` is in a dir of its own: a name beside `work` could be another stage's work dir."""
+        if old.exists():
+            shutil.rmtree(old)  # left by a swap that was cut between its renames: `out` has the newer one
+        old.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
 
     def run(
         self, only: str | None = None, start: str | None = None, force: bool = False, until: str | None = None
@@ -256,6 +307,7 @@ class Runner:
         todo = [s for s in plan if s.run]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "recipe.json", self.describe())  # the recipe as it was run
+        recipe_code.save_index(self.code_index)
         for n, status in enumerate(todo, 1):
             if status.reason.endswith(" re-runs") and not status.forced:
                 # Its upstream has run now: if that re-made the same output, this stage is still up to date.

@@ -10,48 +10,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmchain.errors import ConfigError, UserError
+from llmchain.recipe_stages import BUILTIN_STAGES, StageContext, StageType  # noqa: F401  (re-exported)
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
+# Recipe and stage names become directories (runs/NAME/STAGE): one plain path component each.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
-@dataclass
-class StageContext:
-    """What a stage's `run` gets: where to write, its inputs (resolved paths) and its config."""
-
-    name: str
-    out_dir: Path
-    inputs: dict[str, Path]
-    config: dict[str, Any]
-    run_dir: Path
-    log: Callable[[str], None] = print
-
-
-@dataclass
-class StageType:
-    """A kind of stage: its input roles, how to run it and which code it is made of.
-
-    `run(ctx)` writes the artifact into `ctx.out_dir` and returns a few numbers for the summary.
-    `output` is the part of the stage dir that later stages take (e.g. "final" for pretraining).
-    `check(config)` validates a config before anything runs (raise ConfigError/UserError).
-    `code` lists the modules (or packages) whose source is hashed into the stage's code version.
-    """
-
-    name: str
-    run: Callable[[StageContext], dict[str, Any] | None]
-    inputs: tuple[str, ...] = ()
-    optional: tuple[str, ...] = ()
-    output: str | Callable[[dict[str, Any]], str] = ""  # may depend on the config (e.g. the fine-tuning task)
-    check: Callable[[dict[str, Any]], None] | None = None
-    code: tuple[str, ...] = ()
-    help: str = ""
-
-
-STAGE_TYPES: dict[str, StageType] = {}
+# The kinds of stage a recipe can name: the built-ins, plus any a program registers.
+STAGE_TYPES: dict[str, StageType] = dict(BUILTIN_STAGES)
 
 
 def register_stage(stage: StageType) -> StageType:
@@ -61,9 +32,16 @@ def register_stage(stage: StageType) -> StageType:
 
 
 def stage_types() -> dict[str, StageType]:
-    from llmchain import recipe_stages  # noqa: F401  (registers the built-in stages on import)
-
     return STAGE_TYPES
+
+
+def check_name(name: Any, what: str, source: str) -> str:
+    """`name` when it is safe as one directory name; else a one-line ConfigError naming `what`."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{source}: {what}: {name!r} is not a valid name (it becomes a directory under "
+                          "runs/: 1-100 letters, digits, '_', '-', '.', starting with a letter or digit; "
+                          "no '/' or '..')")  # fmt: skip
+    return name
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -74,8 +52,9 @@ class Stage:
     name: str
     type: StageType
     inputs: dict[str, str]  # role → stage name or resolved path (as str)
-    config: dict[str, Any]
+    config: dict[str, Any]  # as written in the recipe (what the stage's run gets)
     depends: list[str] = field(default_factory=list)  # names of the stages it takes
+    checked: dict[str, Any] | None = None  # the config as the stage uses it, defaults filled in (hashed)
 
 
 @dataclass
@@ -187,6 +166,9 @@ def parse_recipe(data: dict[str, Any], *, source: str, base_dir: Path) -> Recipe
         raise ConfigError(format_validation_error(e, source)) from None
     if not cfg.stages:
         raise ConfigError(f"{source}: the recipe has no stages")
+    check_name(cfg.name, "field 'name'", source)
+    for name in cfg.stages:
+        check_name(name, "field 'stages': stage name", source)
     types = stage_types()
     stages: dict[str, Stage] = {}
     for name, spec in cfg.stages.items():
@@ -222,14 +204,15 @@ def parse_recipe(data: dict[str, Any], *, source: str, base_dir: Path) -> Recipe
                     raise ConfigError(f"{source}: stage {name!r}: input {role!r}: {ref!r} is neither a stage of "
                                       f"this recipe nor an existing path ({p})")  # fmt: skip
                 inputs[role] = str(p.resolve())
+        checked = None
         if st.check is not None:
             try:
-                st.check(dict(spec.config))
+                checked = st.check(dict(spec.config))
             except ValidationError as e:
                 raise ConfigError(format_validation_error(e, f"{source}: stage {name!r}: config")) from None
             except UserError as e:
                 raise type(e)(f"{source}: stage {name!r}: {e}") from None
-        stages[name] = Stage(name, st, inputs, dict(spec.config), depends)
+        stages[name] = Stage(name, st, inputs, dict(spec.config), depends, checked)
     return Recipe(cfg.name, cfg.description, source, _order(stages, source))
 
 

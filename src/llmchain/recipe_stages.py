@@ -1,19 +1,55 @@
-"""The built-in kinds of recipe stage: thin adapters from a recipe stage to each stage's Python API.
+"""What a recipe stage is, and the built-in ones: thin adapters from a stage to each stage's Python API.
 
 Each adapter validates its config with the stage's own config class (the same fields as that
 command's `--config` YAML), calls the stage's function — never a subprocess — into `ctx.out_dir`,
 and returns a few numbers for the run summary. Imports of the stages happen inside the adapters, so
-listing or checking a recipe stays fast.
+listing or checking a recipe stays fast. `BUILTIN_STAGES` at the end is the one list of them; this
+module imports nothing of the recipe engine (recipe_file and recipe import it, not the reverse).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmchain.errors import ConfigError
-from llmchain.recipe_file import StageContext, StageType, register_stage
+
+
+@dataclass
+class StageContext:
+    """What a stage's `run` gets: where to write, its inputs (resolved paths) and its config."""
+
+    name: str
+    out_dir: Path
+    inputs: dict[str, Path]
+    config: dict[str, Any]
+    run_dir: Path
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class StageType:
+    """A kind of stage: its input roles and how to check and run it.
+
+    `run(ctx)` writes the artifact into `ctx.out_dir` and returns a few numbers for the summary.
+    `output` is the part of the stage dir that later stages take (e.g. "final" for pretraining).
+    `check(config)` validates a config before anything runs (raise ConfigError/UserError) and returns
+    it as the stage will use it, defaults filled in (`model_dump(mode="json")`): the recipe hashes
+    that, so a changed default re-runs the stage. None: the config is hashed as written.
+    The code hashed into the stage's fingerprint is found from these callables (llmchain.recipe_code).
+    """
+
+    name: str
+    run: Callable[[StageContext], dict[str, Any] | None]
+    inputs: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    output: str | Callable[[dict[str, Any]], str] = ""  # may depend on the config (e.g. the fine-tuning task)
+    check: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    help: str = ""
+
 
 _ENGINE = "the recipe sets it"  # placeholder for config fields the engine fills in (paths)
 
@@ -25,11 +61,11 @@ def _cfg(cls_name: str, config: dict[str, Any], **filled: Any):
 
 
 def _check(cls_name: str, **filled: Any):
-    def check(config: dict[str, Any]) -> None:
+    def check(config: dict[str, Any]) -> dict[str, Any]:
         for key in filled:
             if key in config:
                 raise ConfigError(f"config field {key!r} is set by the recipe from the stage's inputs; remove it")
-        _cfg(cls_name, config, **filled)
+        return _cfg(cls_name, config, **filled).model_dump(mode="json")
 
     return check
 
@@ -95,10 +131,11 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     return {"params": f"{result.params / 1e6:.2f}M", "steps": result.fit.step, **ev}
 
 
-def _check_pretrain(config: dict[str, Any]) -> None:
-    _check("PretrainConfig", data=_ENGINE, out=_ENGINE)(config)
+def _check_pretrain(config: dict[str, Any]) -> dict[str, Any]:
+    checked = _check("PretrainConfig", data=_ENGINE, out=_ENGINE)({"resume": "auto", **config})
     if not config.get("max_steps") and not config.get("max_time"):
         raise ConfigError("set max_steps or max_time in the config: the run needs an end")
+    return checked
 
 
 # ------------------------------------------------------------------------------------ fine-tuning
@@ -110,6 +147,13 @@ def _task(config: dict[str, Any], default: str, allowed: tuple[str, ...]) -> tup
     if task not in allowed:
         raise ConfigError(f"config field 'task': {task!r} is not one of {', '.join(allowed)}")
     return task, c
+
+
+def _finetune_task(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    # resume auto, as pretraining: an interrupted fine-tuning that the recipe resumes continues from its
+    # newest checkpoint (without it the loop refuses a run dir that has checkpoints)
+    task, c = _task(config, "sft", ("sft", "classify"))
+    return task, {"resume": "auto", **c}
 
 
 def _finetune_filled(ctx_inputs: dict[str, Any], task: str) -> dict[str, Any]:
@@ -124,7 +168,7 @@ def _finetune_filled(ctx_inputs: dict[str, Any], task: str) -> dict[str, Any]:
 
 def run_finetune(ctx: StageContext) -> dict[str, Any]:
     """task classify → llmchain.train.classify (output RUN/best); task sft → llmchain.train.sft (RUN/final)."""
-    task, c = _task(ctx.config, "sft", ("sft", "classify"))
+    task, c = _finetune_task(ctx.config)
     filled = {**_finetune_filled(ctx.inputs, task), "out": str(ctx.out_dir)}
     if task == "classify":
         from llmchain.train.classify import finetune_classifier
@@ -155,15 +199,20 @@ def _r(x: Any) -> Any:
     return round(x, 4) if isinstance(x, float) else x
 
 
-def _check_finetune(config: dict[str, Any]) -> None:
-    task, c = _task(config, "sft", ("sft", "classify"))
+def _check_finetune(config: dict[str, Any]) -> dict[str, Any]:
+    task, c = _finetune_task(config)
     if task == "sft" and c.get("lora") and c.get("merge") is False:
         raise ConfigError("config field 'merge': a recipe's sft stage needs merge: true with lora (later stages "
                           "take the merged model in RUN/final)")  # fmt: skip
     placeholders = {"out": _ENGINE, "train": _ENGINE} if task == "classify" else {"out": _ENGINE, "data": _ENGINE}
     if "model" not in c:
         placeholders["model"] = _ENGINE
-    _check("ClassifyConfig" if task == "classify" else "SFTConfig", **placeholders)(c)
+    checked = _check("ClassifyConfig" if task == "classify" else "SFTConfig", **placeholders)(c)
+    return {"task": task, **checked}
+
+
+def _finetune_output(config: dict[str, Any]) -> str:
+    return "best" if config.get("task") == "classify" else "final"
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -201,9 +250,10 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
     return {s["name"]: s.get(report.get("primary", ""), "") for s in report.get("systems", [])}
 
 
-def _check_eval(config: dict[str, Any]) -> None:
+def _check_eval(config: dict[str, Any]) -> dict[str, Any]:
     task, c = _task(config, "lm", ("lm", "classify", "generate"))
-    _check({"lm": "EvalLMConfig", "classify": "EvalClassifyConfig", "generate": "EvalGenerateConfig"}[task])(c)
+    cls = {"lm": "EvalLMConfig", "classify": "EvalClassifyConfig", "generate": "EvalGenerateConfig"}[task]
+    return {"task": task, **_check(cls)(c)}
 
 
 def run_report(ctx: StageContext) -> dict[str, Any]:
@@ -284,30 +334,24 @@ def _check_generate(config: dict[str, Any]) -> None:
                           "temperature, top_k, seed")  # fmt: skip
 
 
-# The code each stage is made of (hashed into its fingerprint); "!module" leaves a sibling out.
-_MODEL = ("llmchain.model.llama", "llmchain.model.io", "llmchain.model.presets")
-_LOOP = ("llmchain.train.loop", "llmchain.train.checkpoint", "llmchain.train.distributed", "llmchain.train.monitor")
-_CARD = ("llmchain.eval.report", "llmchain.eval.cardtext", "llmchain.eval.chain", "llmchain.eval.plots")
-register_stage(StageType("data", run_data, inputs=("raw",), check=_check("DataConfig"),
-                         code=("llmchain.data", "!llmchain.data.pack"), help="raw text → documents"))
-register_stage(StageType("tokenizer", run_tokenizer, inputs=("documents",), check=_check("TokenizerConfig"),
-                         code=("llmchain.tokenizer",), help="documents → byte-level BPE tokenizer"))
-register_stage(StageType("pack", run_pack, inputs=("documents", "tokenizer"), check=_check("PackConfig"),
-                         code=("llmchain.data.pack", "llmchain.tokenizer"), help="documents → token shards"))
-register_stage(StageType("pretrain", run_pretrain, inputs=("shards",), optional=("tokenizer", "model"), output="final",
-                         check=_check_pretrain,
-                         code=("llmchain.train.pretrain", "llmchain.eval.perplexity", *_LOOP, *_MODEL),
-                         help="token shards → base model (RUN/final)"))
-register_stage(StageType("finetune", run_finetune, inputs=("train",), optional=("model", "val", "test"),
-                         output=lambda c: "best" if c.get("task") == "classify" else "final", check=_check_finetune,
-                         code=("llmchain.train", "!llmchain.train.pretrain", "llmchain.model", "!llmchain.model.export"),
-                         help="model + data → fine-tuned model"))
-register_stage(StageType("eval", run_eval, inputs=("data",), optional=("model", "train"), check=_check_eval,
-                         code=("llmchain.eval", *[f"!{m}" for m in _CARD[:3]], *_MODEL),
-                         help="model (+ baselines) on data → report.json"))
-register_stage(StageType("report", run_report, inputs=("model",), optional=("eval", "eval2", "eval3"),
-                         check=_check("ReportConfig"), code=(*_CARD, *_MODEL), help="model → model card"))
-register_stage(StageType("generate", run_generate, inputs=("model",), check=_check_generate,
-                         code=_MODEL, help="model → sample generations (samples.md)"))
-register_stage(StageType("export", run_export, inputs=("model",), check=_check_export,
-                         code=("llmchain.model.export", *_MODEL), help="model → GGUF file or clean HF dir"))
+# Every built-in kind of stage, in chain order: the registry recipes name them from (recipe_file adds
+# the ones a program registers with `register_stage`).
+BUILTIN_STAGES: dict[str, StageType] = {st.name: st for st in (
+    StageType("data", run_data, inputs=("raw",), check=_check("DataConfig"), help="raw text → documents"),
+    StageType("tokenizer", run_tokenizer, inputs=("documents",), check=_check("TokenizerConfig"),
+              help="documents → byte-level BPE tokenizer"),
+    StageType("pack", run_pack, inputs=("documents", "tokenizer"), check=_check("PackConfig"),
+              help="documents → token shards"),
+    StageType("pretrain", run_pretrain, inputs=("shards",), optional=("tokenizer", "model"), output="final",
+              check=_check_pretrain, help="token shards → base model (RUN/final)"),
+    StageType("finetune", run_finetune, inputs=("train",), optional=("model", "val", "test"),
+              output=_finetune_output, check=_check_finetune, help="model + data → fine-tuned model"),
+    StageType("eval", run_eval, inputs=("data",), optional=("model", "train"), check=_check_eval,
+              help="model (+ baselines) on data → report.json"),
+    StageType("report", run_report, inputs=("model",), optional=("eval", "eval2", "eval3"),
+              check=_check("ReportConfig"), help="model → model card"),
+    StageType("generate", run_generate, inputs=("model",), check=_check_generate,
+              help="model → sample generations (samples.md)"),
+    StageType("export", run_export, inputs=("model",), check=_check_export,
+              help="model → GGUF file or clean HF dir"),
+)}  # fmt: skip
