@@ -47,7 +47,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for name in ("data", "tokenizer", "train", "finetune", "evaluate", "serve", "recipe"):
+    for name in ("data", "tokenizer", "train", "finetune", "evaluate", "serve", "recipe", "privacy"):
         try:
             module = importlib.import_module(f"llmchain.commands.{name}")
         except ModuleNotFoundError as e:

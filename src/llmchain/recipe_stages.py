@@ -316,3 +316,9 @@ register_stage(StageType("generate", run_generate, inputs=("model",), check=_che
                          code=_MODEL, help="model → sample generations (samples.md)"))
 register_stage(StageType("export", run_export, inputs=("model",), check=_check_export,
                          code=("llmchain.model.export", *_MODEL), help="model → GGUF file or clean HF dir"))
+# privacy_audit: one function in llmchain.privacy, imported only when the stage runs or is checked
+register_stage(StageType("privacy_audit", lambda c: __import__("llmchain.privacy").privacy.run_privacy_audit_stage(c),
+                         inputs=("model", "documents"), optional=("shards",),
+                         check=lambda c: __import__("llmchain.privacy").privacy.check_stage_config(c),
+                         code=("llmchain.privacy", "llmchain.data.canaries", *_MODEL),
+                         help="model + documents with canaries → privacy report"))

@@ -84,7 +84,7 @@ def make_canaries(cfg: Any) -> list[Canary]:
     out: list[Canary] = []
     keys: set[str] = set()
     for copies in [*cfg.copies, 0]:
-        for i in range(cfg.count):
+        for _ in range(cfg.count):
             key = ""
             while not key or key in keys:
                 key = "".join(rng.choice(list(_KEY_LETTERS), 4))
