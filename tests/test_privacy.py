@@ -107,7 +107,7 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, text):
         assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
-def _canaries(count: int, copies: list[int], length: int = 3, seed: int = 0):
+def _canaries(count: int, copies: list[int], length: int = 2, seed: int = 0):
     from llmchain.config import CanaryConfig
     from llmchain.data.canaries import make_canaries
 
@@ -116,8 +116,8 @@ def _canaries(count: int, copies: list[int], length: int = 3, seed: int = 0):
 
 def test_exposure_of_unseen_canaries_is_near_zero(tmp_path, tokenizer):
     """A model that never saw a secret ranks it uniformly among |R|: exposure log2|R| − log2 rank has
-    mean log2 e ≈ 1.44 bits and P(≥ t bits) = 2^−t. Tolerance: the mean over 8 unseen canaries is below
-    3 bits (a memorised secret scores ≈ log2 1000 ≈ 10)."""
+    mean ≈ 1.4 bits (|R| = 100 two-digit secrets) and P(≥ t bits) ≈ 2^−t. Tolerance: the mean over 8
+    unseen canaries is below 3 bits (a memorised secret scores log2 100 ≈ 6.6)."""
     from llmchain.model.io import load_model
     from llmchain.privacy import PrivacyAuditConfig, exposure
     from llmchain.tokenizer import load_tokenizer
@@ -130,10 +130,10 @@ def test_exposure_of_unseen_canaries_is_near_zero(tmp_path, tokenizer):
     cfg = PrivacyAuditConfig()
     rng = np.random.default_rng(0)
     got = [exposure(model, tok, c, cfg, rng) for c in controls]
-    assert all(g["method"] == "exact" and g["space"] == 1000 and 1 <= g["rank"] <= 1000 for g in got)
+    assert all(g["method"] == "exact" and g["space"] == 100 and 1 <= g["rank"] <= 100 for g in got)
     values = [g["exposure"] for g in got]
     assert np.mean(values) < 3.0, values
-    assert all(0 <= v <= math.log2(1000) for v in values)
+    assert all(0 <= v <= math.log2(100) for v in values)
 
 
 def test_model_finetuned_on_the_canary_alone_extracts_it(tmp_path, tokenizer):
@@ -159,10 +159,10 @@ def test_model_finetuned_on_the_canary_alone_extracts_it(tmp_path, tokenizer):
     assert got["extracted"], got
     assert not extract(model, tok, other)["extracted"]  # another canary's secret was never seen
     ex = exposure(model, tok, canary, PrivacyAuditConfig(), np.random.default_rng(0))
-    assert ex["rank"] == 1 and ex["exposure"] == pytest.approx(math.log2(1000))
-    # the extrapolation (here checked on a space small enough to rank exactly) also sees it as exposed
+    assert ex["rank"] == 1 and ex["exposure"] == pytest.approx(math.log2(100))
+    # the extrapolation (here on a space small enough to rank exactly) also puts it at the top
     fit = exposure(model, tok, canary, PrivacyAuditConfig(exact_max=10, samples=300), np.random.default_rng(0))
-    assert fit["method"] == "skew-normal" and fit["exposure"] > 8
+    assert fit["method"] == "skew-normal" and fit["exposure"] > math.log2(100) - 1
 
 
 def test_audit_report_reaches_the_model_card(tmp_path, text, tokenizer):
@@ -173,7 +173,7 @@ def test_audit_report_reaches_the_model_card(tmp_path, text, tokenizer):
     pack_documents(tmp_path / "data", tokenizer, tmp_path / "shards", val_fraction=0.2, split_by="documents")
     model_dir = _random_model(tmp_path, tokenizer)
     code, out, err = run_cli("privacy", "audit", str(model_dir), "--data", str(tmp_path / "data"), "--shards",
-                             str(tmp_path / "shards"), "-o", str(tmp_path / "audit"))  # fmt: skip
+                             str(tmp_path / "shards"), "-o", str(tmp_path / "audit"), "--samples", "200")  # fmt: skip
     assert code == 0, err
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert report["kind"] == "eval-privacy" and (tmp_path / "audit" / report["plots"][0]).is_file()

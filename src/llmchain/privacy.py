@@ -52,29 +52,33 @@ class PrivacyAuditConfig(StageConfig):
 def log_perplexities(model: Any, tok: Any, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """−log2 P(text) under the model, in bits, for each text: every token given the ones before it,
     after an end-of-text token (how `data pack` puts a document in the training stream)."""
+    eos = _eos_id(model, tok)
+    seqs = [[eos, *ids] for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    return _token_nll(model, seqs, batch_size)[0] / math.log(2)
+
+
+def _token_nll(model: Any, seqs: list[list[int]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(summed negative log-likelihood in nats, number of predicted tokens) of each token sequence."""
     import torch
 
-    eos = _eos_id(model, tok)
-    encoded = tok(texts, add_special_tokens=False)["input_ids"]
     device = next(model.parameters()).device
-    out = np.empty(len(texts), dtype=np.float64)
-    order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths together: less padding
-    for start in range(0, len(texts), batch_size):
+    total, count = np.zeros(len(seqs)), np.zeros(len(seqs))
+    order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths together: less padding
+    for start in range(0, len(seqs), batch_size):
         idx = order[start:start + batch_size]
-        seqs = [[eos, *encoded[i]] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), eos, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s) - 1] = True
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.zeros((len(idx), width), dtype=torch.long)
+        mask = torch.zeros((len(idx), width - 1), dtype=torch.bool)
+        for r, i in enumerate(idx):
+            ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[r, : len(seqs[i]) - 1] = True
         ids = ids.to(device)
         with torch.no_grad():
             logits, _ = model(ids[:, :-1])  # right padding cannot change earlier positions (causal)
             logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        nats = -(logp.cpu() * mask).sum(dim=1)
-        out[idx] = (nats / math.log(2)).numpy()
-    return out
+        total[idx] = (-(logp.cpu() * mask).sum(dim=1)).double().numpy()
+        count[idx] = mask.sum(dim=1).numpy()
+    return total, count
 
 
 def _eos_id(model: Any, tok: Any) -> int:
@@ -152,7 +156,6 @@ def extract(model: Any, tok: Any, canary: Any) -> dict[str, Any]:
 def membership_inference(model: Any, tok: Any, data_dir: Path, val_fraction: float, split_by: str,
                          skip_ids: set[str], cfg: PrivacyAuditConfig) -> dict[str, Any]:  # fmt: skip
     """Loss-threshold attack: ROC AUC of −loss at telling train chunks from held-out chunks."""
-    import torch
     from sklearn.metrics import roc_auc_score
 
     from llmchain.tokenizer import iter_documents, split_document
@@ -174,15 +177,10 @@ def membership_inference(model: Any, tok: Any, data_dir: Path, val_fraction: flo
     rng = np.random.default_rng([cfg.seed, 0x4D49])
     picked = {k: [v[j] for j in sorted(rng.choice(len(v), min(cfg.mi_samples, len(v)), replace=False))]
               for k, v in chunks.items()}  # fmt: skip
-    losses: dict[str, list[float]] = {}
-    device = next(model.parameters()).device
+    losses = {}
     for split, seqs in picked.items():
-        losses[split] = []
-        for s in seqs:
-            x = torch.tensor([s], dtype=torch.long, device=device)
-            with torch.no_grad():
-                _, loss = model(x[:, :-1], targets=x[:, 1:])
-            losses[split].append(float(loss))
+        total, count = _token_nll(model, seqs, cfg.batch_size)
+        losses[split] = (total / count).tolist()  # mean nats per token of each chunk
     y = [1] * len(losses["train"]) + [0] * len(losses["val"])
     score = [-v for v in losses["train"] + losses["val"]]  # lower loss → more likely a member
     return {"auc": float(roc_auc_score(y, score)), "train_chunks": len(losses["train"]),
