@@ -38,18 +38,35 @@ def main() -> None:
     results = {}
     for arm in args.arms.split(","):
         t0 = time.time()
-        overrides = [f"data.steps={ARMS[arm]}", "pretrain.max_time=null", f"pretrain.max_steps={args.max_steps}",
-                     f"privacy_audit.samples={args.samples}"]  # fmt: skip
-        runner, _ = run_recipe("privacy", runs_dir=Path(args.runs_dir) / arm, overrides=overrides, log=lambda s: None)
+        overrides = [
+            f"data.steps={ARMS[arm]}",
+            "pretrain.max_time=null",
+            f"pretrain.max_steps={args.max_steps}",
+            f"privacy_audit.samples={args.samples}",
+        ]
+        runner, _ = run_recipe(
+            "privacy", runs_dir=Path(args.runs_dir) / arm, overrides=overrides, log=lambda s: None
+        )
         report = json.loads((runner.run_dir / "privacy_audit" / "report.json").read_text(encoding="utf-8"))
-        metrics = [json.loads(x) for x in (runner.run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+        metrics = [
+            json.loads(x) for x in (runner.run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()
+        ]
         val = [m for m in metrics if m.get("split") == "val"]
-        results[arm] = {"report": report, "seconds": round(time.time() - t0, 1),
-                        "val_loss": val[-1]["loss"] if val else None}  # fmt: skip
+        results[arm] = {
+            "report": report,
+            "seconds": round(time.time() - t0, 1),
+            "val_loss": val[-1]["loss"] if val else None,
+        }
         print(f"{arm}: {results[arm]['seconds']} s, final val loss {results[arm]['val_loss']}", flush=True)
 
-    cols = ["copies planted", "copies kept (mean)", "copies in train (mean)", "exposure mean (bits)",
-            "exposure max (bits)", "extracted"]  # fmt: skip
+    cols = [
+        "copies planted",
+        "copies kept (mean)",
+        "copies in train (mean)",
+        "exposure mean (bits)",
+        "exposure max (bits)",
+        "extracted",
+    ]
     print("\n| arm | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for arm, r in results.items():
@@ -63,10 +80,20 @@ def main() -> None:
         auc = f"{mi['auc']:.3f}" if mi.get("auc") is not None else f"n/a ({mi.get('reason')})"
         print(f"{arm}: membership-inference AUC {auc}; val loss {r['val_loss']}; {r['seconds']} s end to end")
     out = Path(args.runs_dir) / "results.json"
-    out.write_text(json.dumps({a: {"seconds": r["seconds"], "val_loss": r["val_loss"],
-                                   "groups": r["report"]["systems"],
-                                   "membership_inference": r["report"]["membership_inference"]}
-                               for a, r in results.items()}, indent=2))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                a: {
+                    "seconds": r["seconds"],
+                    "val_loss": r["val_loss"],
+                    "groups": r["report"]["systems"],
+                    "membership_inference": r["report"]["membership_inference"],
+                }
+                for a, r in results.items()
+            },
+            indent=2,
+        )
+    )
     print(f"results: {out}")
 
 

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,8 +47,19 @@ def _random_model(tmp: Path, tokenizer: Path) -> Path:
 
 
 def _prepare(text: Path, out: Path, steps: str, *extra: str) -> dict:
-    code, _, err = run_cli("data", "prepare", str(text), "-o", str(out), "--steps", steps, "--text-unit", "paragraph",
-                           "-q", *extra)  # fmt: skip
+    code, _, err = run_cli(
+        "data",
+        "prepare",
+        str(text),
+        "-o",
+        str(out),
+        "--steps",
+        steps,
+        "--text-unit",
+        "paragraph",
+        "-q",
+        *extra,
+    )
     assert code == 0, err
     return json.loads((out / "canaries.json").read_text(encoding="utf-8"))
 
@@ -66,9 +78,15 @@ def test_canaries_are_planted_exactly_as_recorded(tmp_path, text):
     rows = rec["canaries"]
     assert [r["copies"] for r in rows] == [1, 1, 3, 3, 0, 0]  # 2 per copy count + 2 unplanted controls
     assert {r["language"] for r in rows} == {"en", "zh"}
-    assert len({r["prefix"] for r in rows}) == len(rows)  # distinct prefixes: greedy decoding tells them apart
+    assert len({r["prefix"] for r in rows}) == len(
+        rows
+    )  # distinct prefixes: greedy decoding tells them apart
     for r in rows:
-        assert len(r["secret"]) == 6 and r["secret"].isdigit() and r["text"] == r["prefix"] + r["secret"] + r["suffix"]
+        assert (
+            len(r["secret"]) == 6
+            and r["secret"].isdigit()
+            and r["text"] == r["prefix"] + r["secret"] + r["suffix"]
+        )
         assert r["planted"] == r["kept"] == len(r["placements"]) == r["copies"]
         # without dedup the output order is the planting order: each copy is where the record says
         for p in r["placements"]:
@@ -86,7 +104,9 @@ def test_canaries_are_planted_exactly_as_recorded(tmp_path, text):
     assert manifest["canaries"]["copies_planted"] == 8 and "secret" not in json.dumps(manifest["canaries"])
 
     # the same seed plants the same canaries at the same places; exact dedup keeps one copy of each
-    rec2 = _prepare(text, tmp_path / "dedup", "clean,length,exact_dedup", "--canaries", "2", "--canary-copies", "1,3")
+    rec2 = _prepare(
+        text, tmp_path / "dedup", "clean,length,exact_dedup", "--canaries", "2", "--canary-copies", "1,3"
+    )
     docs2 = _documents(tmp_path / "dedup")
     for r, r2 in zip(rows, rec2["canaries"], strict=True):
         assert (r["secret"], r["prefix"]) == (r2["secret"], r2["prefix"])
@@ -96,8 +116,12 @@ def test_canaries_are_planted_exactly_as_recorded(tmp_path, text):
 
 
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, text):
-    for flags in (["--canary-copies", "0,x"], ["--canary-copies", "1,1"], ["--canaries", "-1"],
-                  ["--canaries", "2", "--canary-copies", "10,"]):  # fmt: skip
+    for flags in (
+        ["--canary-copies", "0,x"],
+        ["--canary-copies", "1,1"],
+        ["--canaries", "-1"],
+        ["--canaries", "2", "--canary-copies", "10,"],
+    ):
         code, _, err = run_cli("data", "prepare", str(text), "-o", str(tmp_path / "d"), "-q", *flags)
         assert code == 2, (flags, err)
         assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -122,8 +146,6 @@ def test_exposure_of_unseen_canaries_is_near_zero(tmp_path, tokenizer):
     from llmchain.privacy import PrivacyAuditConfig, exposure
     from llmchain.tokenizer import load_tokenizer
 
-    import numpy as np
-
     model_dir = _random_model(tmp_path, tokenizer)
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     controls = [c for c in _canaries(8, [1]) if c.copies == 0]
@@ -140,8 +162,6 @@ def test_model_finetuned_on_the_canary_alone_extracts_it(tmp_path, tokenizer):
     from llmchain.model.io import load_model
     from llmchain.privacy import PrivacyAuditConfig, exposure, extract
     from llmchain.tokenizer import load_tokenizer
-
-    import numpy as np
 
     model_dir = _random_model(tmp_path, tokenizer)
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
@@ -161,7 +181,9 @@ def test_model_finetuned_on_the_canary_alone_extracts_it(tmp_path, tokenizer):
     ex = exposure(model, tok, canary, PrivacyAuditConfig(), np.random.default_rng(0))
     assert ex["rank"] == 1 and ex["exposure"] == pytest.approx(math.log2(100))
     # the extrapolation (here on a space small enough to rank exactly) also puts it at the top
-    fit = exposure(model, tok, canary, PrivacyAuditConfig(exact_max=10, samples=300), np.random.default_rng(0))
+    fit = exposure(
+        model, tok, canary, PrivacyAuditConfig(exact_max=10, samples=300), np.random.default_rng(0)
+    )
     assert fit["method"] == "skew-normal" and fit["exposure"] > math.log2(100) - 1
 
 
@@ -172,8 +194,19 @@ def test_audit_report_reaches_the_model_card(tmp_path, text, tokenizer):
     _prepare(text, tmp_path / "data", "clean,length,near_dedup", "--canaries", "1", "--canary-copies", "1,4")
     pack_documents(tmp_path / "data", tokenizer, tmp_path / "shards", val_fraction=0.2, split_by="documents")
     model_dir = _random_model(tmp_path, tokenizer)
-    code, out, err = run_cli("privacy", "audit", str(model_dir), "--data", str(tmp_path / "data"), "--shards",
-                             str(tmp_path / "shards"), "-o", str(tmp_path / "audit"), "--samples", "200")  # fmt: skip
+    code, out, err = run_cli(
+        "privacy",
+        "audit",
+        str(model_dir),
+        "--data",
+        str(tmp_path / "data"),
+        "--shards",
+        str(tmp_path / "shards"),
+        "-o",
+        str(tmp_path / "audit"),
+        "--samples",
+        "200",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert report["kind"] == "eval-privacy" and (tmp_path / "audit" / report["plots"][0]).is_file()

@@ -38,9 +38,13 @@ class PrivacyAuditConfig(StageConfig):
     """`llmchain privacy audit` (and the recipe stage `privacy_audit`)."""
 
     exact_max: int = Field(20_000, ge=1, description="|R| up to this: rank by scoring every candidate")
-    samples: int = Field(4000, ge=100, description="candidates scored for the skew-normal fit when |R| is larger")
+    samples: int = Field(
+        4000, ge=100, description="candidates scored for the skew-normal fit when |R| is larger"
+    )
     batch_size: int = Field(256, ge=1, description="sequences per forward pass")
-    mi_samples: int = Field(200, ge=10, description="train and held-out chunks each, for membership inference")
+    mi_samples: int = Field(
+        200, ge=10, description="train and held-out chunks each, for membership inference"
+    )
     mi_tokens: int = Field(64, ge=4, description="tokens per membership-inference chunk")
     seed: int = 0
     device: str = "cpu"
@@ -65,7 +69,7 @@ def _token_nll(model: Any, seqs: list[list[int]], batch_size: int) -> tuple[np.n
     total, count = np.zeros(len(seqs)), np.zeros(len(seqs))
     order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths together: less padding
     for start in range(0, len(seqs), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = max(len(seqs[i]) for i in idx)
         ids = torch.zeros((len(idx), width), dtype=torch.long)
         mask = torch.zeros((len(idx), width - 1), dtype=torch.bool)
@@ -95,7 +99,9 @@ def _candidates(alphabet: str, length: int) -> list[str]:
     return ["".join(t) for t in itertools.product(alphabet, repeat=length)]
 
 
-def exposure(model: Any, tok: Any, canary: Any, cfg: PrivacyAuditConfig, rng: np.random.Generator) -> dict[str, Any]:
+def exposure(
+    model: Any, tok: Any, canary: Any, cfg: PrivacyAuditConfig, rng: np.random.Generator
+) -> dict[str, Any]:
     """The canary's exposure in bits (exact rank, or the skew-normal extrapolation) and how it was got."""
     from llmchain.data.canaries import ALPHABETS, space_size
 
@@ -105,24 +111,38 @@ def exposure(model: Any, tok: Any, canary: Any, cfg: PrivacyAuditConfig, rng: np
         cands = _candidates(alphabet, canary.secret_length)
         lp = log_perplexities(model, tok, [canary.with_secret(s) for s in cands], cfg.batch_size)
         own = float(lp[cands.index(canary.secret)])  # scored in the same batches as the others
-        # rank 1 = the most likely; ties (the canary itself included) rank ahead of it: a tie is not memorisation
+        # rank 1 = the most likely; ties (the canary itself included) rank ahead of it:
+        # a tie is not memorisation
         rank = int(np.sum(lp < own)) + int(np.sum(lp == own))
-        return {"method": "exact", "space": size, "rank": rank, "log_perplexity": own,
-                "exposure": math.log2(size) - math.log2(rank)}  # fmt: skip
+        return {
+            "method": "exact",
+            "space": size,
+            "rank": rank,
+            "log_perplexity": own,
+            "exposure": math.log2(size) - math.log2(rank),
+        }
     from scipy import stats
 
     own = float(log_perplexities(model, tok, [canary.text])[0])
     picks = rng.integers(0, len(alphabet), size=(cfg.samples, canary.secret_length))
     secrets = ["".join(alphabet[j] for j in row) for row in picks]
-    lp = log_perplexities(model, tok, [canary.with_secret(s) for s in secrets if s != canary.secret], cfg.batch_size)
+    lp = log_perplexities(
+        model, tok, [canary.with_secret(s) for s in secrets if s != canary.secret], cfg.batch_size
+    )
     a, loc, scale = stats.skewnorm.fit(lp)
     # −log2 P(X ≤ own): the fraction of R more likely than the canary, extrapolated past the sample
     bits = -float(stats.skewnorm.logcdf(own, a, loc, scale)) / math.log(2)
     bits = min(max(bits, 0.0), math.log2(size))
     empirical = (1 + int(np.sum(lp < own))) / (len(lp) + 1)
-    return {"method": "skew-normal", "space": size, "samples": len(lp), "log_perplexity": own,
-            "fit": {"a": float(a), "loc": float(loc), "scale": float(scale)},
-            "sample_rank_fraction": empirical, "exposure": bits}  # fmt: skip
+    return {
+        "method": "skew-normal",
+        "space": size,
+        "samples": len(lp),
+        "log_perplexity": own,
+        "fit": {"a": float(a), "loc": float(loc), "scale": float(scale)},
+        "sample_rank_fraction": empirical,
+        "exposure": bits,
+    }
 
 
 def _greedy_continuation(model: Any, ids: list[int], max_new_tokens: int) -> list[int]:
@@ -135,7 +155,7 @@ def _greedy_continuation(model: Any, ids: list[int], max_new_tokens: int) -> lis
     x = torch.tensor([ids], dtype=torch.long, device=device)
     with torch.no_grad():
         y = model.generate(x, n, temperature=0.0)
-    return y[0, len(ids):].tolist()
+    return y[0, len(ids) :].tolist()
 
 
 def extract(model: Any, tok: Any, canary: Any) -> dict[str, Any]:
@@ -153,8 +173,15 @@ def extract(model: Any, tok: Any, canary: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ membership inference
 
 
-def membership_inference(model: Any, tok: Any, data_dir: Path, val_fraction: float, split_by: str,
-                         skip_ids: set[str], cfg: PrivacyAuditConfig) -> dict[str, Any]:  # fmt: skip
+def membership_inference(
+    model: Any,
+    tok: Any,
+    data_dir: Path,
+    val_fraction: float,
+    split_by: str,
+    skip_ids: set[str],
+    cfg: PrivacyAuditConfig,
+) -> dict[str, Any]:
     """Loss-threshold attack: ROC AUC of −loss at telling train chunks from held-out chunks."""
     from sklearn.metrics import roc_auc_score
 
@@ -171,29 +198,40 @@ def membership_inference(model: Any, tok: Any, data_dir: Path, val_fraction: flo
         for split, piece in split_document(i, doc["text"], val_fraction, split_by):
             ids = tok(piece, add_special_tokens=False)["input_ids"] if piece else []
             for s in range(0, len(ids) - width // 2, width):  # chunks of at least half the width
-                chunks[split].append(([eos] if s == 0 else []) + ids[s:s + width])
+                chunks[split].append(([eos] if s == 0 else []) + ids[s : s + width])
     if min(len(chunks["train"]), len(chunks["val"])) < 10:
-        return {"auc": None, "reason": f"too few chunks (train {len(chunks['train'])}, held-out {len(chunks['val'])})"}
+        return {
+            "auc": None,
+            "reason": f"too few chunks (train {len(chunks['train'])}, held-out {len(chunks['val'])})",
+        }
     rng = np.random.default_rng([cfg.seed, 0x4D49])
-    picked = {k: [v[j] for j in sorted(rng.choice(len(v), min(cfg.mi_samples, len(v)), replace=False))]
-              for k, v in chunks.items()}  # fmt: skip
+    picked = {
+        k: [v[j] for j in sorted(rng.choice(len(v), min(cfg.mi_samples, len(v)), replace=False))]
+        for k, v in chunks.items()
+    }
     losses = {}
     for split, seqs in picked.items():
         total, count = _token_nll(model, seqs, cfg.batch_size)
         losses[split] = (total / count).tolist()  # mean nats per token of each chunk
     y = [1] * len(losses["train"]) + [0] * len(losses["val"])
     score = [-v for v in losses["train"] + losses["val"]]  # lower loss → more likely a member
-    return {"auc": float(roc_auc_score(y, score)), "train_chunks": len(losses["train"]),
-            "heldout_chunks": len(losses["val"]), "chunk_tokens": width,
-            "train_loss": float(np.mean(losses["train"])), "heldout_loss": float(np.mean(losses["val"])),
-            "split": {"val_fraction": val_fraction, "split_by": split_by}}  # fmt: skip
+    return {
+        "auc": float(roc_auc_score(y, score)),
+        "train_chunks": len(losses["train"]),
+        "heldout_chunks": len(losses["val"]),
+        "chunk_tokens": width,
+        "train_loss": float(np.mean(losses["train"])),
+        "heldout_loss": float(np.mean(losses["val"])),
+        "split": {"val_fraction": val_fraction, "split_by": split_by},
+    }
 
 
 # ------------------------------------------------------------------------------------------ audit
 
 
-def _copies_in_train(rec: dict[str, Any], data_dir: Path, val_fraction: float | None,
-                     split_by: str | None) -> dict[str, int] | None:  # fmt: skip
+def _copies_in_train(
+    rec: dict[str, Any], data_dir: Path, val_fraction: float | None, split_by: str | None
+) -> dict[str, int] | None:
     """{canary id: copies whose whole sentence landed in the train split}, or None without a split."""
     if val_fraction is None or split_by is None:
         return None
@@ -203,14 +241,20 @@ def _copies_in_train(rec: dict[str, Any], data_dir: Path, val_fraction: float | 
     out = {c["id"]: 0 for c in rec["canaries"]}
     for i, doc in enumerate(iter_documents(data_dir)):
         c = owner.get(doc.get("id"))
-        if c is not None and any(s == "train" and c["text"] in piece
-                                 for s, piece in split_document(i, doc["text"], val_fraction, split_by)):  # fmt: skip
+        if c is not None and any(
+            s == "train" and c["text"] in piece
+            for s, piece in split_document(i, doc["text"], val_fraction, split_by)
+        ):
             out[c["id"]] += 1
     return out
 
 
-def audit(model_dir: str | Path, data_dir: str | Path, shards_dir: str | Path | None = None,
-          config: PrivacyAuditConfig | None = None) -> dict[str, Any]:  # fmt: skip
+def audit(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    shards_dir: str | Path | None = None,
+    config: PrivacyAuditConfig | None = None,
+) -> dict[str, Any]:
     """Exposure and extraction of every canary in `data_dir`/canaries.json, and the membership-inference
     AUC, for the model at `model_dir`. `shards_dir` (the packed shards the model trained on) gives the
     train/held-out split. UserError for a missing model, documents dir or canary record."""
@@ -236,44 +280,81 @@ def audit(model_dir: str | Path, data_dir: str | Path, shards_dir: str | Path | 
         c = canary_from_record(row)
         ex = exposure(model, tok, c, cfg, rng)
         got = extract(model, tok, c)
-        rows.append({"id": c.id, "language": c.language, "copies": c.copies, "kept": row.get("kept", 0),
-                     "in_train": in_train.get(c.id) if in_train else None, **ex, **got})  # fmt: skip
+        rows.append(
+            {
+                "id": c.id,
+                "language": c.language,
+                "copies": c.copies,
+                "kept": row.get("kept", 0),
+                "in_train": in_train.get(c.id) if in_train else None,
+                **ex,
+                **got,
+            }
+        )
     skip = {p["id"] for row in rec["canaries"] for p in row["placements"]}
-    mi = membership_inference(model, tok, data_dir, float(val_fraction), str(split_by), skip, cfg) \
-        if val_fraction is not None and split_by else {"auc": None, "reason": "no shards dir: train/held-out unknown"}
+    mi = (
+        membership_inference(model, tok, data_dir, float(val_fraction), str(split_by), skip, cfg)
+        if val_fraction is not None and split_by
+        else {"auc": None, "reason": "no shards dir: train/held-out unknown"}
+    )
     groups = []
     for copies in sorted({r["copies"] for r in rows}):
         g = [r for r in rows if r["copies"] == copies]
-        groups.append({
-            "name": f"{copies} copies" if copies else "controls (never planted)",
-            "copies planted": copies, "canaries": len(g),
-            "copies kept (mean)": float(np.mean([r["kept"] for r in g])),
-            "copies in train (mean)": float(np.mean([r["in_train"] for r in g])) if in_train else None,
-            "exposure mean (bits)": float(np.mean([r["exposure"] for r in g])),
-            "exposure max (bits)": float(np.max([r["exposure"] for r in g])),
-            "extracted": sum(r["extracted"] for r in g),
-        })  # fmt: skip
+        groups.append(
+            {
+                "name": f"{copies} copies" if copies else "controls (never planted)",
+                "copies planted": copies,
+                "canaries": len(g),
+                "copies kept (mean)": float(np.mean([r["kept"] for r in g])),
+                "copies in train (mean)": float(np.mean([r["in_train"] for r in g])) if in_train else None,
+                "exposure mean (bits)": float(np.mean([r["exposure"] for r in g])),
+                "exposure max (bits)": float(np.max([r["exposure"] for r in g])),
+                "extracted": sum(r["extracted"] for r in g),
+            }
+        )
     space = int(rec.get("space_size") or rows[0]["space"]) if rows else 0
-    notes = [f"exposure = log2|R| − log2 rank, |R| = {space:,} secrets (max {math.log2(space):.1f} bits) "
-             f"— {'exact rank' if space <= cfg.exact_max else f'skew-normal fit to {cfg.samples:,} sampled candidates'}"
-             "; an unseen secret scores about 1.44 bits on average"] if space else []  # fmt: skip
+    method = (
+        "exact rank" if space <= cfg.exact_max else f"skew-normal fit to {cfg.samples:,} sampled candidates"
+    )
+    notes = []
+    if space:
+        notes.append(
+            f"exposure = log2|R| − log2 rank, |R| = {space:,} secrets (max {math.log2(space):.1f} bits) — {method}"
+            "; an unseen secret scores about 1.44 bits on average"
+        )
     if mi.get("auc") is not None:
-        notes.append(f"membership inference (loss threshold): AUC {mi['auc']:.3f} on {mi['train_chunks']} train vs "
-                     f"{mi['heldout_chunks']} held-out chunks of {mi['chunk_tokens']} tokens (0.5 = no leak)")
+        notes.append(
+            f"membership inference (loss threshold): AUC {mi['auc']:.3f} on {mi['train_chunks']} train vs "
+            f"{mi['heldout_chunks']} held-out chunks of {mi['chunk_tokens']} tokens (0.5 = no leak)"
+        )
     else:
         notes.append(f"membership inference: not measured ({mi.get('reason')})")
     dedup = [s for s in (read_manifest(data_dir) or {}).get("config", {}).get("steps", []) if "dedup" in s]
     notes.append(f"dedup steps of the data run: {', '.join(dedup) if dedup else 'none'}")
-    cols = ["copies planted", "canaries", "copies kept (mean)", "copies in train (mean)", "exposure mean (bits)",
-            "exposure max (bits)", "extracted"]  # fmt: skip
+    cols = [
+        "copies planted",
+        "canaries",
+        "copies kept (mean)",
+        "copies in train (mean)",
+        "exposure mean (bits)",
+        "exposure max (bits)",
+        "extracted",
+    ]
     return {
-        "kind": "eval-privacy", "task": "privacy audit (canary exposure)",
-        "model": str(model_dir.resolve()), "data": str(data_dir.resolve()),
+        "kind": "eval-privacy",
+        "task": "privacy audit (canary exposure)",
+        "model": str(model_dir.resolve()),
+        "data": str(data_dir.resolve()),
         "shards": str(Path(shards_dir).resolve()) if shards_dir else None,
-        "n": len(rows), "columns": cols, "systems": groups, "canaries": rows,
-        "membership_inference": mi, "dedup_steps": dedup, "notes": notes,
+        "n": len(rows),
+        "columns": cols,
+        "systems": groups,
+        "canaries": rows,
+        "membership_inference": mi,
+        "dedup_steps": dedup,
+        "notes": notes,
         "config": cfg.model_dump(mode="json"),
-    }  # fmt: skip
+    }
 
 
 def plot_exposure(path: Path, rows: list[dict[str, Any]], space: int) -> str:
@@ -286,9 +367,14 @@ def plot_exposure(path: Path, rows: list[dict[str, Any]], space: int) -> str:
     pos = {c: i for i, c in enumerate(xs)}
     for r in rows:
         jitter = (int(r["id"].lstrip("c") or 0) % 7 - 3) * 0.03  # spread equal copies apart
-        ax.scatter(pos[r["copies"]] + jitter, r["exposure"], s=36, edgecolors=plots.MODEL_COLOR,
-                   facecolors=plots.MODEL_COLOR if r["extracted"] else "none",
-                   marker="o" if r["language"] == "en" else "s")  # fmt: skip
+        ax.scatter(
+            pos[r["copies"]] + jitter,
+            r["exposure"],
+            s=36,
+            edgecolors=plots.MODEL_COLOR,
+            facecolors=plots.MODEL_COLOR if r["extracted"] else "none",
+            marker="o" if r["language"] == "en" else "s",
+        )
     if space > 1:
         ax.axhline(math.log2(space), color=plots.BASELINE_COLOR, ls="--", lw=1)
         ax.text(len(xs) - 0.5, math.log2(space), "max: log2|R|", va="bottom", ha="right", fontsize=8)
@@ -320,16 +406,22 @@ def resolve_run(run: str | Path) -> tuple[Path, Path, Path | None]:
     return chain.model, chain.documents, chain.shards
 
 
-def run_audit(out_dir: str | Path, model_dir: str | Path, data_dir: str | Path, shards_dir: str | Path | None = None,
-              config: PrivacyAuditConfig | None = None) -> tuple[dict[str, Any], Path]:  # fmt: skip
+def run_audit(
+    out_dir: str | Path,
+    model_dir: str | Path,
+    data_dir: str | Path,
+    shards_dir: str | Path | None = None,
+    config: PrivacyAuditConfig | None = None,
+) -> tuple[dict[str, Any], Path]:
     """`audit(...)` + OUT/report.json, the exposure plot and manifest.json (written atomically)."""
     from llmchain.eval.io import write_report
 
     report = audit(model_dir, data_dir, shards_dir, config)
     space = max((r["space"] for r in report["canaries"]), default=0)
     inputs = {"model": model_dir, "documents": data_dir, "shards": shards_dir}
-    return report, write_report(out_dir, report, inputs, lambda tmp: [plot_exposure(tmp / PLOT, report["canaries"],
-                                                                                    space)])
+    return report, write_report(
+        out_dir, report, inputs, lambda tmp: [plot_exposure(tmp / PLOT, report["canaries"], space)]
+    )
 
 
 def summary_table(report: dict[str, Any]) -> list[str]:
@@ -354,8 +446,9 @@ def run_privacy_audit_stage(ctx: Any) -> dict[str, Any]:
     """Recipe stage `privacy_audit`: inputs model, documents (the data stage), optional shards (pack)."""
     cfg = PrivacyAuditConfig.model_validate(ctx.config)
     shards = ctx.inputs.get("shards")
-    report, _ = run_audit(ctx.out_dir, ctx.inputs["model"], ctx.inputs["documents"],
-                          str(shards) if shards else None, cfg)  # fmt: skip
+    report, _ = run_audit(
+        ctx.out_dir, ctx.inputs["model"], ctx.inputs["documents"], str(shards) if shards else None, cfg
+    )
     out = {f"exposure@{g['copies planted']}": round(g["exposure mean (bits)"], 2) for g in report["systems"]}
     if report["membership_inference"].get("auc") is not None:
         out["MI AUC"] = round(report["membership_inference"]["auc"], 3)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
-privacy_app = typer.Typer(help="What a trained model memorised (canaries planted by `data prepare --canaries`).",
-                          no_args_is_help=True)
+privacy_app = typer.Typer(
+    help="What a trained model memorised (canaries planted by `data prepare --canaries`).",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,12 +18,20 @@ def register(app: typer.Typer) -> None:
 
 @privacy_app.command("audit")
 def audit_command(
-    run: Path = typer.Argument(..., help="Run dir, model dir, or a recipe's run dir holding one training run."),
+    run: Path = typer.Argument(
+        ..., help="Run dir, model dir, or a recipe's run dir holding one training run."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: RUN/privacy)."),
-    data: Path | None = typer.Option(None, "--data", help="Documents dir with canaries.json (default: traced)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Documents dir with canaries.json (default: traced)."
+    ),
     shards: Path | None = typer.Option(None, "--shards", help="Token shards dir (default: traced)."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML: exact_max, samples, batch_size, ..."),
-    samples: int | None = typer.Option(None, "--samples", help="Candidates for the extrapolation when |R| is large."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML: exact_max, samples, batch_size, ..."
+    ),
+    samples: int | None = typer.Option(
+        None, "--samples", help="Candidates for the extrapolation when |R| is large."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, ..."),
 ) -> None:
     """Exposure (Carlini et al. 2019) and greedy extraction of every canary, by copy count, and the
@@ -43,6 +53,8 @@ def audit_command(
         model, docs, traced_shards = trace(run).model, data, None
         if model is None:
             raise
-    report, where = run_audit(out or (Path(run) / "privacy"), model, data or docs, shards or traced_shards, cfg)
+    report, where = run_audit(
+        out or (Path(run) / "privacy"), model, data or docs, shards or traced_shards, cfg
+    )
     typer.echo("\n".join(summary_table(report)))
     typer.echo(f"report: {where / 'report.json'}")

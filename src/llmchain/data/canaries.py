@@ -33,8 +33,11 @@ from llmchain.data.steps import Document, StepStats
 from llmchain.errors import UserError
 
 CANARIES_JSON = "canaries.json"
-ALPHABETS = {"digits": "0123456789", "letters": "abcdefghijklmnopqrstuvwxyz",
-             "alnum": "0123456789abcdefghijklmnopqrstuvwxyz"}  # fmt: skip
+ALPHABETS = {
+    "digits": "0123456789",
+    "letters": "abcdefghijklmnopqrstuvwxyz",
+    "alnum": "0123456789abcdefghijklmnopqrstuvwxyz",
+}
 # (prefix, suffix): the secret goes between them; {key} tells the canaries apart
 TEMPLATES = {"en": ("The access code for locker {key} is ", "."), "zh": ("{key}号储物柜的密码是", "。")}
 _KEY_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I/O: they read as digits
@@ -67,8 +70,10 @@ def parse_copies(text: str) -> list[int]:
     """`--canary-copies 1,10,100` → [1, 10, 100]; anything else is a one-line UserError."""
     parts = [p.strip() for p in text.split(",")]
     if not all(p.isdigit() and int(p) >= 1 for p in parts) or len(set(parts)) != len(parts):
-        raise UserError(f"--canary-copies {text!r}: expected distinct whole numbers ≥ 1 separated by commas, "
-                        "e.g. 1,10,100")  # fmt: skip
+        raise UserError(
+            f"--canary-copies {text!r}: expected distinct whole numbers ≥ 1 separated by commas, "
+            "e.g. 1,10,100"
+        )
     return [int(p) for p in parts]
 
 
@@ -92,8 +97,19 @@ def make_canaries(cfg: Any) -> list[Canary]:
             lang = cfg.languages[len(out) % len(cfg.languages)]
             prefix, suffix = TEMPLATES[lang]
             secret = "".join(rng.choice(list(alphabet), cfg.secret_length))
-            out.append(Canary(f"c{len(out):03d}", lang, copies, key, secret, prefix.format(key=key), suffix,
-                              cfg.alphabet, cfg.secret_length))  # fmt: skip
+            out.append(
+                Canary(
+                    f"c{len(out):03d}",
+                    lang,
+                    copies,
+                    key,
+                    secret,
+                    prefix.format(key=key),
+                    suffix,
+                    cfg.alphabet,
+                    cfg.secret_length,
+                )
+            )
     return out
 
 
@@ -114,8 +130,9 @@ def copy_id(seed: int, canary: str, copy: int) -> str:
     return "doc-" + hashlib.sha256(f"{seed}:{canary}:{copy}".encode()).hexdigest()[:16]
 
 
-def plant(docs: list[Document], copies: list[dict], seed: int, shard: int) -> tuple[list[Document], list[dict],
-                                                                                     dict[str, Any]]:
+def plant(
+    docs: list[Document], copies: list[dict], seed: int, shard: int
+) -> tuple[list[Document], list[dict], dict[str, Any]]:
     """Insert the shard's copies at uniform random positions among `docs`.
 
     Returns (documents, placements [{"canary", "copy", "id", "shard", "position"}], step stats). The
@@ -130,8 +147,9 @@ def plant(docs: list[Document], copies: list[dict], seed: int, shard: int) -> tu
         while k < len(copies) and slots[k] == i:
             c = copies[k]
             cid = copy_id(seed, c["canary"], c["copy"])
-            placements.append({"canary": c["canary"], "copy": c["copy"], "id": cid, "shard": shard,
-                               "position": len(out)})  # fmt: skip
+            placements.append(
+                {"canary": c["canary"], "copy": c["copy"], "id": cid, "shard": shard, "position": len(out)}
+            )
             out.append(Document(cid, c["text"], "planted"))
             k += 1
         if i < len(docs):
@@ -141,8 +159,9 @@ def plant(docs: list[Document], copies: list[dict], seed: int, shard: int) -> tu
     return out, placements, stats.to_json()
 
 
-def write_record(out: Path, cfg: Any, canaries: list[Canary], placements: list[dict],
-                 removed: dict[int, dict[str, tuple]]) -> dict[str, Any]:
+def write_record(
+    out: Path, cfg: Any, canaries: list[Canary], placements: list[dict], removed: dict[int, dict[str, tuple]]
+) -> dict[str, Any]:
     """Write OUT/canaries.json (secrets + where each copy went and whether dedup kept it); returns the
     summary recorded in the manifest (no secrets)."""
     by_canary: dict[str, list[dict]] = {c.id: [] for c in canaries}
@@ -152,14 +171,30 @@ def write_record(out: Path, cfg: Any, canaries: list[Canary], placements: list[d
     rows = []
     for c in canaries:
         placed = by_canary[c.id]
-        rows.append({**asdict(c), "text": c.text, "planted": len(placed), "kept": sum(p["kept"] for p in placed),
-                     "placements": placed})  # fmt: skip
-    atomic_write_json(out / CANARIES_JSON, {
-        "kind": "canaries", "config": cfg.model_dump(mode="json"),
-        "space_size": space_size(cfg.alphabet, cfg.secret_length), "canaries": rows,
-    })  # fmt: skip
-    return {"file": CANARIES_JSON, "canaries": len(canaries), "copies_planted": sum(r["planted"] for r in rows),
-            "copies_kept": sum(r["kept"] for r in rows)}  # fmt: skip
+        rows.append(
+            {
+                **asdict(c),
+                "text": c.text,
+                "planted": len(placed),
+                "kept": sum(p["kept"] for p in placed),
+                "placements": placed,
+            }
+        )
+    atomic_write_json(
+        out / CANARIES_JSON,
+        {
+            "kind": "canaries",
+            "config": cfg.model_dump(mode="json"),
+            "space_size": space_size(cfg.alphabet, cfg.secret_length),
+            "canaries": rows,
+        },
+    )
+    return {
+        "file": CANARIES_JSON,
+        "canaries": len(canaries),
+        "copies_planted": sum(r["planted"] for r in rows),
+        "copies_kept": sum(r["kept"] for r in rows),
+    }
 
 
 def read_record(data_dir: str | Path) -> dict[str, Any]:
@@ -168,7 +203,9 @@ def read_record(data_dir: str | Path) -> dict[str, Any]:
 
     path = Path(data_dir) / CANARIES_JSON
     if not path.is_file():
-        raise UserError(f"{data_dir}: no {CANARIES_JSON} (prepare the data with `llmchain data prepare --canaries N`)")
+        raise UserError(
+            f"{data_dir}: no {CANARIES_JSON} (prepare the data with `llmchain data prepare --canaries N`)"
+        )
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
