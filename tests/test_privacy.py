@@ -218,3 +218,17 @@ def test_audit_report_reaches_the_model_card(tmp_path, text, tokenizer):
     card_dir, _ = build_card(model_dir, tmp_path / "card", extra_evals=[tmp_path / "audit"])
     md = (card_dir / "report.md").read_text()
     assert "privacy audit" in md and "exposure mean (bits)" in md
+
+
+def test_privacy_recipe_is_valid_and_its_audit_config_is_checked(tmp_path):
+    from llmchain.errors import UserError
+    from llmchain.recipe import load_recipe
+
+    recipe = load_recipe("privacy")
+    stages = {s.name: s for s in recipe.stages}
+    assert stages["privacy_audit"].type.name == "privacy_audit"
+    assert stages["data"].config["canaries"]["copies"] == [1, 10, 100]
+    code, out, err = run_cli("run", "privacy", "--dry-run", "--runs-dir", str(tmp_path))
+    assert code == 0 and "privacy_audit" in out, err
+    with pytest.raises(UserError, match="samples"):
+        load_recipe("privacy", overrides=["privacy_audit.samples=5"])
