@@ -116,6 +116,8 @@ def make_canaries(cfg: Any) -> list[Canary]:
 def assign_copies(canaries: list[Canary], shard_bytes: dict[int, int], seed: int) -> dict[int, list[dict]]:
     """{shard index: [{"canary", "copy", "text"}]}: each copy to a shard with probability ∝ its bytes."""
     index = sorted(shard_bytes)
+    if not index:
+        raise UserError("--canaries: the inputs hold no documents to plant canaries among")
     weights = np.array([max(1, shard_bytes[i]) for i in index], dtype=float)
     rng = np.random.default_rng([seed, 0x5A4D])
     plan: dict[int, list[dict]] = {i: [] for i in index}
