@@ -302,7 +302,7 @@ def audit(
         g = [r for r in rows if r["copies"] == copies]
         groups.append(
             {
-                "name": f"{copies} copies" if copies else "controls (never planted)",
+                "name": f"planted {copies}×" if copies else "never planted (controls)",
                 "copies planted": copies,
                 "canaries": len(g),
                 "copies kept (mean)": float(np.mean([r["kept"] for r in g])),
@@ -332,7 +332,6 @@ def audit(
     dedup = [s for s in (read_manifest(data_dir) or {}).get("config", {}).get("steps", []) if "dedup" in s]
     notes.append(f"dedup steps of the data run: {', '.join(dedup) if dedup else 'none'}")
     cols = [
-        "copies planted",
         "canaries",
         "copies kept (mean)",
         "copies in train (mean)",
@@ -427,9 +426,9 @@ def run_audit(
 def summary_table(report: dict[str, Any]) -> list[str]:
     """Markdown lines: exposure and extraction per copy count, and the membership-inference AUC."""
     cols = report["columns"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| group | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for g in report["systems"]:
-        lines.append("| " + " | ".join(_fmt(g.get(c)) for c in cols) + " |")
+        lines.append(f"| {g['name']} | " + " | ".join(_fmt(g.get(c)) for c in cols) + " |")
     return lines + [""] + report["notes"]
 
 
