@@ -9,8 +9,8 @@ Runs the built-in `privacy` recipe (tinyshakespeare by paragraph, 4 canaries at 
 - `none`: data steps clean, length (every copy reaches training);
 - `near_dedup`: clean, length, near_dedup (MinHash LSH; identical copies collapse to one).
 
-Training is a fixed number of steps (default 300), not the recipe's wall-time budget, so both arms see
-the same number of tokens however busy the machine is. Prints one table per copy count and arm: copies
+Training is a fixed number of steps (default 300) in fp32, not the recipe's wall-time budget and timed
+choice of precision, so both arms see the same tokens with the same arithmetic however busy the machine is. Prints one table per copy count and arm: copies
 kept after dedup and in the train split, mean / max exposure (bits, skew-normal extrapolation), how many
 canaries greedy decoding extracts, and the membership-inference AUC of each model.
 """
@@ -41,6 +41,7 @@ def main() -> None:
         overrides = [
             f"data.steps={ARMS[arm]}",
             "pretrain.max_time=null",
+            "pretrain.precision=fp32",
             f"pretrain.max_steps={args.max_steps}",
             f"privacy_audit.samples={args.samples}",
         ]
