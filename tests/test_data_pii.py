@@ -15,6 +15,8 @@ R = PIIRedactor()
     [
         ("write to john.doe+news@example.co.uk today", "write to <EMAIL> today"),
         ("邮箱：zhang_san@163.com。", "邮箱：<EMAIL>。"),
+        ("请发邮件到mary_k@163.com联系我。", "请发邮件到<EMAIL>联系我。"),  # no space before or after
+        ("我的手机号是+86 13799297595，随时联系。", "我的手机号是<PHONE>，随时联系。"),  # "86 1379..." passes Luhn
         ("call (415) 555-0132 now", "call <PHONE> now"),
         ("call 415-555-0132 now", "call <PHONE> now"),
         ("London +44 20 7946 0958.", "London <PHONE>."),
@@ -50,6 +52,7 @@ def test_redacts(text, expected):
         "pi is 3.14159265358979 and e is 2.718281828",
         "ratio 16:9 and std::vector and a::b",
         "ISBN 978-3-16-148410-0",
+        "The ISBN is 978-0-646-35221-9.",  # passes Luhn, but no card starts with 9
         "population 1,234,567,890 in 2020",
     ],
 )

@@ -54,6 +54,7 @@ GROUPS = {
     "tokenizer": "Train a byte-level BPE tokenizer (HF-loadable, with a chat template).",
     "finetune": "Adapt a base model: chat/instruction SFT (full or LoRA) or text classification.",
     "eval": "Evaluate a model beside classical baselines (n-gram, Naive Bayes, TF-IDF+LR, lead).",
+    "privacy": "What a trained model memorised (canaries planted by `data prepare --canaries`).",
     "recipes": "List the built-in recipes, or print one to copy (`recipes show NAME`).",
 }
 
@@ -73,6 +74,7 @@ COMMANDS = {
     "eval classify": ("eval", "classify"),
     "eval generate": ("eval", "generate"),
     "report": ("report", "report"),
+    "privacy audit": ("privacy", "audit"),
     "serve": ("serve", "serve"),
     "chat": ("chat", "chat"),
     "export": ("export", "export"),

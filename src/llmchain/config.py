@@ -173,6 +173,27 @@ class NearDedupConfig(StageConfig):
     jaccard_threshold: float = 0.5
 
 
+class CanaryConfig(StageConfig):
+    """Secret-sharer canaries (Carlini et al. 2019) that `data prepare` plants to measure memorisation later
+    (`llmchain privacy audit`). Each canary is a fixed template with a per-canary key and a random secret;
+    `count` canaries are planted at each entry of `copies`, and `count` more are kept unplanted as controls.
+    The secrets are recorded in OUT/canaries.json only, never in the documents."""
+
+    count: int = Field(0, ge=0, description="canaries per copy count (0: none)")
+    copies: list[int] = Field([1, 10, 100], min_length=1, description="copies planted of each group's canaries")
+    secret_length: int = Field(6, ge=1, le=24, description="characters of the random secret")
+    alphabet: Literal["digits", "letters", "alnum"] = "digits"  # digits: 0-9; letters: a-z; alnum: both
+    languages: list[Literal["en", "zh"]] = Field(["en", "zh"], min_length=1)  # templates, used in turn
+    seed: int = 0
+
+    @field_validator("copies")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v) or len(set(v)) != len(v):
+            raise ValueError(f"copies must be distinct whole numbers ≥ 1, got {v}")
+        return v
+
+
 class DataConfig(StageConfig):
     """`llmchain data prepare`: readers, the ordered step list with each step's thresholds, execution."""
 
@@ -187,6 +208,7 @@ class DataConfig(StageConfig):
     pii: PIIConfig = PIIConfig()
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
+    canaries: CanaryConfig = CanaryConfig()  # planted after the per-document steps, before dedup
     workers: int = 1
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None

@@ -334,6 +334,21 @@ def _check_generate(config: dict[str, Any]) -> None:
                           "temperature, top_k, seed")  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------- privacy
+
+
+def run_privacy_audit(ctx: StageContext) -> dict[str, Any]:
+    from llmchain.privacy import run_privacy_audit_stage
+
+    return run_privacy_audit_stage(ctx)
+
+
+def _check_privacy_audit(config: dict[str, Any]) -> dict[str, Any]:
+    from llmchain.privacy import check_stage_config
+
+    return check_stage_config(config)
+
+
 # Every built-in kind of stage, in chain order: the registry recipes name them from (recipe_file adds
 # the ones a program registers with `register_stage`).
 BUILTIN_STAGES: dict[str, StageType] = {st.name: st for st in (
@@ -354,4 +369,6 @@ BUILTIN_STAGES: dict[str, StageType] = {st.name: st for st in (
               help="model → sample generations (samples.md)"),
     StageType("export", run_export, inputs=("model",), check=_check_export,
               help="model → GGUF file or clean HF dir"),
+    StageType("privacy_audit", run_privacy_audit, inputs=("model", "documents"), optional=("shards",),
+              check=_check_privacy_audit, help="model + documents with canaries → privacy report"),
 )}  # fmt: skip

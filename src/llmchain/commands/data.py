@@ -25,16 +25,27 @@ def prepare(
     shard_mb: float | None = typer.Option(None, "--shard-mb", help="Shard size for large line-based files."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable record (exit code 2)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    canaries: int | None = typer.Option(None, "--canaries", help="Plant N secret canaries per copy count "
+                                        "(OUT/canaries.json; measure with `llmchain privacy audit`)."),
+    canary_copies: str | None = typer.Option(None, "--canary-copies", help="Copies of each canary group, e.g. 1,10,100."),
 ) -> None:
     """Read, clean, filter, redact and deduplicate raw text into OUT/documents/part-*.jsonl.gz."""
     from llmchain.config import DataConfig, load_config
     from llmchain.data.pipeline import Pipeline
 
     reader: dict = {}
+    canary: dict = {}
     if config is not None:
         from llmchain.config import read_yaml
 
         reader = dict(read_yaml(config).get("reader") or {})
+        canary = dict(read_yaml(config).get("canaries") or {})
+    if canaries is not None:
+        canary["count"] = canaries
+    if canary_copies is not None:
+        from llmchain.data.canaries import parse_copies
+
+        canary["copies"] = parse_copies(canary_copies)
     for key, value in (("text_field", text_field), ("text_unit", text_unit)):
         if value is not None:
             reader[key] = value
@@ -52,6 +63,7 @@ def prepare(
         strict=strict or None,
         steps=[s.strip() for s in steps.split(",") if s.strip()] if steps else None,
         reader=reader or None,
+        canaries=canary or None,
     )
     pipeline = Pipeline.from_config(cfg)
     run = lambda progress: pipeline.run(  # noqa: E731

@@ -21,9 +21,13 @@ from llmchain.data.steps import Document, Mapper, configure
 # ("电话13800138000"), and \w would count that character as part of a word.
 _L = r"(?<![0-9A-Za-z_])"
 _R = r"(?![0-9A-Za-z_])"
-EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b")
-# 13-19 digits, optionally grouped by single spaces or dashes
-CARD_RE = re.compile(_L + r"(?<![.-])\d(?:[ -]?\d){12,18}(?!-|\.\d)" + _R)
+# ASCII local part: with \w, "请发邮件到a@b.com联系我" would glue the Chinese text to the address and miss it
+EMAIL_RE = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*"
+                      r"\.[A-Za-z]{2,24}(?![A-Za-z0-9-])")
+# 13-19 digits, optionally grouped by single spaces or dashes. The first digit is an issuer's (ISO/IEC 7812:
+# 2 and 5 Mastercard, 3 Amex/JCB/Diners, 4 Visa, 6 Discover/UnionPay), so an ISBN-13 (978...) or "+86 138..."
+# that happens to pass Luhn is not a card.
+CARD_RE = re.compile(_L + r"(?<![.+-])[2-6](?:[ -]?\d){12,18}(?!-|\.\d)" + _R)
 CN_ID_RE = re.compile(_L + r"[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]" + _R)
 IPV4_RE = re.compile(
     _L + r"(?<!\.)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.\d)" + _R

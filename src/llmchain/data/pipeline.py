@@ -130,6 +130,11 @@ def run_shard_task(payload: dict[str, Any]) -> dict[str, Any]:
     for step in local:
         step.on_reject = reject
         docs = step.run(docs)
+    planted: list[dict] = []
+    if payload.get("canaries") is not None:  # after the filters (they cannot drop a copy), before dedup
+        from llmchain.data.canaries import plant
+
+        docs, planted, canary_stats = plant(list(docs), payload["canaries"], payload["canary_seed"], shard.index)
     sigs: dict[str, list] = {s.name: [] for s in global_steps}
     ids: list[str] = []
     with _work_file(work / f"shard-{shard.index:05d}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -148,9 +153,12 @@ def run_shard_task(payload: dict[str, Any]) -> dict[str, Any]:
             np.savez(f, **arrays)
     result = {
         "index": shard.index,
-        "bytes": (shard.end - shard.start) if shard.end >= 0 else _size(shard.path),
-        "stats": [read.to_json()] + [s.stats.to_json() for s in local],
+        "bytes": _shard_bytes(shard),
+        "stats": [read.to_json()] + [s.stats.to_json() for s in local]
+        + ([canary_stats] if payload.get("canaries") is not None else []),
     }
+    if planted:
+        result["canaries"] = planted
     with _work_file(marker) as tmp:
         tmp.write_text(json.dumps(result), encoding="utf-8")
     return result
@@ -176,6 +184,10 @@ def _sig_array(values: list, step: GlobalStep) -> np.ndarray:
     if not values and hasattr(step, "num_perm"):
         return np.zeros((0, step.num_perm), dtype=np.uint32)
     return np.array(values, dtype=np.uint64)
+
+
+def _shard_bytes(shard: Shard) -> int:
+    return (shard.end - shard.start) if shard.end >= 0 else _size(shard.path)
 
 
 def _size(path: str) -> int:
@@ -264,11 +276,21 @@ class Pipeline:
         shards = plan_shards(files, max(1, int(shard_mb * (1 << 20))), self.reader.text_unit)
         specs = [s.spec() for s in self.steps]
         work = out / WORK
-        self._prepare_work_dir(out, work, shards, specs)
+        canary_cfg = getattr(config, "canaries", None)
+        canary_cfg = canary_cfg if canary_cfg is not None and canary_cfg.count > 0 else None
+        canary_key = [{"canaries": canary_cfg.model_dump(mode="json")}] if canary_cfg else []
+        self._prepare_work_dir(out, work, shards, specs + canary_key)
         in_process = executor == "local" and workers == 1
         base = {"steps": specs, "reader": asdict(self.reader), "work": str(work), "out": str(out),
                 "strict": strict, "in_process": in_process}
         payloads = [base | {"shard": s.to_json()} for s in shards]
+        if canary_cfg:
+            from llmchain.data.canaries import assign_copies, make_canaries
+
+            canaries = make_canaries(canary_cfg)
+            plan = assign_copies(canaries, {s.index: _shard_bytes(s) for s in shards}, canary_cfg.seed)
+            for p in payloads:
+                p.update(canaries=plan[p["shard"]["index"]], canary_seed=canary_cfg.seed)
         total = total_bytes(shards)
         results: dict[int, dict[str, Any]] = {}
         done_bytes = 0
@@ -301,9 +323,16 @@ class Pipeline:
         # Timings go to the manifest, not stats.json: stats.json is content (the same input and steps give
         # the same file), so a recipe re-running this stage sees unchanged output and skips what follows.
         atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "seconds"})
+        extra: dict[str, Any] = {"seconds": stats["seconds"]}
+        if canary_cfg:
+            from llmchain.data.canaries import write_record
+
+            placements = [p for i in sorted(results) for p in results[i].get("canaries", [])]
+            removed_int = {int(k): v for k, v in removed.items()}
+            extra["canaries"] = write_record(out, canary_cfg, canaries, placements, removed_int)
         write_manifest(out, "documents", inputs=[str(f) for f in files], config=config or {"steps": specs},
                        counts={"documents": kept, "rejected": stats["rejected"], "shards": len(shards)},
-                       extra={"seconds": stats["seconds"]})
+                       extra=extra)
         shutil.rmtree(work, ignore_errors=True)
         return stats
 
@@ -365,10 +394,12 @@ class Pipeline:
         steps = [merged[name].to_json() for name in order] + dedup_stats
         read = steps[0] if steps else {"in": 0, "out": 0, "removed": {}}
         removed_total = sum(sum(s["removed"].values()) for s in steps[1:])
+        # a step may add documents (the canaries): it counts them in counters["added"]
+        added = sum(s.get("counters", {}).get("added", 0) for s in steps[1:])
         for s in steps[1:]:
-            if s["in"] != s["out"] + sum(s["removed"].values()):
+            if s["in"] + s.get("counters", {}).get("added", 0) != s["out"] + sum(s["removed"].values()):
                 raise RuntimeError(f"internal error: step {s['name']} lost documents ({s})")
-        if read["out"] != kept + removed_total:
+        if read["out"] + added != kept + removed_total:
             raise RuntimeError(f"internal error: {read['out']} documents read but {kept} kept + {removed_total} removed")
         return {
             "inputs": inputs,
