@@ -55,6 +55,7 @@ GROUPS = {
     "finetune": "Adapt a base model: chat/instruction SFT (full or LoRA) or text classification.",
     "eval": "Evaluate a model beside classical baselines (n-gram, Naive Bayes, TF-IDF+LR, lead).",
     "recipes": "List the built-in recipes, or print one to copy (`recipes show NAME`).",
+    "arena": "Blind side-by-side battles between models, votes, and a Bradley-Terry leaderboard.",
 }
 
 # The command table, in the order of the chain: command → (module in llmchain.commands, function).
@@ -75,6 +76,8 @@ COMMANDS = {
     "report": ("report", "report"),
     "serve": ("serve", "serve"),
     "chat": ("chat", "chat"),
+    "arena": ("arena", "arena"),
+    "arena results": ("arena", "results"),
     "export": ("export", "export"),
     "run": ("run", "run"),
     "recipes": ("recipes", "list_recipes"),
