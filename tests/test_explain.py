@@ -190,3 +190,40 @@ def test_continuation_attribution_adds_up(lm_dir):
         total = logp(ex.ids) - logp([pad] * len(ex.ids))
     assert sum(ex.scores["ig"]) == pytest.approx(total, abs=max(ex.ig_delta, 1e-6) + 1e-4)
     assert ex.ig_delta < 0.05 * max(abs(total), 1.0)
+
+
+def test_our_decoder_classifier_is_explained_too(lm_dir, tmp_path):
+    """A classifier on our Llama trunk (random head): IG's attributions add up, occlusion runs, specials none."""
+    from llmchain.model.classifier import DecoderClassifier, load_classifier, save_classifier
+    from llmchain.model.io import load_model
+    from llmchain.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    net = DecoderClassifier.from_causal_lm(load_model(lm_dir, dtype=torch.float32), 3)
+    out = save_classifier(net, load_tokenizer(lm_dir), tmp_path / "dec", {0: "x", 1: "y", 2: "z"}, tokenizer_dir=lm_dir)
+    clf = load_classifier(out)
+    ex = explain_text(clf, "To be, or not to be 是谁", label="y", methods=("ig", "occlusion"))
+    assert ex.label == "y" and len(ex.scores["occlusion"]) == len(ex.tokens.ids)
+    assert abs(sum(ex.scores["ig"]) - ex.ig_total) <= ex.ig_delta + 1e-5
+    assert ex.ig_delta <= max(0.01 * abs(ex.ig_total), 1e-4) or ex.ig_steps == 800
+
+
+def test_v1_explain_on_a_classifier_server(clf_dir):
+    import httpx
+
+    from llmchain.serve.api import ServeOptions, create_app
+    from serve_fixtures import LiveServer
+
+    with LiveServer(create_app(ServeOptions(model_dir=str(clf_dir), served_model_name="clf"))) as srv:
+        r = httpx.post(srv.url + "/v1/explain", json={"input": ["the plot was superb", "很好 " * 100]}, timeout=120)
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert data[0]["label"] == "pos" and data[1]["truncated"] is True
+        toks = [t for t in data[0]["tokens"] if not t["special"]]
+        assert max(toks, key=lambda t: t["ig"])["token"] == "superb"
+        assert max(toks, key=lambda t: t["occlusion"])["token"] == "superb"
+        for body, param in (({"input": ""}, "input"), ({"input": "fine", "label": "maybe"}, "label"),
+                            ({"input": ["a"] * 9}, "input")):  # fmt: skip
+            r = httpx.post(srv.url + "/v1/explain", json=body, timeout=60)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert httpx.post(srv.url + "/v1/explain", json={"input": "x", "methods": ["shap"]}).status_code in (400, 422)
