@@ -72,6 +72,8 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys, argv, message):
     rc = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    if (tmp_path / "x.sqlite").exists():  # a model that failed to load left no name behind
+        assert ArenaStore(tmp_path / "x.sqlite").counts()["models"] == 0
 
 
 def test_prompt_files(tmp_path):

@@ -49,8 +49,8 @@ def arena(
     prompt_list = read_prompts(prompts) if prompts else []
     store = ArenaStore(db)
     sources = {n: (t if t.startswith(("http://", "https://")) else str(Path(t).resolve())) for n, t in specs}
-    store.register_models(sources)
     backends = {n: open_backend(n, t, api_key=api_key, threads=threads) for n, t in specs}
+    store.register_models(sources)  # after loading: a dir that fails to load leaves no name behind
     app = create_app(backends, store, prompt_list, ArenaSampling(max_tokens, temperature, top_p, seed))
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: anyone who can reach it can vote", err=True)
