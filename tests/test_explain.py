@@ -128,6 +128,8 @@ def test_cli_writes_a_self_contained_cjk_safe_heatmap_and_json(clf_dir, tmp_path
     assert top_ngram["ngram"] == "great" and top_ngram["weight"] > 0
     assert set(data[0]["faithfulness"]) == {"ig", "occlusion", "random"}
     assert (out / "manifest.json").is_file()
+    per_text = sorted((out / "texts").glob("*.html"))  # one self-contained page per text too
+    assert [p.name for p in per_text] == ["001.html", "002.html"] and "电" in per_text[0].read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("argv, message", [

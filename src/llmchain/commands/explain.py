@@ -34,11 +34,17 @@ def _load_classifier(model: str):
     return load_classifier(model)
 
 
-def _write(out: Path, html_text: str, data: list[dict], kind: str, model: str, config: dict) -> None:
+def _write(out: Path, title: str, sections: list[str], data: list[dict], kind: str, model: str,
+           config: dict) -> None:  # fmt: skip
+    """OUT/explain.html (every text), OUT/texts/NNN.html (one page per text), OUT/explanations.json."""
     from llmchain.artifacts import atomic_dir, write_manifest
+    from llmchain.explain.html import page
 
     with atomic_dir(out) as tmp:
-        (tmp / "explain.html").write_text(html_text, encoding="utf-8")
+        (tmp / "explain.html").write_text(page(title, sections), encoding="utf-8")
+        (tmp / "texts").mkdir()
+        for i, section in enumerate(sections, 1):
+            (tmp / "texts" / f"{i:03d}.html").write_text(page(f"{title} ({i})", [section]), encoding="utf-8")
         (tmp / "explanations.json").write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         write_manifest(tmp, kind, inputs={"model": model}, config=config, counts={"texts": len(data)})
 
@@ -55,11 +61,11 @@ def classify(
     baseline_train: Path = typer.Option(None, help="A labelled training file: fit the TF-IDF+LR baseline on it "
                                         "and show its n-gram weights for the same texts."),
     faithfulness: bool = typer.Option(False, help="Also measure comprehensiveness and sufficiency per text."),
-    out: Path = typer.Option(Path("explain-out"), help="Output dir: explain.html, explanations.json, manifest."),
+    out: Path = typer.Option(Path("explain-out"), help="Output dir: explain.html, texts/NNN.html, explanations.json, manifest."),
 ) -> None:
     """Token attributions of a classifier's prediction: integrated gradients (Captum) and occlusion."""
     from llmchain.explain.classify import baseline_word_weights, explain_text
-    from llmchain.explain.html import classifier_section, page
+    from llmchain.explain.html import classifier_section
     items = _texts(texts, file)
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     clf = _load_classifier(model)
@@ -82,7 +88,7 @@ def classify(
         note = f"  (truncated: {len(ex.tokens.ids)} of {ex.tokens.truncated_from} tokens)" if ex.tokens.truncated_from else ""
         delta = f", IG delta {ex.ig_delta:.1e} after {ex.ig_steps} steps" if ex.ig_delta is not None else ""
         typer.echo(f"{ex.label} (p={ex.prob:.3f}{delta}){note}: {text[:60]}")
-    _write(out, page(f"explanations: {Path(model).name}", sections), records, "explanations", model,
+    _write(out, f"explanations: {Path(model).name}", sections, records, "explanations", model,
            {"methods": list(names), "label": label, "steps": steps})  # fmt: skip
     typer.echo(f"→ {out}/explain.html, {out}/explanations.json")
 
@@ -95,10 +101,10 @@ def lm(
                                    "tokens (IG) instead of surprisal."),
     max_new_tokens: int = typer.Option(20, min=1, help="Continuation length with --attribute."),
     steps: int = typer.Option(32, min=2, help="IG steps with --attribute."),
-    out: Path = typer.Option(Path("explain-out"), help="Output dir: explain.html, explanations.json, manifest."),
+    out: Path = typer.Option(Path("explain-out"), help="Output dir: explain.html, texts/NNN.html, explanations.json, manifest."),
 ) -> None:
     """Per-token surprisal (bits) of a text, or attribution of a generated continuation to the prompt."""
-    from llmchain.explain.html import lm_section, page
+    from llmchain.explain.html import lm_section
     from llmchain.explain.lm import attribute_continuation, surprisal
     from llmchain.model.io import load_model
     from llmchain.tokenizer import load_tokenizer
@@ -118,7 +124,7 @@ def lm(
             bits = [b for b in ex.scores["surprisal_bits"] if b is not None]
             mean = sum(bits) / len(bits) if bits else float("nan")
             typer.echo(f"{mean:.2f} bits/token over {len(ex.ids)} tokens{note}: {text[:60]}")
-    _write(out, page(f"language model: {Path(model).name}", sections), records, "explanations", model,
+    _write(out, f"language model: {Path(model).name}", sections, records, "explanations", model,
            {"attribute": attribute, "max_new_tokens": max_new_tokens, "steps": steps})  # fmt: skip
     typer.echo(f"→ {out}/explain.html, {out}/explanations.json")
 
