@@ -12,8 +12,9 @@ strengths "at equal length" and the style coefficient says how much longer answe
 
 The MLE does not exist when a model won (or lost) every battle it was in, or when the comparison
 graph falls apart into pieces; `l2` (a Gaussian prior, the ridge of sklearn's LogisticRegression
-with C = 1/l2) keeps such fits finite. The default is small enough to move no rating on a real
-leaderboard by more than a fraction of a point (docs/arena.md), yet keeps bootstrap refits finite.
+with C = 1/l2) keeps such fits finite, bootstrap refits included. The default moved no rating by
+more than 1.4e-5 points on 20,000 simulated votes (benchmarks/arena_ratings.py); with a handful of
+votes and a model that won them all, it still leaves that model far out, as the data say.
 """
 
 from __future__ import annotations
