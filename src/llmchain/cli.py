@@ -56,6 +56,8 @@ GROUPS = {
     "eval": "Evaluate a model beside classical baselines (n-gram, Naive Bayes, TF-IDF+LR, lead).",
     "privacy": "What a trained model memorised (canaries planted by `data prepare --canaries`).",
     "recipes": "List the built-in recipes, or print one to copy (`recipes show NAME`).",
+    "arena": "Blind side-by-side battles between models, votes, and a Bradley-Terry leaderboard.",
+    "explain": "Token attributions (integrated gradients, occlusion) as HTML heatmaps, and their faithfulness.",
 }
 
 # The command table, in the order of the chain: command → (module in llmchain.commands, function).
@@ -77,6 +79,11 @@ COMMANDS = {
     "privacy audit": ("privacy", "audit"),
     "serve": ("serve", "serve"),
     "chat": ("chat", "chat"),
+    "arena": ("arena", "arena"),
+    "arena results": ("arena", "results"),
+    "explain classify": ("explain", "classify"),
+    "explain lm": ("explain", "lm"),
+    "explain faithfulness": ("explain", "faithfulness"),
     "export": ("export", "export"),
     "run": ("run", "run"),
     "recipes": ("recipes", "list_recipes"),

@@ -277,6 +277,10 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
         data = [{"index": i, "label": p["label"], "scores": p["scores"]} for i, p in enumerate(preds)]
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "model": state.name, "data": data}
 
+    from llmchain.explain.service import add_explain_route  # POST /v1/explain (docs/explain.md)
+
+    add_explain_route(app, state, APIError)
+
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html")

@@ -1,0 +1,1 @@
+"""Explanations: token attributions for classifiers and language models, faithfulness, HTML heatmaps."""
