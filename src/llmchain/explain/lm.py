@@ -73,16 +73,17 @@ def attribute_continuation(model, tokenizer, prompt: str, max_new_tokens: int = 
     if limit < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens}: leaves no room for a prompt in the context")
     ids, spans, cut = _encode(tokenizer, prompt, limit)
-    seq = list(ids)
+    from llmchain.infer.engine import Engine, stop_token_ids
+    from llmchain.infer.sampling import SamplingParams
+
+    # The continuation comes from the inference engine (the one way llmchain generates), in fp32 so it is
+    # the argmax of the very forward the attributions then differentiate.
     eos = tokenizer.eos_token_id
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            logits, _ = model(torch.tensor([seq]), last_only=True)
-            nxt = int(logits[0, -1].argmax())
-            if nxt == eos:
-                break
-            seq.append(nxt)
-    cont = seq[len(ids):]
+    stops = stop_token_ids(tokenizer, model.config)
+    engine = Engine(model, tokenizer, max_batch_size=1, dtype="float32", eos_token_ids=stops)
+    (c,) = engine.generate([list(ids)], SamplingParams(max_tokens=max_new_tokens, temperature=0))[0]
+    cont = [t for t in c.token_ids if t not in stops]
+    seq = list(ids) + cont
     if not cont:
         raise UserError("the model ended the text at once (EOS); no continuation to attribute")
     n = len(ids)
