@@ -11,6 +11,7 @@ import random
 import pytest
 import torch
 
+from conftest import run_cli
 from llmchain.cli import main
 from llmchain.explain.classify import explain_text, log_odds
 from llmchain.explain.faithfulness import measure_faithfulness
@@ -229,3 +230,29 @@ def test_v1_explain_on_a_classifier_server(clf_dir):
             r = httpx.post(srv.url + "/v1/explain", json=body, timeout=60)
             assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert httpx.post(srv.url + "/v1/explain", json={"input": "x", "methods": ["shap"]}).status_code in (400, 422)
+
+
+def test_model_card_of_a_classifier_shows_explained_examples(clf_dir, tmp_path):
+    """`llmchain report` on a classifier: eval classify's test texts explained in the card, heatmaps beside."""
+    import json
+
+    rng = random.Random(7)
+    data = tmp_path / "test.jsonl"
+    rows = keyword_texts(rng, 12)
+    data.write_text("".join(json.dumps({"text": t, "label": ["neg", "pos"][y]}) + "\n" for t, y in rows))
+    code, _, err = run_cli("eval", "classify", "--model", str(clf_dir), "--train", str(data), "--test", str(data),
+                           "--out", str(tmp_path / "eval"))  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli("report", str(clf_dir), "--out", str(tmp_path / "card"), "--eval", str(tmp_path / "eval"))
+    assert code == 0, err
+    md = (tmp_path / "card" / "report.md").read_text(encoding="utf-8")
+    assert "## Explained examples" in md and "(explained.html)" in md
+    section = md.split("## Explained examples", 1)[1].split("\n## ", 1)[0]
+    assert sum(rows[i][0][:40] in section for i in range(3)) == 3  # the first three test texts
+    facts = json.loads((tmp_path / "card" / "report.json").read_text(encoding="utf-8"))
+    examples = facts["explanations"]["examples"]
+    assert len(examples) == 3
+    # the token that weighs most is the sentiment word that decides the label
+    assert all(e["top_tokens"][0][0] in POS + NEG for e in examples), [e["top_tokens"][:2] for e in examples]
+    html = (tmp_path / "card" / "explained.html").read_text(encoding="utf-8")
+    assert html.count("<section>") == 3 and "<script" not in html

@@ -436,6 +436,9 @@ class ReportConfig(StageConfig):
     prompts: list[str] = Field(default_factory=list, description="sample prompts (default: starts of val text)")
     temperature: float = Field(0.8, ge=0, description="sampling temperature of the samples (0 = greedy)")
     seed: int = 0
+    explain: int = Field(3, ge=0, description="classifiers: explained examples in the card (0: none)")
+    explain_texts: list[str] = Field(default_factory=list, description="texts to explain (default: the first "
+                                     "texts of the classifier's eval test set)")
     intended_use: str | None = Field(None, description="your statement of intended use (default: a generic one)")
     limitations: str | None = Field(None, description="your statement of limitations (added to the measured ones)")
 

@@ -191,6 +191,45 @@ def sample_generations(chain: Chain, config: Any) -> dict[str, Any]:
             "max_new_tokens": config.sample_tokens}  # fmt: skip
 
 
+def explained_examples(chain: Chain, config: Any) -> dict[str, Any]:
+    """For a classifier: a few texts (config.explain_texts, else the first of its eval test set) explained
+    by integrated gradients and occlusion (llmchain.explain) — {"examples": [...], "html": page} — or the
+    reason there are none. Language models get none (their card shows sample generations)."""
+    cfg = _json(chain.model / "config.json") if chain.model is not None else None
+    if not cfg or not cfg.get("id2label") or config.explain == 0:
+        return {"examples": [], "reason": "not a classifier" if config.explain else "turned off (explain: 0)"}
+    texts = list(config.explain_texts)
+    if not texts:
+        from llmchain.data.tables import read_labelled
+
+        tests = [r["test"] for _, r in chain.evals if r.get("kind") == "eval-classify" and r.get("test")]
+        test = tests[-1] if tests else None
+        try:
+            texts = read_labelled(test).texts if test else []
+        except Exception:  # noqa: BLE001 — the eval's test file may be gone; the card says so
+            texts = []
+    if not texts:
+        return {"examples": [], "reason": "no texts (set explain_texts, or evaluate with `llmchain eval classify`)"}
+    try:
+        from llmchain.explain.classify import explain_text
+        from llmchain.explain.html import classifier_section, page
+        from llmchain.model.classifier import load_classifier
+
+        clf = load_classifier(chain.model)
+        exs = [explain_text(clf, t, methods=("ig", "occlusion")) for t in texts[: config.explain]]
+    except Exception as e:  # a card must still be written when the model cannot run here
+        return {"examples": [], "reason": f"could not explain: {str(e).splitlines()[0]}"}
+    out = []
+    for ex in exs:
+        t = ex.tokens
+        words = [(t.text[a:b].strip(), s) for (a, b), s, sp in zip(t.spans, ex.scores["ig"], t.special, strict=True)
+                 if not sp and t.text[a:b].strip()]  # fmt: skip
+        top = sorted(words, key=lambda w: -abs(w[1]))[:5]
+        out.append({"text": t.text, "label": ex.label, "probability": ex.prob, "ig_delta": ex.ig_delta,
+                    "top_tokens": [[w, round(s, 4)] for w, s in top]})  # fmt: skip
+    return {"examples": out, "html": page("Explained examples", [classifier_section(ex) for ex in exs])}
+
+
 def build_card(start: str | Path, out_dir: str | Path | None = None, config: Any = None,
                extra_evals: list[Path] | None = None) -> tuple[Path, dict[str, Any]]:
     """Trace `start` (a run or model dir), gather the facts, write the card to `out_dir`.
@@ -215,6 +254,8 @@ def build_card(start: str | Path, out_dir: str | Path | None = None, config: Any
         "base_models": [str(p) for p in chain.base_models], "other_inputs": chain.other_inputs,
     }  # fmt: skip
     facts["generations"] = sample_generations(chain, config)
+    explained = explained_examples(chain, config)
+    facts["explanations"] = {k: v for k, v in explained.items() if k != "html"}
     with atomic_dir(out_dir) as tmp:
         images: dict[str, str] = {}
         lm_baselines = cardtext.baseline_bpb(facts["evals"])
@@ -233,6 +274,8 @@ def build_card(start: str | Path, out_dir: str | Path | None = None, config: Any
                     dst = f"eval{i}_{png}"
                     shutil.copy2(src, tmp / dst)
                     images[f"eval{i}:{png}"] = dst
+        if explained.get("html"):
+            atomic_write_text(tmp / "explained.html", explained["html"])
         md = cardtext.markdown(facts, images, config)
         atomic_write_text(tmp / "report.md", md)
         atomic_write_text(tmp / "report.html", cardtext.html(md, title=f"Model card: {cardtext.model_name(facts)}"))
