@@ -3,33 +3,12 @@ see the names and the leaderboard change. Two tiny in-process models."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from llmchain.arena.app import ArenaSampling, create_app
 from llmchain.arena.backends import EngineBackend
 from llmchain.arena.store import ArenaStore
 from serve_fixtures import LiveServer, make_model_dir
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but Chromium is missing at {CHROMIUM} (.ci/run installs Debian's chromium)")
-        pytest.skip(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

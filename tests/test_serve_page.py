@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
-from conftest import skip_or_fail
 from llmchain.serve.api import ServeOptions, create_app
 from serve_fixtures import LiveServer
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        skip_or_fail(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
