@@ -141,6 +141,10 @@ def create_app(backends: dict, store: ArenaStore, prompts: list[str] | None = No
     async def page():
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/sse.js", include_in_schema=False)
+    async def sse_reader():  # the chat page's event-stream reader, one copy for both pages
+        return FileResponse(STATIC.parent.parent / "serve" / "static" / "sse.js", media_type="text/javascript")
+
     @app.exception_handler(HTTPException)
     async def _http(request, e: HTTPException):
         return JSONResponse({"error": {"message": e.detail, "status": e.status_code}}, status_code=e.status_code)

@@ -48,35 +48,20 @@ async function battle(prompt, fromFile) {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ prompt, from_file: fromFile }),
     });
-    if (!r.ok) {
-      const j = await r.json().catch(() => ({}));
-      throw new Error(j.error ? j.error.message : r.status + " " + r.statusText);
-    }
-    const reader = r.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "", ready = false;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buf.indexOf("\n\n")) >= 0) {  // one SSE event per blank-line-terminated block
-        const line = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        if (!line.startsWith("data: ")) continue;
-        const ev = JSON.parse(line.slice(6));
-        if (ev.battle_id) battleId = ev.battle_id;
-        if (ev.text) $("text-" + ev.side).textContent += ev.text;
-        if (ev.done) {
-          $("side-" + ev.side).dataset.done = "true";
-          if (ev.error) {
-            $("side-" + ev.side).classList.add("error");
-            $("text-" + ev.side).textContent += "\nerror: " + ev.error;
-          }
+    let ready = false;
+    await readEvents(r, (data) => {  // serve/static/sse.js
+      const ev = JSON.parse(data);
+      if (ev.battle_id) battleId = ev.battle_id;
+      if (ev.text) $("text-" + ev.side).textContent += ev.text;
+      if (ev.done) {
+        $("side-" + ev.side).dataset.done = "true";
+        if (ev.error) {
+          $("side-" + ev.side).classList.add("error");
+          $("text-" + ev.side).textContent += "\nerror: " + ev.error;
         }
-        if ("ready" in ev) ready = ev.ready;
       }
-    }
+      if ("ready" in ev) ready = ev.ready;
+    });
     $("status").textContent = ready ? "vote: which answer is better?" : "a model failed: this battle cannot be voted on";
     setVoting(ready);
     document.body.dataset.state = ready ? "voting" : "failed";

@@ -69,38 +69,19 @@ async function send(text) {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
     });
-    if (!r.ok) {
-      const j = await r.json().catch(() => ({}));
-      throw new Error(j.error ? j.error.message : r.status + " " + r.statusText);
-    }
-    const reader = r.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buf.indexOf("\n\n")) >= 0) {  // one SSE event per blank-line-terminated block
-        const event = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data: ")) continue;
-          const data = line.slice(6);
-          if (data === "[DONE]") continue;
-          const chunk = JSON.parse(data);
-          if (chunk.choices && chunk.choices.length && chunk.choices[0].delta.content) {
-            reply += chunk.choices[0].delta.content;
-            out.textContent = reply;
-            $("log").scrollTop = $("log").scrollHeight;
-          }
-          if (chunk.timings) {
-            const t = chunk.timings;
-            $("status").textContent = `${t.predicted_n} tokens · ${t.predicted_per_second} tokens/s`;
-          }
-        }
+    await readEvents(r, (data) => {
+      if (data === "[DONE]") return;
+      const chunk = JSON.parse(data);
+      if (chunk.choices && chunk.choices.length && chunk.choices[0].delta.content) {
+        reply += chunk.choices[0].delta.content;
+        out.textContent = reply;
+        $("log").scrollTop = $("log").scrollHeight;
       }
-    }
+      if (chunk.timings) {
+        const t = chunk.timings;
+        $("status").textContent = `${t.predicted_n} tokens · ${t.predicted_per_second} tokens/s`;
+      }
+    });
   } catch (e) {
     if (e.name === "AbortError") {
       $("status").textContent = "stopped";
