@@ -117,3 +117,28 @@ def test_presets_table_lists_every_preset_with_params():
     for name in PRESETS:
         assert name in out
     assert "1.1B" in out and "vocab 32,000" in out
+
+
+def test_chat_engine_stops_where_the_server_engine_stops(serve_model_dir, tmp_path, monkeypatch):
+    """`llmchain chat` builds its engine with the server's stop ids (EOS, generation_config.json's ids,
+    end-of-turn tokens); it used to miss the last two."""
+    import io
+    import json
+    import shutil
+
+    from llmchain.infer.engine import Engine
+    from llmchain.serve.worker import EngineSpec, build_engine
+
+    d = tmp_path / "m"
+    shutil.copytree(serve_model_dir(), d)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 11]}))
+    seen = {}
+    start = Engine.start
+    monkeypatch.setattr(Engine, "start", lambda self: seen.setdefault("eos", set(self.eos_ids)) and start(self))
+    monkeypatch.setattr("sys.stdin", io.StringIO("/exit\n"))
+    code, out, err = run_cli("chat", str(d))
+    assert code == 0, err
+    _, server_engine = build_engine(EngineSpec(model_dir=str(d), dtype="float32"))
+    tok = load_tokenizer(d)
+    assert {7, 11, tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id} <= seen["eos"]
+    assert seen["eos"] == server_engine.eos_ids
