@@ -247,3 +247,32 @@ def test_classify_user_errors_are_one_line_exit_2(sst2, tmp_path):
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     code, _, err = run_cli("predict", "--model", str(tmp_path), "hello")
     assert code == 2 and "not a model directory" in err
+
+
+def test_headerless_files_train_evaluate_and_predict_by_column_index(tiny_bert, shared_data, tmp_path):
+    """A headerless TSV with the label first (as CLUE / ChnSentiCorp / AG News ship): `--no-header` and
+    column indices in finetune classify, eval classify and predict."""
+    import csv
+    import json
+
+    rows = list(csv.reader((shared_data / "sst2/dev.tsv").read_text(encoding="utf-8").splitlines()[1:81],
+                           delimiter="\t", quoting=csv.QUOTE_NONE))  # fmt: skip
+    data = tmp_path / "noheader.tsv"
+    data.write_text("".join(f"{label}\t{text}\n" for text, label in rows), encoding="utf-8")
+    code, _, err = run_cli("finetune", "classify", "--model", str(tiny_bert), "--train", str(data),
+                           "--no-header", "--text-column", "1", "--label-column", "0", "--max-steps", "2",
+                           "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet")  # fmt: skip
+    assert code == 0, err
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "config.json").read_text())["label2id"].keys() == {"0", "1"}
+    code, out, err = run_cli("eval", "classify", "--model", str(best), "--train", str(data), "--test", str(data),
+                             "--no-header", "--text-column", "1", "--label-column", "0",
+                             "--out", str(tmp_path / "eval"))  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["n"] == len(rows)
+    code, out, err = run_cli("predict", "--model", str(best), "--input", str(data), "--no-header",
+                             "--text-column", "1")  # fmt: skip
+    assert code == 0, err
+    preds = [json.loads(line) for line in out.splitlines()]
+    assert [p["text"] for p in preds] == [text for text, _ in rows]

@@ -326,6 +326,8 @@ class ClassifyConfig(TrainConfig):
     out: str = Field(..., description="run dir: metrics.jsonl, confusion-epoch-N.png, best/ (classifier dir)")
     text_column: str | None = Field(None, description="default: text, sentence, review, content, ...")
     label_column: str | None = Field(None, description="default: label, labels, class, category, target")
+    header: bool | None = Field(None, description="CSV/TSV header row: null sniffs it (a first row with a number "
+                                "or a sentence in a cell is data), false: none, columns by index 0, 1, ...")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="held out of train when no val file is given")
     epochs: int = Field(3, ge=1, description="passes over the training data (max_steps overrides)")
     max_length: int = Field(128, ge=2, description="tokens per text; longer texts are truncated")
@@ -408,6 +410,8 @@ class EvalClassifyConfig(StageConfig):
 
     text_column: str | None = Field(None, description="text column/field (default: text, sentence, review, ...)")
     label_column: str | None = Field(None, description="label column/field (default: label, class, ...)")
+    header: bool | None = Field(None, description="CSV/TSV header row: null sniffs it (a first row with a number "
+                                "or a sentence in a cell is data), false: none, columns by index 0, 1, ...")
     zh: Literal["auto", "char", "jieba"] = Field("auto", description="how baselines split Chinese text")
     batch_size: int = Field(32, ge=1, description="texts per model batch")
     seed: int = 0

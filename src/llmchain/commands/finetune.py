@@ -116,6 +116,8 @@ def classify(
     out: str = typer.Option(None, "--out", help="Run dir; the best model goes to OUT/best."),
     text_column: str = typer.Option(None, "--text-column", help="Default: text, sentence, review, content..."),
     label_column: str = typer.Option(None, "--label-column", help="Default: label, class, category, target..."),
+    no_header: bool = typer.Option(False, "--no-header", help="CSV/TSV without a header row: columns by index "
+                                   "(--text-column 1 --label-column 0). Default: sniffed."),
     config: Path = typer.Option(None, "--config", help="YAML with any of these fields (flags win)."),
     epochs: int = typer.Option(None, "--epochs", help="Passes over the training data."),
     max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs)."),
@@ -142,7 +144,8 @@ def classify(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Fine-tune a text classifier; per epoch: accuracy, macro P/R/F1, confusion PNG; best model in OUT/best."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet", "no_header")}
+    flags["header"] = False if no_header else None
     from llmchain.config import ClassifyConfig, load_config
     from llmchain.train.classify import finetune_classifier
     from llmchain.train.distributed import teardown_runtime

@@ -17,7 +17,9 @@ def predict(
     model: str = typer.Option(..., "--model", help="Classifier dir (llmchain finetune classify → RUN/best)."),
     input: Path = typer.Option(None, "--input", "-i", help="CSV, TSV, JSONL, or .txt with one text per line."),
     output: Path = typer.Option(None, "--output", "-o", help="Write .csv or .jsonl (default: JSON lines on stdout)."),
-    text_column: str = typer.Option(None, "--text-column"),
+    text_column: str = typer.Option(None, "--text-column", help="Name or 0-based index (default: text, ...)."),
+    no_header: bool = typer.Option(False, "--no-header", help="CSV/TSV without a header row: columns by index "
+                                   "(--text-column 1 --label-column 0). Default: sniffed."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     as_json: bool = typer.Option(False, "--json", help="JSON lines for TEXT arguments too."),
 ) -> None:
@@ -40,7 +42,7 @@ def predict(
         return
     from llmchain.data.tables import read_texts
 
-    items, rows = read_texts(input, text_column)
+    items, rows = read_texts(input, text_column, header=False if no_header else None)
     preds = clf.predict(items, batch_size=batch_size)
     if output is None:
         for text, p in zip(items, preds, strict=True):

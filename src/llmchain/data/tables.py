@@ -214,7 +214,8 @@ def read_records(path: str | Path, what: str = "data", *, header: bool | None = 
     return [r for _, r in rows], [n for n, _ in rows]
 
 
-def read_texts(path: str | Path, text_column: str | int | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+def read_texts(path: str | Path, text_column: str | int | None = None, *, header: bool | None = None
+               ) -> tuple[list[str], list[dict[str, Any]]]:  # fmt: skip
     """(texts, rows) of a file to classify: .txt is one text per line; CSV/TSV/JSONL use the text column.
 
     `rows` are the records as read (for writing them back beside their predictions). Empty texts are
@@ -225,7 +226,7 @@ def read_texts(path: str | Path, text_column: str | int | None = None) -> tuple[
     if p.suffix.lower() == ".txt":
         lines = p.read_text(encoding="utf-8-sig").splitlines()
         return lines, [{"text": t} for t in lines]
-    columns, rows = read_table(p, "input")
+    columns, rows = read_table(p, "input", header=header)
     col = pick_column(p, columns, text_column, TEXT_COLUMNS, "--text-column")
     texts, out = [], []
     for n, row in rows:

@@ -52,6 +52,7 @@ def evaluate_classification(
     zh: str = "auto",
     batch_size: int = 32,
     seed: int = 0,
+    header: bool | None = None,
 ) -> dict[str, Any]:
     """Score the model (if any) and the classical baselines on `test`; returns the report dict.
 
@@ -60,8 +61,8 @@ def evaluate_classification(
     files, unknown columns, or a model whose labels do not fit the test set.
     """
     # strict: every test row counts in the metric, so a malformed one is an error, not a skipped row
-    tr = read_labelled(train, text_column, label_column, strict=True)
-    te = read_labelled(test, text_column, label_column, strict=True)
+    tr = read_labelled(train, text_column, label_column, strict=True, header=header)
+    te = read_labelled(test, text_column, label_column, strict=True, header=header)
     train_x, train_y, test_x, test_y = tr.texts, tr.labels, te.texts, te.labels
     if model_dir is not None and not Path(model_dir).is_dir():
         raise UserError(f"{model_dir}: no such model directory")

@@ -322,14 +322,15 @@ def _stratified_split(data: LabelledData, fraction: float, seed: int) -> tuple[L
 
 def load_splits(cfg: ClassifyConfig) -> tuple[LabelledData, LabelledData, LabelledData | None, LabelMap]:
     """Read train/val/test, map labels (train's label set), or raise a one-line UserError."""
-    train = read_labelled(cfg.train, cfg.text_column, cfg.label_column, strict=cfg.strict)
+    train = read_labelled(cfg.train, cfg.text_column, cfg.label_column, strict=cfg.strict, header=cfg.header)
     if cfg.val:
-        val = read_labelled(cfg.val, cfg.text_column, cfg.label_column, strict=cfg.strict)
+        val = read_labelled(cfg.val, cfg.text_column, cfg.label_column, strict=cfg.strict, header=cfg.header)
     else:
         rejected = train.rejected
         train, val = _stratified_split(train, cfg.val_fraction, cfg.seed)
         train.rejected = rejected
-    test = read_labelled(cfg.test, cfg.text_column, cfg.label_column, strict=cfg.strict) if cfg.test else None
+    test = (read_labelled(cfg.test, cfg.text_column, cfg.label_column, strict=cfg.strict, header=cfg.header)
+            if cfg.test else None)
     labels = LabelMap.from_labels(train.labels)
     labels.encode(val.labels, str(val.path))
     if test is not None:
