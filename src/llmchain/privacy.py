@@ -359,35 +359,6 @@ def audit(
     }
 
 
-def plot_exposure(path: Path, rows: list[dict[str, Any]], space: int) -> str:
-    """Exposure of every canary against its copies planted (controls at 0); filled = extracted."""
-    from llmchain.eval import plots
-
-    plt = plots._plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    xs = sorted({r["copies"] for r in rows})
-    pos = {c: i for i, c in enumerate(xs)}
-    for r in rows:
-        jitter = (int(r["id"].lstrip("c") or 0) % 7 - 3) * 0.03  # spread equal copies apart
-        ax.scatter(
-            pos[r["copies"]] + jitter,
-            r["exposure"],
-            s=36,
-            edgecolors=plots.MODEL_COLOR,
-            facecolors=plots.MODEL_COLOR if r["extracted"] else "none",
-            marker="o" if r["language"] == "en" else "s",
-        )
-    if space > 1:
-        ax.axhline(math.log2(space), color=plots.BASELINE_COLOR, ls="--", lw=1)
-        ax.text(len(xs) - 0.5, math.log2(space), "max: log2|R|", va="bottom", ha="right", fontsize=8)
-    ax.set_xticks(range(len(xs)), [str(c) if c else "unseen" for c in xs])
-    ax.set_xlabel("copies planted (○ en, □ zh; filled: extracted by greedy decoding)")
-    ax.set_ylabel("exposure (bits)")
-    ax.set_title("Canary exposure")
-    ax.spines[["top", "right"]].set_visible(False)
-    return plots._save(fig, path)
-
-
 def resolve_run(run: str | Path) -> tuple[Path, Path, Path | None]:
     """(model dir, documents dir, shards dir) of a run dir, a model dir, or a recipe dir holding one run."""
     from llmchain.eval.chain import kind_of, trace
@@ -416,13 +387,14 @@ def run_audit(
     config: PrivacyAuditConfig | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """`audit(...)` + OUT/report.json, the exposure plot and manifest.json (written atomically)."""
+    from llmchain.eval import plots
     from llmchain.eval.io import write_report
 
     report = audit(model_dir, data_dir, shards_dir, config)
     space = max((r["space"] for r in report["canaries"]), default=0)
     inputs = {"model": model_dir, "documents": data_dir, "shards": shards_dir}
     return report, write_report(
-        out_dir, report, inputs, lambda tmp: [plot_exposure(tmp / PLOT, report["canaries"], space)]
+        out_dir, report, inputs, lambda tmp: [plots.exposure(tmp / PLOT, report["canaries"], space)]
     )
 
 

@@ -128,3 +128,31 @@ def funnel(path: Path, steps: Sequence[tuple[str, int]], title: str = "documents
     ax.set_title(title)
     ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
+
+
+def exposure(path: Path, rows: list[dict[str, Any]], space: int) -> str:
+    """Privacy audit (llmchain.privacy): the exposure of every canary against its copies planted
+    (controls at 0); filled = extracted by greedy decoding."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = sorted({r["copies"] for r in rows})
+    pos = {c: i for i, c in enumerate(xs)}
+    for r in rows:
+        jitter = (int(r["id"].lstrip("c") or 0) % 7 - 3) * 0.03  # spread equal copies apart
+        ax.scatter(
+            pos[r["copies"]] + jitter,
+            r["exposure"],
+            s=36,
+            edgecolors=MODEL_COLOR,
+            facecolors=MODEL_COLOR if r["extracted"] else "none",
+            marker="o" if r["language"] == "en" else "s",
+        )
+    if space > 1:
+        ax.axhline(math.log2(space), color=BASELINE_COLOR, ls="--", lw=1)
+        ax.text(len(xs) - 0.5, math.log2(space), "max: log2|R|", va="bottom", ha="right", fontsize=8)
+    ax.set_xticks(range(len(xs)), [str(c) if c else "unseen" for c in xs])
+    ax.set_xlabel("copies planted (○ en, □ zh; filled: extracted by greedy decoding)")
+    ax.set_ylabel("exposure (bits)")
+    ax.set_title("Canary exposure")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
