@@ -114,3 +114,30 @@ def test_a_failed_bf16_probe_on_an_amx_cpu_is_logged_loudly(monkeypatch, caplog)
     finally:
         forward.bf16_supported.cache_clear()
     assert "bf16 decoding is OFF" in caplog.text and "signature changed" in caplog.text
+
+
+def test_engine_applies_lora_adapters_as_the_model_forward_does():
+    """A PEFT LoRA model (as `finetune sft --lora` trains it): the engine's snapshot includes the adapters'
+    deltas, so its greedy tokens follow the adapted forward, not the bare base weights."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(4)
+    peft_model = get_peft_model(_model(3), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
+                                                                                       "o_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # B starts at zero: make the adapters matter
+    model = peft_model.base_model.model.eval()
+    engine = Engine(model, _Tok(), max_batch_size=1, dtype="float32", eos_token_ids=[])
+    (c,) = engine.generate([[3, 1, 4, 1, 5]], SamplingParams(max_tokens=8, temperature=0))[0]
+    seq = [3, 1, 4, 1, 5]
+    with torch.no_grad():
+        for tok in c.token_ids:
+            logits = model(torch.tensor([seq]))[0][0, -1]
+            assert logits[tok] >= logits.max() - 1e-4
+            seq.append(tok)
+        with peft_model.disable_adapter():  # and the adapters change the text, so this checks something
+            bare = Engine(model, _Tok(), max_batch_size=1, dtype="float32", eos_token_ids=[])
+            (b,) = bare.generate([[3, 1, 4, 1, 5]], SamplingParams(max_tokens=8, temperature=0))[0]
+    assert b.token_ids != c.token_ids

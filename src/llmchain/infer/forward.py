@@ -231,9 +231,25 @@ class DecodeWeights:
     kernels: CpuKernels | None = None  # C attention over a bf16 `BlockedKV` cache, fused add+norm (infer/kernels.py)
 
 
+def _weights(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A linear layer's weight and bias as its forward applies them. A PEFT LoRA layer (a `base_layer`
+    plus adapters, as `finetune sft --lora` trains) gives its base weight plus its active adapters'
+    deltas — unless they are merged into it already or disabled."""
+    base = getattr(linear, "base_layer", None)
+    if base is None or not hasattr(linear, "get_delta_weight"):
+        return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+    w = base.weight.detach()
+    if not linear.merged and not linear.disable_adapters:
+        for name in linear.active_adapters:
+            if name in linear.lora_A:
+                w = w + linear.get_delta_weight(name).detach()
+    return w, None if base.bias is None else base.bias.detach()
+
+
 def _fuse(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
-    w = torch.cat([m.weight.detach() for m in linears]).contiguous()
-    b = torch.cat([m.bias.detach() for m in linears]).contiguous() if linears[0].bias is not None else None
+    parts = [_weights(m) for m in linears]
+    w = torch.cat([w for w, _ in parts]).contiguous()
+    b = torch.cat([b for _, b in parts]).contiguous() if parts[0][1] is not None else None
     return w, b
 
 
@@ -254,13 +270,13 @@ def prepare_decode(model, max_len: int, bf16: bool = False) -> DecodeWeights:
         a, m = layer.self_attn, layer.mlp
         qkv.append(_Linear(*_fuse([a.q_proj, a.k_proj, a.v_proj]), bf16))
         if bf16:
-            gate_up.append(tuple(_Linear(p.weight, p.bias, bf16) for p in (m.gate_proj, m.up_proj)))
+            gate_up.append(tuple(_Linear(*_weights(p), bf16) for p in (m.gate_proj, m.up_proj)))
         else:
             gate_up.append(_Linear(*_fuse([m.gate_proj, m.up_proj]), bf16))
-        o.append(_Linear(own(a.o_proj.weight), own(a.o_proj.bias), bf16))
-        down.append(_Linear(own(m.down_proj.weight), own(m.down_proj.bias), bf16))
+        o.append(_Linear(*map(own, _weights(a.o_proj)), bf16))
+        down.append(_Linear(*map(own, _weights(m.down_proj)), bf16))
         norms.append((_copy(layer.input_layernorm.weight), _copy(layer.post_attention_layernorm.weight)))
-    head = _Linear(own(model.lm_head.weight), own(getattr(model.lm_head, "bias", None)), bf16)
+    head = _Linear(*map(own, _weights(model.lm_head)), bf16)
     a0 = model.model.layers[0].self_attn
     # RoPE tables computed here (HF's formula) rather than through the model's rotary module, so the
     # engine depends only on the inv_freq buffer, not on how the model lays out its tables.
