@@ -15,9 +15,10 @@ import typer
 def print_report(report: dict[str, Any], out: Path, extra: str = "") -> None:
     """The systems × metrics table (model bold, baselines dim) and where the report went."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from llmchain.eval.cardtext import METRIC_NAMES, fmt
+    from llmchain.eval.cardtext import METRIC_NAMES, fmt_metric
 
     cols = report.get("columns", [])
     n = report.get("n")
@@ -29,10 +30,12 @@ def print_report(report: dict[str, Any], out: Path, extra: str = "") -> None:
         table.add_column(METRIC_NAMES.get(c, c), justify="right")
     for s in report["systems"]:
         style = "dim" if s.get("baseline") else "bold"
-        table.add_row(s.get("title", s["name"]), *[fmt(s[c]) if s.get(c) is not None else "—" for c in cols],
-                      style=style)  # fmt: skip
+        table.add_row(s.get("title", s["name"]), *[escape(fmt_metric(s, c, "\n")) for c in cols], style=style)
     console = Console()
     console.print(table)
+    if any(s.get("ci") for s in report["systems"]):
+        console.print("\\[low, high]: 95 % bootstrap interval (same resamples for every system); "
+                      "overlapping intervals are not called better.")
     for note in report.get("notes", []) + report.get("warnings", []):
         console.print(f"note: {note}")
     if extra:

@@ -45,6 +45,18 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def fmt_metric(system: dict[str, Any], metric: str, sep: str = " ") -> str:
+    """A system's metric with its 95 % bootstrap interval when the report has one: `0.8531 [0.8364, 0.8694]`."""
+    v = system.get(metric)
+    if v is None:
+        return "—"
+    ci = (system.get("ci") or {}).get(metric)
+    if not ci:
+        return fmt(v)
+    digits = 4 if abs(v) < 2 else 2  # fractions to 4 places, percentages (BLEU, ROUGE) to 2
+    return f"{fmt(v, digits)}{sep}[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
 def md_escape(text: str) -> str:
     """Text shown literally in Markdown (no emphasis, links or HTML from the model's output)."""
     return "".join("\\" + ch if ch in "\\`*_[]<>#|" else ch for ch in text.replace("\n", " "))
@@ -233,8 +245,11 @@ def eval_section(facts: dict[str, Any], images: dict[str, str]) -> list[str]:
         rows = []
         for s in ev.get("systems", []):
             name = f"**{s.get('title', s['name'])}**" if not s.get("baseline") else f"{s.get('title', s['name'])} (baseline)"
-            rows.append([name] + [fmt(s.get(c)) if s.get(c) is not None else "—" for c in cols])
+            rows.append([name] + [fmt_metric(s, c) for c in cols])
         out += [table(["system"] + [METRIC_NAMES.get(c, c) for c in cols], rows)]
+        if any(s.get("ci") for s in ev.get("systems", [])):
+            out += ["[low, high]: 95 % bootstrap interval over the test items, the same resamples for every "
+                    "system; two systems whose intervals overlap are not called better.", ""]
         if any(s.get(c) is None for s in ev.get("systems", []) for c in cols):
             out += ["— : does not apply to that system (an n-gram over bytes has no per-token loss).", ""]
         out += [f"_{n}_" for n in ev.get("notes", []) + ev.get("warnings", [])]

@@ -15,6 +15,7 @@ from typing import Any
 from llmchain.data.tables import read_labelled
 from llmchain.errors import UserError
 from llmchain.eval.baselines import BASELINE_TITLES, choose_zh_mode, fit_text_classifiers
+from llmchain.eval.bootstrap import RESAMPLES, classification_intervals, verdicts
 from llmchain.eval.io import write_report
 from llmchain.eval.metrics import classification_metrics
 
@@ -53,11 +54,13 @@ def evaluate_classification(
     batch_size: int = 32,
     seed: int = 0,
     header: bool | None = None,
+    resamples: int = RESAMPLES,
 ) -> dict[str, Any]:
     """Score the model (if any) and the classical baselines on `test`; returns the report dict.
 
     report["systems"] lists {name, title, baseline, accuracy, macro_*, per_class, confusion, labels,
-    seconds}; the first is the model when given. Raises UserError/DataError for missing or malformed
+    seconds, ci}; the first is the model when given. `ci` holds each metric's 95 % bootstrap interval over
+    `resamples` resamples of the test items, the same resamples for every system (0: none). Raises UserError/DataError for missing or malformed
     files, unknown columns, or a model whose labels do not fit the test set.
     """
     # strict: every test row counts in the metric, so a malformed one is an error, not a skipped row
@@ -69,13 +72,19 @@ def evaluate_classification(
     labels = sorted(set(train_y) | set(test_y))
     systems: list[dict[str, Any]] = []
     warnings: list[str] = []
+
+    def scored(pred: list[str], system_labels: list[str]) -> dict[str, Any]:
+        # the same seed → the same resampled test sets for every system (a paired bootstrap)
+        ci = classification_intervals(test_y, pred, system_labels, resamples=resamples, seed=seed)
+        return {**classification_metrics(test_y, pred, system_labels), "ci": ci}
+
     if model_dir is not None:
         out = _model_predictions(Path(model_dir), test_x, test_y, batch_size)
         if out["unknown_labels"]:
             warnings.append(f"test labels the model does not know (always wrong): {out['unknown_labels']}")
         all_labels = sorted(set(labels) | set(out["pred"]))
         systems.append({"name": "model", "title": f"model ({Path(model_dir).name})", "baseline": False,
-                        **classification_metrics(test_y, out["pred"], all_labels), "seconds": out["seconds"]})
+                        **scored(out["pred"], all_labels), "seconds": out["seconds"]})
     mode = choose_zh_mode(train_x, zh)
     t0 = time.perf_counter()
     fitted = fit_text_classifiers(train_x, train_y, zh=mode, seed=seed)
@@ -83,12 +92,11 @@ def evaluate_classification(
     for name, pipe in fitted.items():
         t1 = time.perf_counter()
         pred = [str(p) for p in pipe.predict(test_x)]
-        systems.append({"name": name, "title": BASELINE_TITLES[name], "baseline": True,
-                        **classification_metrics(test_y, pred, labels),
+        systems.append({"name": name, "title": BASELINE_TITLES[name], "baseline": True, **scored(pred, labels),
                         "seconds": time.perf_counter() - t1, "fit_seconds": fit_seconds})
     majority = max(labels, key=train_y.count)
     systems.append({"name": "majority", "title": f"majority class ({majority!r})", "baseline": True,
-                    **classification_metrics(test_y, [majority] * len(test_y), labels), "seconds": 0.0})
+                    **scored([majority] * len(test_y), labels), "seconds": 0.0})
     return {
         "kind": "eval-classify",
         "task": "classification",
@@ -101,8 +109,10 @@ def evaluate_classification(
         "columns": COLUMNS,
         "primary": "accuracy",
         "higher_is_better": True,
-        "config": {"zh": mode, "text_column": text_column, "label_column": label_column, "seed": seed},
+        "config": {"zh": mode, "text_column": text_column, "label_column": label_column, "seed": seed,
+                   "bootstrap_resamples": resamples},
         "systems": systems,
+        "notes": verdicts(systems, "accuracy") + verdicts(systems, "macro_f1"),
         "warnings": warnings,
     }
 

@@ -20,6 +20,7 @@ from typing import Any
 from llmchain.data.tables import pick_column, read_records
 from llmchain.errors import DataError, UserError
 from llmchain.eval.baselines import BASELINE_TITLES, TOKEN_RE, lead_baseline, nearest_reference_baseline
+from llmchain.eval.bootstrap import verdicts
 from llmchain.eval.io import read_lines, write_report
 from llmchain.eval.metrics import generation_metrics
 
@@ -239,6 +240,7 @@ def evaluate_generation(
                    else "evaluation references (median length only)", **{k: v for k, v in gen_kwargs.items()},
                    **{k: v for k, v in info.items() if k != "seconds"}},  # fmt: skip
         "systems": systems,
+        "notes": [v for m in ("chrf", "bleu", "rougeL") for v in verdicts(systems, m)],
         "samples": shown,
         "outputs": {"prompts": prompts, "references": refs, **outputs},
     }

@@ -100,15 +100,21 @@ def generation_metrics(
     references: Sequence[Sequence[str]],
     bleu_tokenize: str | None = None,
     zh: str = "char",
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Corpus BLEU and chrF (sacrebleu), mean ROUGE-1/2/L F1 (best reference per item), exact match.
 
     `references[i]` lists the reference(s) of item i (any number ≥ 1). `bleu_tokenize` defaults to
     "zh" for Chinese references, else sacrebleu's "13a" — the same as `sacrebleu REF -i HYP`.
-    Returns percentages plus the sacrebleu signatures. Raises UserError on length mismatch.
+    Returns percentages plus the sacrebleu signatures and `ci`: {metric: [low, high]}, the 95 % bootstrap
+    interval of each metric over `resamples` resamples of the items (`llmchain.eval.bootstrap`; 0: none).
+    Raises UserError on length mismatch.
     """
     import sacrebleu
     from rouge_score import rouge_scorer
+
+    from llmchain.eval.bootstrap import corpus_interval, mean_intervals
 
     if len(predictions) != len(references):
         raise UserError(f"{len(predictions)} predictions but {len(references)} reference sets")
@@ -128,22 +134,23 @@ def generation_metrics(
     b = bleu.corpus_score(list(predictions), streams)
     c = chrf.corpus_score(list(predictions), streams)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_RougeTokenizer(zh))
-    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    exact = 0
+    items: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": [], "exact_match": []}
     for pred, refs in zip(predictions, references, strict=True):
         scores = scorer.score_multi(list(refs), pred)
-        for key in sums:
-            sums[key] += scores[key].fmeasure
+        for key in ("rouge1", "rouge2", "rougeL"):
+            items[key].append(100 * scores[key].fmeasure)
         norm = normalize_answer(pred)
-        exact += any(norm == normalize_answer(r) for r in refs)
+        items["exact_match"].append(100.0 * any(norm == normalize_answer(r) for r in refs))
     n = len(predictions)
+    ci = mean_intervals(items, resamples=resamples, seed=seed) if n > 1 else {}
+    if ci:
+        for key, metric in (("bleu", bleu), ("chrf", chrf)):
+            ci[key] = corpus_interval(metric, predictions, streams, resamples=resamples, seed=seed)
     return {
         "bleu": b.score,
         "chrf": c.score,
-        "rouge1": 100 * sums["rouge1"] / n,
-        "rouge2": 100 * sums["rouge2"] / n,
-        "rougeL": 100 * sums["rougeL"] / n,
-        "exact_match": 100 * exact / n,
+        **{k: sum(v) / n for k, v in items.items()},
+        "ci": ci,
         "n": n,
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
