@@ -238,3 +238,22 @@ def test_input_paths_expand_environment_variables(tmp_path, monkeypatch):
     path.write_text(path.read_text().replace("raw: raw.txt", "raw: ${TOY_DIR}/raw.txt"))
     _, plan = run_recipe(path, runs_dir=tmp_path / "runs", log=lambda m: None)
     assert ran(plan) == ["data", "tokenizer", "pretrain"]
+
+
+def test_budget_shares_become_max_time_and_set_budget_overrides(tmp_path):
+    (tmp_path / "shards").mkdir()
+    recipe = {"name": "b", "budget": "10m", "stages": {
+        "pretrain": {"inputs": {"shards": "shards"}, "share": 0.5, "config": {"preset": "tiny"}},
+        "again": {"type": "pretrain", "inputs": {"shards": "shards"}, "share": 0.5,
+                  "config": {"preset": "tiny", "max_time": 7}},
+    }}  # fmt: skip
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = load_recipe(path)
+    assert r.budget == 600 and r.stage("pretrain").checked["max_time"] == 300
+    assert r.stage("again").checked["max_time"] == 7  # a stage's own max_time wins over its share
+    assert load_recipe(path, overrides=["budget=2m"]).stage("pretrain").checked["max_time"] == 60
+    del recipe["budget"]
+    path.write_text(yaml.safe_dump(recipe))
+    code, _, err = run_cli("run", str(path), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "'share' needs a recipe 'budget'" in err

@@ -480,6 +480,9 @@ class RecipeStageConfig(StageConfig):
     inputs: dict[str, str] = {}  # role → the name of an earlier stage, or a path (relative to the recipe)
     config: dict[str, Any] = {}  # that stage's config (the same fields as its CLI's --config YAML)
     description: str | None = None
+    # fraction of the recipe's `budget` this (training) stage may run: its config gets max_time = share × budget
+    # unless the config sets max_time itself
+    share: float | None = Field(None, gt=0, le=1)
 
 
 class RecipeConfig(StageConfig):
@@ -487,4 +490,12 @@ class RecipeConfig(StageConfig):
 
     name: str  # the run dir is runs/NAME
     description: str = ""
+    # wall-time budget of the whole recipe (seconds or 90s/5m/1h), split among stages by their `share`;
+    # `llmchain run NAME --set budget=30m` overrides it
+    budget: float | None = Field(None, gt=0)
     stages: dict[str, RecipeStageConfig]
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> float | None:
+        return parse_duration(v)

@@ -63,6 +63,7 @@ class Recipe:
     description: str
     source: str  # file the recipe came from (for messages)
     stages: list[Stage]  # in run order
+    budget: float | None = None  # seconds; training stages with a `share` get max_time = share × budget
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -143,8 +144,11 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
 
     key, sep, value = item.partition("=")
     parts = key.strip().split(".")
+    if sep and parts == ["budget"]:  # the recipe's own wall-time budget, shared among its stages
+        data["budget"] = yaml.safe_load(value)
+        return
     if not sep or len(parts) < 2:
-        raise UserError(f"--set {item!r}: expected STAGE.KEY=VALUE (e.g. pretrain.max_time=60)")
+        raise UserError(f"--set {item!r}: expected STAGE.KEY=VALUE (e.g. pretrain.max_time=60) or budget=DURATION")
     stages = data.get("stages")
     if not isinstance(stages, dict) or parts[0] not in stages:
         raise UserError(f"--set {item!r}: {source} has no stage {parts[0]!r}")
@@ -204,16 +208,21 @@ def parse_recipe(data: dict[str, Any], *, source: str, base_dir: Path) -> Recipe
                     raise ConfigError(f"{source}: stage {name!r}: input {role!r}: {ref!r} is neither a stage of "
                                       f"this recipe nor an existing path ({p})")  # fmt: skip
                 inputs[role] = str(p.resolve())
+        config = dict(spec.config)
+        if spec.share is not None:
+            if cfg.budget is None:
+                raise ConfigError(f"{source}: stage {name!r}: 'share' needs a recipe 'budget' (e.g. budget: 15m)")
+            config.setdefault("max_time", round(spec.share * cfg.budget, 1))
         checked = None
         if st.check is not None:
             try:
-                checked = st.check(dict(spec.config))
+                checked = st.check(dict(config))
             except ValidationError as e:
                 raise ConfigError(format_validation_error(e, f"{source}: stage {name!r}: config")) from None
             except UserError as e:
                 raise type(e)(f"{source}: stage {name!r}: {e}") from None
-        stages[name] = Stage(name, st, inputs, dict(spec.config), depends, checked)
-    return Recipe(cfg.name, cfg.description, source, _order(stages, source))
+        stages[name] = Stage(name, st, inputs, config, depends, checked)
+    return Recipe(cfg.name, cfg.description, source, _order(stages, source), cfg.budget)
 
 
 def _order(stages: dict[str, Stage], source: str) -> list[Stage]:
