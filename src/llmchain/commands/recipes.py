@@ -17,12 +17,13 @@ def list_recipes(ctx: typer.Context) -> None:
     from llmchain.recipe import builtin_recipes
 
     table = Table(title="built-in recipes (llmchain recipes show NAME; llmchain run NAME)", title_justify="left")
-    for col in ("name", "stages", "description"):
+    for col in ("name", "stages", "CPU budget", "description"):
         table.add_column(col)
     for name, path in builtin_recipes().items():
         data = read_yaml(path)
         first = str(data.get("description", "")).strip().split(": ")[0].split(". ")[0]
-        table.add_row(name, " → ".join(data.get("stages") or {}), first)
+        budget = str(data["budget"]) if data.get("budget") else "—"
+        table.add_row(name, " → ".join(data.get("stages") or {}), budget, first)
     rich_console().print(table)
 
 
