@@ -108,7 +108,9 @@ class Sampler:
     def sample(self, logits: torch.Tensor) -> int:
         """The next token id from one row of raw logits (vocab,)."""
         p = self.p
-        logits = self.penalize(logits.float())
+        # On CPU whatever the model's device: the penalty tensors and the seeded generator live there, and
+        # one row per token is cheap to move; a seed then draws the same tokens on CPU and GPU.
+        logits = self.penalize(logits.float().cpu())
         if p.greedy:
             return int(logits.argmax())
         logits = logits / p.temperature
