@@ -64,7 +64,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cols = SHOWN[r["recipe"]]
         lines.append(f"\n{r['recipe']} — budget {r['budget']} (whole run {r['wall_s'] / 60:.1f} min wall), "
-                     f"{r['n']} test items; SFT {r['sft_steps']} steps ({r['sft_epochs']} epochs)")  # fmt: skip
+                     f"{r['n']} test items; pretraining {r['pretrain_steps']} steps, SFT {r['sft_steps']} steps "
+                     f"({r['sft_epochs']} epochs)")  # fmt: skip
         lines.append("| system | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---:|" * len(cols))
         for s in r["systems"]:

@@ -131,3 +131,16 @@ def test_summarize_opinosis_recipe_leaves_topics_out(tmp_path, shared_data):
     assert len(tests) == len(test_topics) == 10 and all(len(t["references"]) >= 1 for t in tests)
     assert not any(t["prompt"][:100] in train for t in tests)  # no test topic's sentences in training
     assert report["n"] == 10
+
+
+def test_sequence_recipes_share_their_budget(shared_data, monkeypatch):
+    from llmchain.recipe import load_recipe
+
+    monkeypatch.setenv("LLMCHAIN_DATA", str(shared_data))
+    for name, shares in (("summarize-zh", (0.55, 0.3)), ("summarize", (0.55, 0.3)), ("translate", (0.5, 0.35))):
+        default, longer = load_recipe(name), load_recipe(name, overrides=["budget=30m"])
+        assert default.budget == 900 and longer.budget == 1800
+        for stage, share in zip(("pretrain", "finetune"), shares, strict=True):
+            assert longer.stage(stage).config["max_time"] == pytest.approx(share * 1800)
+            assert default.stage(stage).config["threads"] == 1
+        assert default.stage("eval").config["device"] == "auto"
