@@ -101,6 +101,16 @@ def test_summarize_zh_recipe_end_to_end_tiny(tmp_path, shared_data):
     assert {"rougeL_words", "rouge1_words"} <= set(report["columns"])
     assert report["systems"][0]["ci"]["rougeL_words"] and "zh" in report["systems"][0]["bleu_signature"]
     assert report["config"]["instruction"] == "生成论文标题："
+    # a user's own base model: the data stages as they are, no pretraining, SFT of that model
+    import shutil
+
+    base = shutil.copytree(tmp_path / "runs/summarize-zh/pretrain/final", tmp_path / "my-base")
+    _, plan = run_recipe("summarize-zh", runs_dir=tmp_path / "runs", start="finetune", overrides=TINY + [
+        "train_pairs.max_source_chars=40", "test_pairs.max_source_chars=40"], inputs=inputs + [
+        f"finetune.model={base}"], log=lambda m: None)  # fmt: skip
+    assert [s.stage.name for s in plan if s.run] == ["finetune", "eval", "report"]
+    manifest = json.loads((tmp_path / "runs/summarize-zh/finetune/manifest.json").read_text())
+    assert manifest["inputs"]["base_model"]["path"] == str(base)
 
 
 def test_translate_recipe_end_to_end_tiny(tmp_path, shared_data):
