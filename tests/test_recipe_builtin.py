@@ -96,7 +96,7 @@ def test_builtin_recipes_are_listed_shown_and_valid(monkeypatch, tmp_path):
 def test_builtin_recipes_check_with_real_data(shared_data, monkeypatch, tmp_path):
     monkeypatch.setenv("LLMCHAIN_DATA", str(shared_data))
     monkeypatch.setenv("BASE_MODEL", str(tmp_path))  # any existing path passes the input check
-    for name in ("sentiment", "chat-sft"):
+    for name in ("sentiment", "chat-sft", "summarize-zh", "summarize", "translate"):
         code, out, err = run_cli("run", name, "--dry-run", "--runs-dir", str(tmp_path / "runs"))
         assert code == 0 and "never run" in out, err
     recipe = load_recipe("sentiment", inputs=[f"eval.data={shared_data / 'sst2/dev.tsv'}"])

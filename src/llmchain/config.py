@@ -389,6 +389,23 @@ class SFTConfig(TrainConfig):
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
     seed: int = Field(0)
 
+class PairsConfig(StageConfig):
+    """Recipe stage `pairs`: a task's (source, reference) files → SFT, eval or corpus JSONL (data/pairs.py)."""
+
+    format: Literal["sft", "eval", "text"] = Field(..., description="sft: Alpaca {instruction, input, output} "
+                                                   "(one row per reference); eval: {prompt, references}; "
+                                                   "text: {text} documents, sources and references")
+    instruction: str = Field("", description="sft: the instruction before each source (eval: set the same one "
+                             "in the eval stage's `instruction`)")
+    prompt_field: str | None = Field(None, description="source column/field (default: prompt, source, abstract...)")
+    reference_field: str | None = Field(None, description="reference column/field (default: reference(s), title...)")
+    max_source_chars: int | None = Field(None, ge=1, description="cut sources to their first N characters (keeps "
+                                         "an SFT example's answer inside seq_len)")
+    test_every: int = Field(0, ge=0, description="hold out every N-th row (0: none) — see `split`")
+    split: Literal["all", "train", "test"] = Field("all", description="with test_every: the rows kept")
+    limit: int | None = Field(None, ge=1, description="keep only the first N rows (after the split)")
+
+
 # --- eval ------------------------------------------------------------------------------------
 
 
@@ -428,8 +445,10 @@ class EvalGenerateConfig(StageConfig):
     stop: list[str] = Field(default_factory=list, description="cut outputs at these strings")
     limit: int | None = Field(None, ge=1, description="score only the first N examples")
     samples: int = Field(5, ge=0, description="examples shown in the report")
+    instruction: str | None = Field(None, description="put before each prompt for the model, with a blank line "
+                                    "(as an SFT'd Alpaca instruction); the baselines see the prompt alone")
     seed: int = 0
-    device: str = "cpu"
+    device: str = Field("cpu", description="cpu, cuda, auto (cuda when there is one)")
 
 
 class ReportConfig(StageConfig):

@@ -108,6 +108,20 @@ def run_pack(ctx: StageContext) -> dict[str, Any]:
     return {f"{s} tokens": splits[s]["tokens"] for s in ("train", "val") if isinstance(splits.get(s), dict)}
 
 
+def run_pairs(ctx: StageContext) -> dict[str, Any]:
+    """A sequence task's source (+ line-aligned target) file → SFT, eval or corpus JSONL (data/pairs.py)."""
+    from llmchain.data.pairs import write_pairs
+
+    summary = write_pairs(ctx.inputs["source"], ctx.inputs.get("target"), ctx.out_dir, _cfg("PairsConfig", ctx.config))
+    return {"rows": summary["rows"], "records": summary["records"]}
+
+
+def _pairs_output(config: dict[str, Any]) -> str:
+    from llmchain.data.pairs import OUTPUT_FILES
+
+    return OUTPUT_FILES[config.get("format", "sft")]
+
+
 # ------------------------------------------------------------------------------------- training
 
 
@@ -357,6 +371,8 @@ BUILTIN_STAGES: dict[str, StageType] = {st.name: st for st in (
               help="documents → byte-level BPE tokenizer"),
     StageType("pack", run_pack, inputs=("documents", "tokenizer"), check=_check("PackConfig"),
               help="documents → token shards"),
+    StageType("pairs", run_pairs, inputs=("source",), optional=("target",), output=_pairs_output,
+              check=_check("PairsConfig"), help="task pairs → SFT / eval / corpus JSONL"),
     StageType("pretrain", run_pretrain, inputs=("shards",), optional=("tokenizer", "model"), output="final",
               check=_check_pretrain, help="token shards → base model (RUN/final)"),
     StageType("finetune", run_finetune, inputs=("train",), optional=("model", "val", "test"),

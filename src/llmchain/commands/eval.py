@@ -139,7 +139,8 @@ def generate(
         raise UserError("give --model (generate and score) or --predictions (score a file of outputs)")
     out = out or default_out_dir(model, "generate")
     gen = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "chat_template": cfg.chat_template,
-           "stop": cfg.stop, "seed": cfg.seed, "device": cfg.device} if model is not None else {}  # fmt: skip
+           "stop": cfg.stop, "seed": cfg.seed, "device": cfg.device,
+           "instruction": cfg.instruction} if model is not None else {}  # fmt: skip
     report, out = run_generate_eval(out, data=data, model_dir=model, predictions=predictions, train=train,
                                     prompt_field=cfg.prompt_field, reference_field=cfg.reference_field,
                                     reference_files=references or None, limit=cfg.limit, samples=cfg.samples,

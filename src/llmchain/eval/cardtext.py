@@ -27,7 +27,8 @@ METRIC_NAMES = {
     "bits_per_byte": "bits/byte ↓", "loss": "loss (nats/token) ↓", "perplexity": "perplexity ↓",
     "accuracy": "accuracy", "macro_precision": "macro P", "macro_recall": "macro R", "macro_f1": "macro F1",
     "bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
-    "exact_match": "exact match %",
+    "exact_match": "exact match %", "rouge1_words": "ROUGE-1 (words)", "rouge2_words": "ROUGE-2 (words)",
+    "rougeL_words": "ROUGE-L (words)",
 }  # fmt: skip
 
 

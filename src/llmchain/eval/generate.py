@@ -25,6 +25,7 @@ from llmchain.eval.io import read_lines, write_report
 from llmchain.eval.metrics import generation_metrics
 
 COLUMNS = ["bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match"]
+WORD_COLUMNS = ["rouge1_words", "rouge2_words", "rougeL_words"]  # Chinese references: ROUGE over jieba words
 PROMPT_FIELDS = ("prompt", "source", "src", "question", "abstract", "document", "article", "text", "sentences")
 REFERENCE_FIELDS = ("references", "reference", "refs", "target", "tgt", "answer", "answers", "summary",
                     "title", "output")  # fmt: skip
@@ -128,10 +129,13 @@ def generate_outputs(
     stop: list[str] | None = None,
     seed: int = 0,
     device: str = "cpu",
+    instruction: str | None = None,
 ) -> dict[str, Any]:
     """Generate one output per prompt with the causal model in `model_dir`.
 
     Greedy at temperature 0. `chat_template` None = use the tokenizer's template when it has one.
+    `instruction` goes before each prompt with a blank line (as the Alpaca records an SFT trained on).
+    `device` "auto" is cuda when there is one.
     Long prompts keep their last tokens (counted in "truncated"). Returns {outputs, seconds,
     truncated, chat_template, new_tokens}. UserError for a missing model/tokenizer or a tokenizer
     whose ids do not fit the model.
@@ -140,6 +144,10 @@ def generate_outputs(
     from llmchain.infer.sampling import SamplingParams
     from llmchain.model.io import read_config
 
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     config = read_config(model_dir)
     context = config.max_position_embeddings
     if max_new_tokens >= context:
@@ -152,6 +160,8 @@ def generate_outputs(
         raise UserError(f"{model_dir}: --chat-template asked for, but the tokenizer has none")
     batch, truncated = [], 0
     for prompt in prompts:
+        if instruction:
+            prompt = f"{instruction.strip()}\n\n{prompt.strip()}"
         if use_chat:
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                            add_generation_prompt=True)  # fmt: skip
@@ -233,14 +243,14 @@ def evaluate_generation(
         "data": str(Path(data).resolve()),
         "train": str(Path(train).resolve()) if train else None,
         "n": len(prompts),
-        "columns": COLUMNS,
+        "columns": COLUMNS + [c for c in WORD_COLUMNS if c in systems[0]],
         "primary": "chrf",
         "higher_is_better": True,
         "config": {"lead_tokens": length, "lead_length_from": "train references" if train_refs
                    else "evaluation references (median length only)", **{k: v for k, v in gen_kwargs.items()},
                    **{k: v for k, v in info.items() if k != "seconds"}},  # fmt: skip
         "systems": systems,
-        "notes": [v for m in ("chrf", "bleu", "rougeL") for v in verdicts(systems, m)],
+        "notes": [v for m in ("chrf", "bleu", "rougeL", "rougeL_words") for v in verdicts(systems, m)],
         "samples": shown,
         "outputs": {"prompts": prompts, "references": refs, **outputs},
     }

@@ -38,9 +38,13 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     """The lines of a UTF-8 text file (one item a line, no trailing newline kept)."""
     p = _check_file(path, what)
     try:
-        return p.read_text(encoding="utf-8").split("\n")[:-1] if p.stat().st_size else []
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8 text") from None
+    if not text:
+        return []
+    lines = text.split("\n")
+    return lines[:-1] if text.endswith("\n") else lines  # a last line without its newline is still a line
 
 
 def default_out_dir(model_dir: str | os.PathLike | None, kind: str) -> Path:
