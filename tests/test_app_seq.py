@@ -152,5 +152,4 @@ def test_sequence_recipes_share_their_budget(shared_data, monkeypatch):
         assert default.budget == 900 and longer.budget == 1800
         for stage, share in zip(("pretrain", "finetune"), shares, strict=True):
             assert longer.stage(stage).config["max_time"] == pytest.approx(share * 1800)
-            assert default.stage(stage).config["threads"] == 1
         assert default.stage("eval").config["device"] == "auto"
