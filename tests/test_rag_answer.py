@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 from llmchain.rag.answer import (
     INSTRUCTION,
-    cited_numbers,
     citations,
+    cited_numbers,
     fit_passages,
     grounded_messages,
     last_user_text,
@@ -70,12 +70,12 @@ def test_cited_numbers_in_order_of_first_citation():
 
 
 def test_citations_quote_exactly_the_text_at_their_offsets():
-    cites, dropped = citations("It was 1865 [1], and 4,478 m [3].", HITS, SOURCES.__getitem__)
+    cites, dropped = citations("It was 1865 [1], and 4,478 m [3].", HITS, verify(HITS, SOURCES.__getitem__))
     assert dropped == 0
     assert [(c["index"], c["passage_id"]) for c in cites] == [(1, 7), (3, 9)]
     for c in cites:
         assert SOURCES[c["source"]][c["start"] : c["end"]] == c["quote"]
-    assert citations("No markers here.", HITS, SOURCES.__getitem__) == ([], 0)
+    assert citations("No markers here.", HITS, [True] * 3) == ([], 0)
 
 
 def test_a_tampered_offset_or_unknown_source_is_dropped():
@@ -84,7 +84,7 @@ def test_a_tampered_offset_or_unknown_source_is_dropped():
     unknown = replace(HITS[2], source="../etc/passwd")
     hits = [shifted, HITS[1], beyond, unknown]
     assert verify(hits, SOURCES.__getitem__) == [False, True, False, False]
-    cites, dropped = citations("[1] [2] [3] [4]", hits, SOURCES.__getitem__)
+    cites, dropped = citations("[1] [2] [3] [4]", hits, verify(hits, SOURCES.__getitem__))
     assert [c["index"] for c in cites] == [2] and dropped == 3
 
 

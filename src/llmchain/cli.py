@@ -79,6 +79,7 @@ COMMANDS = {
     "privacy audit": ("privacy", "audit"),
     "serve": ("serve", "serve"),
     "chat": ("chat", "chat"),
+    "ask": ("ask", "ask"),
     "arena": ("arena", "arena"),
     "arena results": ("arena", "results"),
     "explain classify": ("explain", "classify"),

@@ -468,6 +468,14 @@ class ServeConfig(StageConfig):
     # Matmul precision: auto = bf16 on CPUs with AMX (row-invariant oneDNN kernels, infer/forward.py), else
     # the weights' own dtype; bfloat16 fails clearly where that path is unavailable.
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    # Question answering over an index (`llmchain index`, docs/qa.md): chat requests get the index_k best
+    # passages of their last user message in the prompt and verified [n] citations in the answer.
+    index: str | None = None
+    index_k: int = Field(4, ge=1, le=32)
+    # /v1/embeddings: "minilm" or an encoder dir; default the index's encoder when `index` is set
+    embedding_model: str | None = None
+    max_embedding_inputs: int = Field(256, ge=1, le=4096)  # texts per /v1/embeddings request
+    passage_context_chars: int = Field(1000, ge=0, le=20_000)  # GET /v1/passages/{id}: source text each side
 
 
 # --- recipe ----------------------------------------------------------------------------------

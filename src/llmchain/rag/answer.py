@@ -85,13 +85,12 @@ def verify(hits: Sequence[Any], source_text: Callable[[str], str]) -> list[bool]
     return ok
 
 
-def citations(answer: str, hits: Sequence[Any], source_text: Callable[[str], str]) -> tuple[list[dict], int]:
-    """The passages `answer` cites as [n] (n = the passage's number in the prompt), each verified against
-    its source; returns (citations in order of first citation, how many failed the check and were
-    dropped)."""
+def citations(answer: str, hits: Sequence[Any], verified: Sequence[bool]) -> tuple[list[dict], int]:
+    """The passages `answer` cites as [n] (n = the passage's number in the prompt) whose `verified` flag
+    (`verify(hits, source_text)`) holds; returns (citations in order of first citation, how many were
+    cited but failed the check and were dropped)."""
     cited = cited_numbers(answer, len(hits))
-    ok = verify([hits[n - 1] for n in cited], source_text)
-    kept = [passage_entry(n, hits[n - 1]) for n, good in zip(cited, ok, strict=True) if good]
+    kept = [passage_entry(n, hits[n - 1]) for n in cited if verified[n - 1]]
     return kept, len(cited) - len(kept)
 
 
