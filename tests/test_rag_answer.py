@@ -50,7 +50,9 @@ def test_passages_go_first_as_a_numbered_system_block():
         assert f"[{n}] ({h.source}, characters {h.start}-{h.end})\n{h.text}" in block
     assert block.index("[1]") < block.index("[2]") < block.index("[3]")
     # a conversation's own system prompt stays, after the passages, in the one system message
-    msgs = grounded_messages([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}], HITS)
+    msgs = grounded_messages(
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}], HITS
+    )
     assert [m["role"] for m in msgs] == ["system", "user"] and msgs[0]["content"].endswith("\n\nBe terse.")
     assert grounded_messages([{"role": "user", "content": "Hi"}], []) == [{"role": "user", "content": "Hi"}]
 

@@ -190,7 +190,10 @@ def test_passage_endpoint_shows_the_passage_in_its_source(server, scripted, docs
     p = httpx.get(f"{server.url}/v1/passages/{c['passage_id']}", headers=AUTH).json()
     text = source_file_text(docs, c["source"])
     assert p["text"] == c["quote"] == text[p["start"] : p["end"]]
-    assert p["before"] == text[max(p["start"] - 1000, 0) : p["start"]] and p["after"] == text[p["end"] : p["end"] + 1000]
+    assert (
+        p["before"] == text[max(p["start"] - 1000, 0) : p["start"]]
+        and p["after"] == text[p["end"] : p["end"] + 1000]
+    )
     missing = httpx.get(f"{server.url}/v1/passages/999999", headers=AUTH)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "passage_not_found"
 
@@ -209,7 +212,9 @@ def test_embeddings_through_the_openai_client_equal_the_encoder(server):
     for got in (floats, b64):
         vecs = np.array([d.embedding for d in sorted(got.data, key=lambda d: d.index)], dtype=np.float32)
         assert vecs.shape == want.vectors.shape
-        cos = (vecs * want.vectors).sum(1) / np.linalg.norm(vecs, axis=1) / np.linalg.norm(want.vectors, axis=1)
+        cos = (
+            (vecs * want.vectors).sum(1) / np.linalg.norm(vecs, axis=1) / np.linalg.norm(want.vectors, axis=1)
+        )
         assert np.all(cos > 0.9999), cos
     one = client.embeddings.create(model=name, input="bees", encoding_format="float")
     assert len(one.data) == 1 and np.allclose(one.data[0].embedding, want.vectors[2], atol=1e-5)
@@ -238,8 +243,16 @@ def test_a_server_without_an_index_is_unchanged(serve_model_dir):
                                   engine_process=False))  # fmt: skip
     with LiveServer(app) as srv:
         for body in ({}, {"retrieval": True}, {"retrieval": False}):
-            r = httpx.post(srv.url + "/v1/chat/completions", timeout=60, json={
-                "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4, "temperature": 0, **body})
+            r = httpx.post(
+                srv.url + "/v1/chat/completions",
+                timeout=60,
+                json={
+                    "messages": [{"role": "user", "content": QUESTION}],
+                    "max_tokens": 4,
+                    "temperature": 0,
+                    **body,
+                },
+            )
             assert r.status_code == 200 and "context" not in r.json(), r.text
             assert "citations" not in r.json()["choices"][0]
         e = httpx.post(srv.url + "/v1/embeddings", json={"input": "x"})
@@ -254,8 +267,11 @@ def test_embedding_model_without_an_index(serve_model_dir):
     with LiveServer(app) as srv:
         r = httpx.post(srv.url + "/v1/embeddings", json={"input": ["a", "b"]}, timeout=60).json()
         assert [d["index"] for d in r["data"]] == [0, 1] and r["usage"]["prompt_tokens"] > 0
-        chat = httpx.post(srv.url + "/v1/chat/completions", timeout=60, json={
-            "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4})
+        chat = httpx.post(
+            srv.url + "/v1/chat/completions",
+            timeout=60,
+            json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4},
+        )
         assert chat.status_code == 200 and "context" not in chat.json()
 
 
@@ -271,8 +287,12 @@ def test_ask_against_a_live_server(server, scripted, index_path, docs):
     # ask built the prompt itself and told our server not to retrieve again: the passages appear once
     prompt = server.state.tokenizer.decode(scripted.prompts[-1])
     assert prompt.count(INSTRUCTION) == 1 and cite["quote"] in prompt
-    code, out, err = run_cli("ask", str(index_path), QUESTION, "--base-url", server.url + "/v1", "--api-key", KEY)
-    assert code == 0 and "Citations:" in out and f"[1] {cite['source']} [{cite['start']}:{cite['end']}]" in out
+    code, out, err = run_cli(
+        "ask", str(index_path), QUESTION, "--base-url", server.url + "/v1", "--api-key", KEY
+    )
+    assert (
+        code == 0 and "Citations:" in out and f"[1] {cite['source']} [{cite['start']}:{cite['end']}]" in out
+    )
     code, out, err = run_cli("ask", str(index_path), QUESTION, "--base-url", server.url + "/v1")
     assert code == 2 and "401" in err
 

@@ -19,11 +19,16 @@ def ask(
     index: Path = typer.Argument(..., help="An index built by `llmchain index`."),
     question: str = typer.Argument(..., help="The question."),
     model: Path = typer.Option(None, "--model", "-m", help="Answer with this model dir, in-process."),
-    base_url: str = typer.Option(None, "--base-url", help="Answer with an OpenAI-compatible server, e.g. "
-                                 "http://127.0.0.1:8000/v1 (`llmchain serve`, vLLM, llama.cpp, OpenAI)."),
+    base_url: str = typer.Option(
+        None,
+        "--base-url",
+        help="Answer with an OpenAI-compatible server, e.g. "
+        "http://127.0.0.1:8000/v1 (`llmchain serve`, vLLM, llama.cpp, OpenAI).",
+    ),
     api_key: str = typer.Option(None, "--api-key", envvar="LLMCHAIN_API_KEY", help="The server's API key."),
-    model_name: str = typer.Option(None, "--model-name", help="The model to ask on --base-url (default: the "
-                                   "first the server lists)."),
+    model_name: str = typer.Option(
+        None, "--model-name", help="The model to ask on --base-url (default: the first the server lists)."
+    ),
     k: int = typer.Option(4, "--k", "-k", min=1, max=32, help="Passages put in the prompt."),
     mode: str = typer.Option("hybrid", "--mode", help="Retrieval: hybrid, dense or lexical."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Tokens of the answer at most."),
@@ -33,13 +38,13 @@ def ask(
 ) -> None:
     """Answer QUESTION from the passages of INDEX and print the answer, then each citation: its number,
     source, character offsets and the quoted text (checked against the source)."""
-    from llmchain.rag.answer import citations, grounded_messages, passage_entry, verify
-    from llmchain.rag.index import Index
-
     if (model is None) == (base_url is None):
         raise UserError("give exactly one of --model MODEL_DIR and --base-url URL")
     if not index.is_file():
         raise UserError(f"{index}: index not found (build one with `llmchain index`)")
+    from llmchain.rag.answer import citations, grounded_messages, passage_entry, verify
+    from llmchain.rag.index import Index
+
     idx = Index.open(index)
     result = idx.search(question, k=k, mode=mode)
     hits = result.hits
@@ -91,14 +96,18 @@ def _answer_in_process(model: Path, messages: list[dict], hits: list, max_tokens
         raise UserError(f"{model}: needs a chat template (tokenizer_config.json 'chat_template')")
 
     def ids(hs):
-        text = tok.apply_chat_template(grounded_messages(messages, hs), tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            grounded_messages(messages, hs), tokenize=False, add_generation_prompt=True
+        )
         return tok.encode(text, add_special_tokens=False)
 
     room = engine.max_model_len - min(max_tokens, engine.max_model_len // 4)
     hits = fit_passages(hits, lambda hs: len(ids(hs)) <= room)
     prompt = ids(hits)
     if len(prompt) >= engine.max_model_len:
-        raise UserError(f"the question alone is {len(prompt)} tokens; the model's context is {engine.max_model_len}")
+        raise UserError(
+            f"the question alone is {len(prompt)} tokens; the model's context is {engine.max_model_len}"
+        )
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
     return engine.generate([prompt], params)[0][0].text, hits
 
@@ -118,7 +127,12 @@ def _answer_remote(base_url: str, api_key: str | None, model_name: str | None, m
             if card is None:
                 names = ", ".join(str(m.get("id")) for m in listed) or "none"
                 raise UserError(f"--model-name {model_name}: {base} serves {names}")
-            body = {"model": card["id"], "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+            body = {
+                "model": card["id"],
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+            }
             if card.get("owned_by") == "llmchain":
                 body["retrieval"] = False
             reply = _ok(http.post(base + "/chat/completions", json=body), base + "/chat/completions")

@@ -29,11 +29,11 @@ def serve(
                                 "batch size, no OpenMP stalls on a busy machine; more may be faster on idle cores)."),
     dtype: str = typer.Option(None, help="Matmul precision: auto (default: bf16 on CPUs with AMX, else the "
                               "weights' dtype), bfloat16 or float32."),
-    index: Path = typer.Option(None, "--index", help="An index (`llmchain index`): chat answers from its passages, "
-                               "with verified [n] citations (docs/qa.md)."),
+    index: Path = typer.Option(None, "--index", help="An index (`llmchain index`): chat answers from its "
+                               "passages, with verified [n] citations (docs/qa.md)."),
     index_k: int = typer.Option(None, "--index-k", help="Passages put in each chat prompt (default 4)."),
-    embedding_model: str = typer.Option(None, "--embedding-model", help="Serve /v1/embeddings with this encoder "
-                                        "(minilm or an encoder dir; default with --index: the index's encoder)."),
+    embedding_model: str = typer.Option(None, "--embedding-model", help="Serve /v1/embeddings with this "
+                                        "encoder: minilm or an encoder dir (default with --index: its encoder)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""

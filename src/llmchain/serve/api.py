@@ -189,8 +189,8 @@ class State:
             return None
         text, c = self.index.source_text(hit.source), self.opts.passage_context_chars
         return {"object": "passage", "passage_id": hit.passage_id, "source": hit.source, "start": hit.start,
-                "end": hit.end, "text": text[hit.start : hit.end], "before": text[max(hit.start - c, 0) : hit.start],
-                "after": text[hit.end : hit.end + c]}  # fmt: skip
+                "end": hit.end, "text": text[hit.start : hit.end],
+                "before": text[max(hit.start - c, 0) : hit.start], "after": text[hit.end : hit.end + c]}  # fmt: skip
 
 
 def _error(e: APIError) -> JSONResponse:
@@ -370,12 +370,13 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
             raise APIError(400, f"input[{long[0]}] is longer than {enc.name!r} reads ({enc.max_tokens} "
                                 "tokens); split it", "input", "context_length_exceeded")  # fmt: skip
         state.metrics.on_embedded(len(texts))
-        vectors = np.asarray(out.vectors, dtype="<f4")  # base64: little-endian float32, as OpenAI's clients read it
+        vectors = np.asarray(out.vectors, dtype="<f4")  # base64: little-endian float32, as OpenAI's clients read
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.tobytes()).decode() if body.encoding_format == "base64"
                  else v.tolist()} for i, v in enumerate(vectors)]  # fmt: skip
         n = int(sum(out.n_tokens))
-        return {"object": "list", "data": data, "model": enc.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        usage = {"prompt_tokens": n, "total_tokens": n}
+        return {"object": "list", "data": data, "model": enc.name, "usage": usage}
 
     @app.get("/v1/passages/{passage_id}")
     async def passage(passage_id: int = PathParam(..., ge=0, lt=2**63)):  # SQLite's integer range
@@ -431,7 +432,8 @@ def _template_error(e: Exception) -> APIError:
     return APIError(400, "the chat template could not render these messages", "messages")
 
 
-def _chat_prompt(state: State, messages: list[dict], grounding: Grounding | None, max_tokens: int | None) -> list[int]:
+def _chat_prompt(state: State, messages: list[dict], grounding: Grounding | None,
+                 max_tokens: int | None) -> list[int]:  # fmt: skip
     """The chat template's token ids for `messages`, with the grounding's passages in front: as many of the
     best-ranked as leave room for the answer (max_tokens, at most a quarter of the context); the rest are
     dropped from `grounding` too, so citations number only what the model saw."""

@@ -68,8 +68,9 @@ class ServeMetrics:
         self.finished = dict.fromkeys(FINISH_REASONS, 0)
         self.gauges: Callable[[], dict[str, float]] = dict
         # question answering (`serve --index`) and /v1/embeddings
-        self.retrieval = Histogram("retrieval_latency_seconds", "Histogram of passage retrieval time per chat "
-                                   "request in seconds.", LATENCY_BUCKETS)  # fmt: skip
+        self.retrieval = Histogram("retrieval_latency_seconds",
+                                   "Histogram of passage retrieval time per chat request in seconds.",
+                                   LATENCY_BUCKETS)  # fmt: skip
         self.citations = 0
         self.citations_dropped = 0
         self.embedding_inputs = 0

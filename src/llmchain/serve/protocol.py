@@ -182,7 +182,7 @@ class ClassifyRequest(_Request):
 
 class EmbeddingRequest(_Request):
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]] = Field(..., description="One text or a list of texts.")
+    input: str | list[str] | list[int] | list[list[int]] = Field(..., description="A text or a list of texts.")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
 
@@ -210,7 +210,8 @@ class Grounding:
 class Formatter:
     """Builds OpenAI-shaped responses and stream chunks for `text_completion` or `chat.completion`."""
 
-    def __init__(self, state, kind: str, params, handles, echo: list[str], grounding: Grounding | None = None):
+    def __init__(self, state, kind: str, params, handles, echo: list[str],
+                 grounding: Grounding | None = None):  # fmt: skip
         self.state, self.kind, self.params, self.handles, self.echo = state, kind, params, handles, echo
         self.grounding = grounding
         self.answers: dict[int, list[str]] = {}  # choice index → its text so far (streaming with grounding)
@@ -262,7 +263,8 @@ class Formatter:
                     choices.append({"index": i * self.n + j, "text": text, "logprobs": merged,
                                     "finish_reason": reason})  # fmt: skip
         out = {"id": self.id, "object": self.kind, "created": self.created, "model": self.state.name,
-               "choices": choices, "usage": self.usage(), "timings": self.handles[0].stats.timings()}  # fmt: skip
+               "choices": choices, "usage": self.usage(),
+               "timings": self.handles[0].stats.timings()}  # fmt: skip
         if self.grounding is not None:
             out["context"] = self.grounding.context()
         return out
@@ -293,7 +295,7 @@ class Formatter:
             choice = {"index": index, "delta": delta, "logprobs": lps, "finish_reason": e.finish_reason}
         else:
             choice = {"index": index, "text": e.text, "logprobs": lps, "finish_reason": e.finish_reason}
-        if self.grounding is not None:  # a choice's last chunk carries its citations, checked on the whole text
+        if self.grounding is not None:  # a choice's last chunk carries its citations, found in its whole text
             self.answers.setdefault(index, []).append(e.text)
             if e.finish_reason is not None:
                 choice["citations"] = self.grounding.citations("".join(self.answers.pop(index)))
