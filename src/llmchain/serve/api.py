@@ -71,7 +71,7 @@ class State:
         self.token_text: dict[int, str] = {}  # token id → its text, for logprobs
         # The index (SQLite: a connection belongs to the thread that opened it) and the encoder live on one
         # thread of their own; `rag_waiting` bounds the jobs queued for it as max_queue bounds the engine's.
-        self.index = self.encoder = None
+        self.index = self.encoder = self.encoder_name = None
         self.rag_pool = None
         if opts.index or opts.embedding_model:
             from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +98,8 @@ class State:
         name = o.embedding_model or (self.index.encoder_name if self.index is not None else None)
         if name:
             self.encoder = Encoder.load(name, device=o.device)
+            # named, never located (as the chat model): an encoder dir's name is its absolute path
+            self.encoder_name = Path(self.encoder.name).name
 
     def _load(self) -> None:
         if self.rag_pool is not None:  # first: once /health says ok, every chat request gets its passages
@@ -167,9 +169,9 @@ class State:
         if self.encoder is None:
             raise APIError(404, "this server has no embedding model: start it with --embedding-model "
                                 "minilm|DIR (or --index INDEX)", "model", "model_not_found")  # fmt: skip
-        if model is not None and model != self.encoder.name:
+        if model is not None and model != self.encoder_name:
             raise APIError(404, f"the model {model!r} does not exist; this server embeds with "
-                                f"{self.encoder.name!r}", "model", "model_not_found")  # fmt: skip
+                                f"{self.encoder_name!r}", "model", "model_not_found")  # fmt: skip
 
     def retrieve(self, query: str, k: int) -> Grounding:
         """The index thread's part of a grounded chat request: the k best passages, each checked."""
@@ -314,8 +316,8 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
             card["max_model_len"] = state.engine.max_model_len
         cards = [card]
         if state.encoder is not None:  # /v1/embeddings' model
-            cards.append({"id": state.encoder.name, "object": "model", "created": state.created,
-                          "owned_by": "llmchain", "root": state.encoder.name})  # fmt: skip
+            cards.append({"id": state.encoder_name, "object": "model", "created": state.created,
+                          "owned_by": "llmchain", "root": state.encoder_name})  # fmt: skip
         return {"object": "list", "data": cards}
 
     @app.post("/v1/completions")
@@ -363,12 +365,14 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
             raise APIError(400, f"input must hold 1 to {limit} non-empty texts", "input")
         enc = state.encoder
         if body.dimensions is not None and body.dimensions != enc.dim:
-            raise APIError(400, f"dimensions: {enc.name!r} embeds in {enc.dim} dimensions only", "dimensions")
+            raise APIError(400, f"dimensions: {state.encoder_name!r} embeds in {enc.dim} dimensions only",
+                           "dimensions")  # fmt: skip
         out = await state.on_rag_thread(enc.encode, texts)
         long = [i for i, t in enumerate(out.truncated) if t]
         if long:  # as OpenAI does: a cut text's vector would silently stand for less than was sent
-            raise APIError(400, f"input[{long[0]}] is longer than {enc.name!r} reads ({enc.max_tokens} "
-                                "tokens); split it", "input", "context_length_exceeded")  # fmt: skip
+            raise APIError(400, f"input[{long[0]}] is longer than {state.encoder_name!r} reads "
+                                f"({enc.max_tokens} tokens); split it", "input",
+                           "context_length_exceeded")  # fmt: skip
         state.metrics.on_embedded(len(texts))
         vectors = np.asarray(out.vectors, dtype="<f4")  # base64: little-endian float32, as OpenAI's clients read
         data = [{"object": "embedding", "index": i,
@@ -376,7 +380,7 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
                  else v.tolist()} for i, v in enumerate(vectors)]  # fmt: skip
         n = int(sum(out.n_tokens))
         usage = {"prompt_tokens": n, "total_tokens": n}
-        return {"object": "list", "data": data, "model": enc.name, "usage": usage}
+        return {"object": "list", "data": data, "model": state.encoder_name, "usage": usage}
 
     @app.get("/v1/passages/{passage_id}")
     async def passage(passage_id: int = PathParam(..., ge=0, lt=2**63)):  # SQLite's integer range
