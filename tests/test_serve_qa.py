@@ -325,6 +325,7 @@ def test_chat_page_shows_citation_links_that_open_the_passage(server, scripted, 
     page.click("#settings summary")
     page.fill("#api_key", KEY)
     page.dispatch_event("#api_key", "change")
+    page.fill("#max_tokens", "8")  # room for all three passages in the tiny model's 512-token context
     page.fill("#input", QUESTION)
     page.click("#send")
     page.wait_for_selector(".msg.assistant[data-streaming='false']", timeout=60_000)

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from llmchain.errors import UserError
+
 INSTRUCTION = (
     "Answer the question using only the numbered passages below. Cite the passage each statement comes "
     "from as [n], for example [1] or [2][3]. If the passages do not hold the answer, say so."
@@ -78,7 +80,7 @@ def verify(hits: Sequence[Any], source_text: Callable[[str], str]) -> list[bool]
         if h.source not in texts:
             try:
                 texts[h.source] = source_text(h.source)
-            except (LookupError, ValueError, OSError):
+            except (LookupError, ValueError, OSError, UserError):  # Index.source_text: UserError
                 texts[h.source] = None
         text = texts[h.source]
         ok.append(text is not None and 0 <= h.start <= h.end <= len(text) and text[h.start : h.end] == h.text)

@@ -95,10 +95,11 @@ class State:
         o = self.opts
         if o.index:
             self.index = Index.open(o.index)
-        name = o.embedding_model or (self.index.encoder_name if self.index is not None else None)
-        if name:
-            self.encoder = Encoder.load(name, device=o.device)
-            # named, never located (as the chat model): an encoder dir's name is its absolute path
+        if o.embedding_model:
+            self.encoder = Encoder.load(o.embedding_model, device=o.device)
+        elif self.index is not None:
+            self.encoder = self.index.encoder  # the one that embeds queries, loaded now (not by a request)
+        if self.encoder is not None:  # named, never located: an encoder dir's name is its absolute path
             self.encoder_name = Path(self.encoder.name).name
 
     def _load(self) -> None:
@@ -186,9 +187,11 @@ class State:
     def passage(self, passage_id: int) -> dict | None:
         """GET /v1/passages/{id} (on the index thread): the passage and up to passage_context_chars of its
         source on each side, or None for an id the index does not hold."""
-        hit = self.index.passage(passage_id)
-        if hit is None:
+        # Index has no public lookup by id yet (its API: search, source_text); its row → Hit helper it is
+        found = self.index._hits([(passage_id, 0.0)])
+        if not found:
             return None
+        hit = found[0]
         text, c = self.index.source_text(hit.source), self.opts.passage_context_chars
         return {"object": "passage", "passage_id": hit.passage_id, "source": hit.source, "start": hit.start,
                 "end": hit.end, "text": text[hit.start : hit.end],
