@@ -236,6 +236,10 @@ def test_embeddings_bounds(server):
         r = httpx.post(url, headers=AUTH, json=body, timeout=60)
         assert r.status_code == status and r.json()["error"]["param"] == param, (body, r.text)
     assert httpx.post(url, json={"input": "x"}).status_code == 401
+    lone = httpx.post(url, headers={**AUTH, "Content-Type": "application/json"}, content=r'{"input": ["\ud800"]}')
+    assert lone.status_code == 400 and lone.json()["error"]["param"] == "input"
+    for bad in ("-1", str(2**64), "x"):
+        assert httpx.get(f"{server.url}/v1/passages/{bad}", headers=AUTH).status_code == 400, bad
 
 
 def test_a_server_without_an_index_is_unchanged(serve_model_dir):
@@ -316,6 +320,10 @@ def test_ask_with_an_in_process_model(serve_model_dir, index_path, monkeypatch):
     assert INSTRUCTION in prompts[0] and all(c["quote"] in prompts[0] for c in r["context"])
     code, _, err = run_cli("ask", str(index_path), QUESTION)
     assert code == 2 and "--model" in err
+    code, _, err = run_cli("ask", str(index_path), QUESTION, "--model", str(serve_model_dir()), "--mode", "bm25")
+    assert code == 2 and "hybrid" in err
+    code, _, err = run_cli("ask", str(index_path) + ".missing", QUESTION, "--model", str(serve_model_dir()))
+    assert code == 2 and "no such index" in err
 
 
 def test_chat_page_shows_citation_links_that_open_the_passage(server, scripted, browser, docs):

@@ -30,7 +30,8 @@ def ask(
         None, "--model-name", help="The model to ask on --base-url (default: the first the server lists)."
     ),
     k: int = typer.Option(4, "--k", "-k", min=1, max=32, help="Passages put in the prompt."),
-    mode: str = typer.Option("hybrid", "--mode", help="Retrieval: hybrid, dense or lexical."),
+    mode: str = typer.Option("hybrid", "--mode", help="Retrieval: hybrid (RRF of dense + keyword), dense or "
+                             "keyword."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Tokens of the answer at most."),
     temperature: float = typer.Option(0.0, "--temperature", min=0, help="0 = greedy."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, citations, context)."),
@@ -40,10 +41,13 @@ def ask(
     source, character offsets and the quoted text (checked against the source)."""
     if (model is None) == (base_url is None):
         raise UserError("give exactly one of --model MODEL_DIR and --base-url URL")
-    if not index.is_file():
-        raise UserError(f"{index}: index not found (build one with `llmchain index`)")
+    if not question.strip():
+        raise UserError("the question is empty")
     from llmchain.rag.answer import citations, grounded_messages, passage_entry, verify
-    from llmchain.rag.index import Index
+    from llmchain.rag.index import MODES, Index
+
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
 
     idx = Index.open(index)
     result = idx.search(question, k=k, mode=mode)
