@@ -69,8 +69,9 @@ class State:
         self.created = int(time.time())
         self.metrics = ServeMetrics(self.name)
         self.token_text: dict[int, str] = {}  # token id → its text, for logprobs
-        # The index (SQLite: a connection belongs to the thread that opened it) and the encoder live on one
-        # thread of their own; `rag_waiting` bounds the jobs queued for it as max_queue bounds the engine's.
+        # The index and the encoder work on one thread of their own, off the event loop: encoding is CPU-bound
+        # and the index serialises on its one lock anyway. `rag_waiting` bounds the jobs queued for it as
+        # max_queue bounds the engine's.
         self.index = self.encoder = self.encoder_name = None
         self.rag_pool = None
         if opts.index or opts.embedding_model:
@@ -148,7 +149,6 @@ class State:
         if kind == "classify" and self.classifier is None:
             raise APIError(400, f"{self.name!r} is not a classifier (needs id2label and a "
                                 "*ForSequenceClassification architecture)", "model")  # fmt: skip
-
 
     async def on_rag_thread(self, fn, *args):
         """`fn(*args)` on the index/encoder thread; 503 when max_queue jobs already wait for it."""
