@@ -235,3 +235,30 @@ def test_csv_columns_and_reader_settings_reach_the_index(tmp_path):
     with Index.open(out) as idx:
         assert sorted(idx.sources()) == ["t.tsv:2", "t.tsv:3"]
         assert idx.source_text("t.tsv:3") == "Bees make honey."
+
+
+def test_a_prepared_documents_dir_is_indexed_by_document_id(tmp_path):
+    import gzip
+
+    prepared = tmp_path / "prepared"
+    (prepared / "documents").mkdir(parents=True)
+    (prepared / "rejected").mkdir()
+    (prepared / "rejected" / "part-00000.jsonl").write_text('{"text": "rejected junk"}\n', encoding="utf-8")
+    docs = [{"id": "raw/a.txt", "text": "Otters hold hands while sleeping.", "source": "raw/a.txt", "meta": {}},
+            {"id": "raw/b.jsonl:7", "text": "水獭睡觉时会手牵手。", "source": "raw/b.jsonl", "meta": {}}]
+    with gzip.open(prepared / "documents" / "part-00000.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+    out = tmp_path / "i.sqlite"
+    build_index([str(prepared)], out, IndexConfig(), progress=False)
+    with Index.open(out) as idx:
+        assert idx.sources() == ["raw/a.txt", "raw/b.jsonl:7"]
+        assert idx.search("水獭", k=1, mode="keyword").hits[0].source == "raw/b.jsonl:7"
+
+
+def test_changed_passage_settings_re_embed_everything(tmp_path):
+    docs, out = tmp_path / "docs", tmp_path / "i.sqlite"
+    _write(docs, {"a.txt": "One. Two. Three. Four.", "b.txt": "Five."})
+    build_index([str(docs)], out, IndexConfig(), progress=False)
+    notes: list[str] = []
+    s = build_index([str(docs)], out, IndexConfig(passage_tokens=16), progress=False, log=notes.append)
+    assert s.rebuilt and (s.added, s.embedded) == (2, 2) and "passage_tokens: 160 → 16" in notes[0]
