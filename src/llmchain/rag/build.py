@@ -139,7 +139,7 @@ def _sniff(f: _File) -> str | None:
 
 def read_sources(f: _File, sha256: str, mtime: float, cfg: IndexConfig,
                  warnings: list[str]) -> tuple[list[_Source], str | None]:
-    """The documents of one file as sources with their passage spans; (sources, why none) ."""
+    """The documents of one file as sources with their passage spans, and why there are none (or None)."""
     r = cfg.reader
     opts = ReaderOptions(text_field=r.text_field, id_field=f.id_field or r.id_field, columns=list(r.columns),
                          csv_header=r.csv_header, text_unit="file", warc_html_only=r.warc_html_only)
@@ -265,10 +265,10 @@ def build_index(inputs: list[str], out: str | os.PathLike, cfg: IndexConfig, *, 
         "vectors": "float32 blobs, exact search with numpy",
         "keyword": "FTS5 porter unicode61 over jieba search-mode words (CJK)",
         "versions": versions(),
-        "created": (old_manifest or {}).get("created") if not summary.rebuilt else None,
         "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    manifest["created"] = manifest["created"] or manifest["updated"]
+    keep_created = old_manifest is not None and not summary.rebuilt
+    manifest["created"] = old_manifest.get("created") if keep_created else manifest["updated"]
     if old_manifest is None or summary.rebuilt:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,8 @@ class Index:
         if not p.is_file():
             raise UserError(f"{p}: no such index file" if not p.exists() else f"{p}: is a directory, not an index file")
         try:
-            conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode=ro"  # read-only: search never writes
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         except sqlite3.Error as e:
             raise UserError(f"{p}: cannot open the index ({e})") from None
         return cls(p, conn, read_manifest(conn, p))
