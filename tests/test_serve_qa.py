@@ -355,3 +355,8 @@ def test_chat_page_shows_citation_links_that_open_the_passage(server, scripted, 
     page.click("#passage-close")
     assert page.query_selector("#passage[open]") is None
     page.close()
+
+
+def test_serve_refuses_a_missing_index_before_starting(serve_model_dir, tmp_path):
+    code, _, err = run_cli("serve", str(serve_model_dir()), "--index", str(tmp_path / "none.sqlite"))
+    assert code == 2 and "--index: file not found" in err
