@@ -187,9 +187,12 @@ class Index:
                 (expr, depth)).fetchall()
         return [(int(r), -float(s)) for r, s in rows]  # FTS5's rank is -BM25 (lower is better)
 
-    def search(self, query: str, *, k: int = 5, mode: str = "hybrid", depth: int | None = None) -> SearchResult:
+    def search(self, query: str, *, k: int = 5, mode: str = "hybrid", depth: int | None = None,
+               query_vector: np.ndarray | None = None) -> SearchResult:
         """The `k` best passages for `query`. mode: hybrid (RRF of dense and keyword), dense or keyword.
-        A query longer than the encoder's limit is cut (`query_truncated`); UserError on a bad mode/k."""
+        A query longer than the encoder's limit is cut (`query_truncated`); UserError on a bad mode/k.
+        `depth`: candidates taken from each ranking before fusing (at least 50); `query_vector`: the
+        query's embedding when the caller already has it (batched evaluation), else it is encoded here."""
         if mode not in MODES:
             raise UserError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
         if k < 1:
@@ -199,9 +202,10 @@ class Index:
         dense: list[tuple[int, float]] = []
         keyword: list[tuple[int, float]] = []
         if mode in ("hybrid", "dense"):
-            emb = self.encoder.encode([query])
-            truncated = emb.truncated[0]
-            dense = self.dense_ranking(emb.vectors[0], depth)
+            if query_vector is None:
+                emb = self.encoder.encode([query])
+                truncated, query_vector = emb.truncated[0], emb.vectors[0]
+            dense = self.dense_ranking(query_vector, depth)
         if mode in ("hybrid", "keyword"):
             keyword = self.keyword_ranking(query, depth)
         if mode == "dense":
