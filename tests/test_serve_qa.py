@@ -240,6 +240,15 @@ def test_embeddings_bounds(server):
     assert lone.status_code == 400 and lone.json()["error"]["param"] == "input"
     for bad in ("-1", str(2**64), "x"):
         assert httpx.get(f"{server.url}/v1/passages/{bad}", headers=AUTH).status_code == 400, bad
+    # the index thread's queue is full (max_queue jobs wait): embeddings and grounded chat get 503 at once
+    server.state.rag_waiting += 10_000
+    try:
+        busy = httpx.post(url, headers=AUTH, json={"input": "x"})
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert httpx.post(server.url + "/v1/chat/completions", headers=AUTH, json={
+            "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2}).status_code == 503
+    finally:
+        server.state.rag_waiting -= 10_000
 
 
 def test_a_server_without_an_index_is_unchanged(serve_model_dir):
