@@ -451,6 +451,26 @@ class EvalGenerateConfig(StageConfig):
     device: str = Field("cpu", description="cpu, cuda, auto (cuda when there is one)")
 
 
+class IndexConfig(StageConfig):
+    """`llmchain index`: documents → passages → vectors + a keyword index, in one SQLite file."""
+
+    encoder: str = Field("minilm", description="'minilm' (bundled all-MiniLM-L6-v2) or a local HF encoder dir")
+    passage_tokens: int = Field(160, ge=16, le=512, description="most estimated encoder tokens in a passage "
+                                "(a CJK character is one, a Latin word about 1.3)")
+    batch_size: int = Field(32, ge=1, description="passages per encoder batch")
+    device: str = Field("cpu", description="cpu, cuda, mps")
+    reader: DataReaderConfig = DataReaderConfig()
+
+
+class EvalRetrievalConfig(StageConfig):
+    """`llmchain eval retrieval`: hybrid, dense and keyword search beside a rank-bm25 baseline."""
+
+    k: list[int] = Field([1, 5, 10], description="cut-offs for recall@k and nDCG@k")
+    limit: int | None = Field(None, ge=1, description="use only the first N queries")
+    encoder: str = Field("minilm", description="encoder for the index the eval builds")
+    passage_tokens: int = Field(160, ge=16, le=512)
+
+
 class ReportConfig(StageConfig):
     """`llmchain report`: the model card of a run or model dir."""
 
@@ -487,6 +507,14 @@ class ServeConfig(StageConfig):
     # Matmul precision: auto = bf16 on CPUs with AMX (row-invariant oneDNN kernels, infer/forward.py), else
     # the weights' own dtype; bfloat16 fails clearly where that path is unavailable.
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    # Question answering over an index (`llmchain index`, docs/qa.md): chat requests get the index_k best
+    # passages of their last user message in the prompt and verified [n] citations in the answer.
+    index: str | None = None
+    index_k: int = Field(4, ge=1, le=32)
+    # /v1/embeddings: "minilm" or an encoder dir; default the index's encoder when `index` is set
+    embedding_model: str | None = None
+    max_embedding_inputs: int = Field(256, ge=1, le=4096)  # texts per /v1/embeddings request
+    passage_context_chars: int = Field(1000, ge=0, le=20_000)  # GET /v1/passages/{id}: source text each side
 
 
 # --- recipe ----------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ def serve(
                                 "batch size, no OpenMP stalls on a busy machine; more may be faster on idle cores)."),
     dtype: str = typer.Option(None, help="Matmul precision: auto (default: bf16 on CPUs with AMX, else the "
                               "weights' dtype), bfloat16 or float32."),
+    index: Path = typer.Option(None, "--index", help="An index (`llmchain index`): chat answers from its "
+                               "passages, with verified [n] citations (docs/qa.md)."),
+    index_k: int = typer.Option(None, "--index-k", help="Passages put in each chat prompt (default 4)."),
+    embedding_model: str = typer.Option(None, "--embedding-model", help="Serve /v1/embeddings with this "
+                                        "encoder: minilm or an encoder dir (default with --index: its encoder)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""
@@ -42,7 +47,8 @@ def serve(
                       public_metrics=public_metrics or None, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
                       chat_template=str(chat_template) if chat_template else None, threads=threads,
-                      dtype=dtype)  # fmt: skip
+                      dtype=dtype, index=str(index) if index else None, index_k=index_k,
+                      embedding_model=embedding_model)  # fmt: skip
     if cfg.dtype == "bfloat16":  # checked here too: the server loads the model after startup, too late for exit 2
         import torch
 
@@ -54,6 +60,8 @@ def serve(
             raise UserError(f"--dtype: {e}") from None
     if cfg.chat_template and not Path(cfg.chat_template).is_file():
         raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
+    if cfg.index and not Path(cfg.index).is_file():
+        raise UserError(f"--index: file not found: {cfg.index} (build one with `llmchain index`)")
     opts = ServeOptions(model_dir=str(model_dir), **cfg.model_dump())
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         typer.echo(f"warning: serving on {cfg.host} without --api-key: anyone who can reach it can use it", err=True)

@@ -67,6 +67,26 @@ class ServeMetrics:
         self.generation_tokens = 0
         self.finished = dict.fromkeys(FINISH_REASONS, 0)
         self.gauges: Callable[[], dict[str, float]] = dict
+        # question answering (`serve --index`) and /v1/embeddings
+        self.retrieval = Histogram("retrieval_latency_seconds",
+                                   "Histogram of passage retrieval time per chat request in seconds.",
+                                   LATENCY_BUCKETS)  # fmt: skip
+        self.citations = 0
+        self.citations_dropped = 0
+        self.embedding_inputs = 0
+
+    def on_retrieval(self, seconds: float) -> None:
+        with self.lock:
+            self.retrieval.observe(seconds)
+
+    def on_citations(self, kept: int, dropped: int) -> None:
+        with self.lock:
+            self.citations += kept
+            self.citations_dropped += dropped
+
+    def on_embedded(self, n_inputs: int) -> None:
+        with self.lock:
+            self.embedding_inputs += n_inputs
 
     # engine hooks (called from the engine thread)
     def on_admitted(self, queue_time: float, prompt_tokens: int) -> None:
@@ -111,12 +131,16 @@ class ServeMetrics:
             for name, value, doc in (
                 ("prompt_tokens_total", self.prompt_tokens, "Number of prefill tokens processed."),
                 ("generation_tokens_total", self.generation_tokens, "Number of generation tokens processed."),
+                ("citations_total", self.citations, "Citations sent (each quotes its source exactly)."),
+                ("citations_dropped_total", self.citations_dropped,
+                 "Citations an answer made whose passage did not quote its source exactly (not sent)."),
+                ("embedding_inputs_total", self.embedding_inputs, "Texts embedded by /v1/embeddings."),
             ):
                 lines += [f"# HELP {PREFIX}{name} {doc}", f"# TYPE {PREFIX}{name} counter",
                           f"{PREFIX}{name}{{{L}}} {value}"]  # fmt: skip
             name = PREFIX + "request_success_total"
             lines += [f"# HELP {name} Count of finished sequences by finish reason.", f"# TYPE {name} counter"]
             lines += [f'{name}{{{L},finished_reason="{r}"}} {c}' for r, c in self.finished.items()]
-            for h in (self.ttft, self.itl, self.e2e, self.queue):
+            for h in (self.ttft, self.itl, self.e2e, self.queue, self.retrieval):
                 lines += h.render(L)
         return "\n".join(lines) + "\n"

@@ -170,6 +170,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # ours: on a server started with --index, false sends the messages as they are (no passages, no
+    # citations); ignored by a server without an index
+    retrieval: bool = True
 
 
 class ClassifyRequest(_Request):
@@ -177,11 +180,41 @@ class ClassifyRequest(_Request):
     input: str | list[str] = Field(..., description="One text or a list of texts.")
 
 
+class EmbeddingRequest(_Request):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]] = Field(..., description="A text or a list of texts.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+
+class Grounding:
+    """The passages a chat request's prompt holds (`serve --index`), whether each quotes its source
+    exactly, and the hook that counts citations sent and dropped."""
+
+    def __init__(self, hits: list, verified: list[bool], on_citations):
+        self.hits, self.verified, self.on_citations = hits, verified, on_citations
+
+    def context(self) -> list[dict[str, Any]]:
+        from llmchain.rag.answer import passage_entry
+
+        return [dict(passage_entry(n, h), score=h.score) for n, h in enumerate(self.hits, 1)]
+
+    def citations(self, answer: str) -> list[dict[str, Any]]:
+        from llmchain.rag.answer import citations
+
+        kept, dropped = citations(answer, self.hits, self.verified)
+        self.on_citations(len(kept), dropped)
+        return kept
+
+
 class Formatter:
     """Builds OpenAI-shaped responses and stream chunks for `text_completion` or `chat.completion`."""
 
-    def __init__(self, state, kind: str, params, handles, echo: list[str]):
+    def __init__(self, state, kind: str, params, handles, echo: list[str],
+                 grounding: Grounding | None = None):  # fmt: skip
         self.state, self.kind, self.params, self.handles, self.echo = state, kind, params, handles, echo
+        self.grounding = grounding
+        self.answers: dict[int, list[str]] = {}  # choice index → its text so far (streaming with grounding)
         self.chat = kind == "chat.completion"
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
@@ -224,11 +257,17 @@ class Formatter:
                 if self.chat:
                     choices.append({"index": i * self.n + j, "message": {"role": "assistant", "content": text},
                                     "logprobs": merged, "finish_reason": reason})  # fmt: skip
+                    if self.grounding is not None:
+                        choices[-1]["citations"] = self.grounding.citations(text)
                 else:
                     choices.append({"index": i * self.n + j, "text": text, "logprobs": merged,
                                     "finish_reason": reason})  # fmt: skip
-        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.state.name,
-                "choices": choices, "usage": self.usage(), "timings": self.handles[0].stats.timings()}  # fmt: skip
+        out = {"id": self.id, "object": self.kind, "created": self.created, "model": self.state.name,
+               "choices": choices, "usage": self.usage(),
+               "timings": self.handles[0].stats.timings()}  # fmt: skip
+        if self.grounding is not None:
+            out["context"] = self.grounding.context()
+        return out
 
     def _wrap(self, choice: dict) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
@@ -256,9 +295,15 @@ class Formatter:
             choice = {"index": index, "delta": delta, "logprobs": lps, "finish_reason": e.finish_reason}
         else:
             choice = {"index": index, "text": e.text, "logprobs": lps, "finish_reason": e.finish_reason}
+        if self.grounding is not None:  # a choice's last chunk carries its citations, found in its whole text
+            self.answers.setdefault(index, []).append(e.text)
+            if e.finish_reason is not None:
+                choice["citations"] = self.grounding.citations("".join(self.answers.pop(index)))
         out = self._wrap(choice)
         if e.finish_reason is not None:
             out["timings"] = self.handles[i].stats.timings()
+            if self.grounding is not None:
+                out["context"] = self.grounding.context()
         return out
 
     def usage_chunk(self) -> dict:

@@ -77,6 +77,9 @@ async function send(text) {
         out.textContent = reply;
         $("log").scrollTop = $("log").scrollHeight;
       }
+      if (chunk.choices && chunk.choices.length && chunk.choices[0].citations) {
+        showSources(out.parentElement, chunk.choices[0].citations, chunk.context || []);
+      }
       if (chunk.timings) {
         const t = chunk.timings;
         $("status").textContent = `${t.predicted_n} tokens · ${t.predicted_per_second} tokens/s`;
@@ -97,6 +100,47 @@ async function send(text) {
     setBusy(false);
   }
 }
+
+// Citations (a server started with --index): one link per cited passage under the answer; a click opens
+// the passage with its source, offsets and the text around it (GET /v1/passages/{id}).
+function sourceLink(p) {
+  const a = document.createElement("a");
+  a.href = "#";
+  a.className = "citation";
+  a.dataset.passageId = p.passage_id;
+  a.textContent = `[${p.index}] ${p.source} [${p.start}:${p.end}]`;
+  a.addEventListener("click", (ev) => { ev.preventDefault(); openPassage(p); });
+  return a;
+}
+
+function showSources(msg, citations, context) {
+  const box = document.createElement("div");
+  box.className = "sources";
+  const title = document.createElement("span");
+  title.className = "role";
+  const shown = citations.length ? citations : context;
+  title.textContent = citations.length ? "sources" : (context.length ? "cites nothing; retrieved" : "");
+  box.append(title, ...shown.map(sourceLink));
+  msg.append(box);
+}
+
+async function openPassage(p) {
+  $("passage-source").textContent = `[${p.index}] ${p.source}, characters ${p.start}-${p.end}`;
+  $("passage-before").textContent = "";
+  $("passage-text").textContent = p.quote;
+  $("passage-after").textContent = "";
+  $("passage").showModal();
+  try {
+    const r = await fetch("/v1/passages/" + encodeURIComponent(p.passage_id), { headers: headers() });
+    if (!r.ok) return;  // the quote alone (already checked by the server) stays on show
+    const j = await r.json();
+    if (j.text !== p.quote) return;
+    $("passage-before").textContent = (j.before.length ? "…" : "") + j.before;
+    $("passage-after").textContent = j.after + (j.after.length ? "…" : "");
+  } catch (e) { /* the quote is shown already */ }
+}
+
+$("passage-close").addEventListener("click", () => $("passage").close());
 
 $("form").addEventListener("submit", (ev) => {
   ev.preventDefault();
