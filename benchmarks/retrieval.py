@@ -81,10 +81,12 @@ def quality(name: str, work: Path, fresh: bool, device: str = "cpu") -> tuple[di
 def dev_grid(idx: Index, dev: list[Pair]) -> dict[str, float]:
     """recall@5 on DEV of hybrid fusion for each dense weight in GRID (before the coverage scaling)."""
     with idx._lock:
-        src = dict(idx.conn.execute("SELECT p.id, s.name FROM passages p JOIN sources s ON s.id = p.source_id"))
+        src = dict(idx.conn.execute(
+            "SELECT p.id, s.name FROM passages p JOIN sources s ON s.id = p.source_id"))
     vecs = idx.encoder.encode([p.query for p in dev]).vectors
     cover = idx.encoder.coverage([p.query for p in dev])
-    cands = [(idx.dense_ranking(v, 50), idx.keyword_ranking(p.query, 50)) for p, v in zip(dev, vecs, strict=True)]
+    cands = [(idx.dense_ranking(v, 50), idx.keyword_ranking(p.query, 50))
+             for p, v in zip(dev, vecs, strict=True)]
     out = {}
     for w in GRID:
         r5 = [recall_at(sources_of([src[i] for i, _ in fuse(d, k, 40, w * c)], 10), p.relevant, 5)
@@ -206,7 +208,8 @@ def main() -> None:
     for name in ("csl", "self-instruct"):
         build, report, grids[name] = quality(name, args.work, args.fresh, args.device)
         results["sets"][name] = {"build": build, "report": report, "dev_grid_recall@5": grids[name]}
-        print(f"\n## {name} TEST half: {report['n']} queries, {report['sources']} docs, {report['passages']} passages")
+        print(f"\n## {name} TEST half: {report['n']} queries, {report['sources']} docs, "
+              f"{report['passages']} passages")
         print(report["markdown"])
         hv = report["hybrid_vs_best_single"]
         print(f"hybrid recall@5 {hv['hybrid']:.3f} vs max(BM25, dense) {hv['max_bm25_dense']:.3f}")

@@ -340,7 +340,8 @@ def _write(conn: sqlite3.Connection, manifest: dict, todo: list[_Source], emb, t
             # up to 1,000 passages spread evenly over the ids: tells a user whether the encoder
             # understands this corpus's language (MiniLM on Chinese: ~0.1) without a full pass
             step = max(1, summary.passages // 1000)
-            sample = [r[0] for r in conn.execute("SELECT text FROM passages WHERE id % ? = 0 LIMIT 1000", (step,))]
+            sample = [r[0] for r in conn.execute(
+                "SELECT text FROM passages WHERE id % ? = 0 LIMIT 1000", (step,))]
             if sample:
                 manifest["encoder"]["coverage"] = round(float(sum(coverage(sample)) / len(sample)), 4)
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('manifest', ?)",

@@ -107,7 +107,8 @@ class Encoder:
         unk = self.tokenizer.unk_token
         out = []
         for toks in (self.tokenizer.tokenize(t) for t in texts):
-            bad = sum(1 for t in toks if t == unk or (self._split_cjk_uncovered and len(t) == 1 and _CJK.match(t)))
+            bad = sum(1 for t in toks
+                      if t == unk or (self._split_cjk_uncovered and len(t) == 1 and _CJK.match(t)))
             out.append(1.0 - bad / len(toks) if toks else 1.0)
         return out
 

@@ -199,7 +199,8 @@ def evaluate(index: Index, pairs: list[Pair], ks: list[int], systems: tuple[str,
     vectors, truncated, encode_ms = None, 0, None
     if "rrf" in systems:
         with index._lock:
-            src = dict(index.conn.execute("SELECT p.id, s.name FROM passages p JOIN sources s ON s.id = p.source_id"))
+            src = dict(index.conn.execute(
+                "SELECT p.id, s.name FROM passages p JOIN sources s ON s.id = p.source_id"))
     if {"hybrid", "dense", "rrf"} & set(systems):
         index.encoder.encode(["warm-up"])
         # every query embedded once, in batches, for both hybrid and dense: what search would compute
@@ -214,7 +215,8 @@ def evaluate(index: Index, pairs: list[Pair], ks: list[int], systems: tuple[str,
             if system == "bm25":
                 rankings.append(baseline.rank(p.query, depth))
             elif system == "rrf":
-                fused = rrf([index.dense_ranking(vectors[i], 50), index.keyword_ranking(p.query, 50)], depth * 4)
+                candidates = [index.dense_ranking(vectors[i], 50), index.keyword_ranking(p.query, 50)]
+                fused = rrf(candidates, depth * 4)
                 rankings.append(sources_of([src[pid] for pid, _ in fused], depth))
             else:
                 vector = vectors[i] if vectors is not None and system != "keyword" else None

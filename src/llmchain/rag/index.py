@@ -219,7 +219,8 @@ class Index:
         elif mode == "keyword":
             ranked = keyword[:k]
         else:
-            ranked = fuse(dense, keyword, k, DENSE_WEIGHT * self.encoder.coverage([query])[0])
+            coverage = self.encoder.coverage([query])[0]
+            ranked = fuse(dense, keyword, k, DENSE_WEIGHT * coverage)
         return SearchResult(self._hits(ranked), truncated, mode)
 
     def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
