@@ -3,9 +3,14 @@
     flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/retrieval.py [--work DIR] [--queries 200]
 
 1. Quality, on the two built-in sets of `llmchain eval retrieval` (csl: 1,000 Chinese titles → their
-   abstracts among 2,000; self-instruct: 427 English instructions → their task's input + output):
-   recall@5 / MRR@10 / nDCG@10 of hybrid, dense, keyword (FTS5) and the rank-bm25 baseline, and hybrid
-   recall@5 beside max(BM25, dense).
+   abstracts among 2,000; self-instruct: 427 English instructions → their task's input + output).
+   Each set's queries are split into DEV and TEST halves by the parity of sha256(query)
+   (`split_dev_test`: deterministic, order-free). Hybrid's one setting, the dense weight
+   (index.DENSE_WEIGHT, scaled per query by the encoder's coverage), is chosen on DEV: the grid's best
+   mean recall@5 over both sets (ties → the lower weight). Reported on TEST: recall@5 / MRR@10 /
+   nDCG@10 of hybrid, the former RRF fusion, dense, keyword (FTS5) and the rank-bm25 baseline, and
+   hybrid recall@5 beside max(BM25, dense) on the same half. `--sizes` with no value keeps the last
+   run's latency results (3.).
 2. Build speed: documents/s and passages/s of `build_index` (from scratch, MiniLM on CPU) per set.
 3. Latency at 10k and 100k passages: the csl index grown by repeating its passages (vectors and FTS
    rows copied under new ids), p50/p99 over `--queries` csl titles of a whole hybrid search (encode the
@@ -31,8 +36,19 @@ import numpy as np
 
 from llmchain.config import IndexConfig
 from llmchain.rag.build import build_index
-from llmchain.rag.evaluate import build_report, builtin_set, evaluate
-from llmchain.rag.index import Index
+from llmchain.rag.evaluate import (
+    Pair,
+    build_report,
+    builtin_set,
+    evaluate,
+    recall_at,
+    sources_of,
+    split_dev_test,
+)
+from llmchain.rag.index import DENSE_WEIGHT, Index, fuse
+
+GRID = (0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9)
+SYSTEMS = ("hybrid", "rrf", "dense", "keyword", "bm25")
 
 DATA = Path(os.environ.get("LLMCHAIN_DATA", "/work/shared/data"))
 
@@ -52,9 +68,31 @@ def quality(name: str, work: Path, fresh: bool, device: str = "cpu") -> tuple[di
              "docs_per_s": docs / s.seconds if s.embedded else None,
              "passages_per_s": s.passages / s.seconds if s.embedded else None,
              "embed_passages_per_s": s.embedded / s.embed_seconds if s.embedded else None}
+    dev, test = split_dev_test(pairs)
     with Index.open(d / "index.sqlite") as idx:
-        report = build_report(name, idx, pairs, [1, 5, 10], evaluate(idx, pairs, [1, 5, 10]), {})
-    return build, report
+        grid = dev_grid(idx, dev)
+        cfg = {"split": "TEST half: sha256(query)[0] odd", "dev": len(dev), "test": len(test),
+               "dense_weight": DENSE_WEIGHT}
+        report = build_report(name, idx, test, [1, 5, 10], evaluate(idx, test, [1, 5, 10], SYSTEMS), cfg)
+        report["manifest_coverage"] = idx.manifest["encoder"].get("coverage")
+    return build, report, grid
+
+
+def dev_grid(idx: Index, dev: list[Pair]) -> dict[str, float]:
+    """recall@5 on DEV of hybrid fusion for each dense weight in GRID (before the coverage scaling)."""
+    with idx._lock:
+        src = dict(idx.conn.execute(
+            "SELECT p.id, s.name FROM passages p JOIN sources s ON s.id = p.source_id"))
+    vecs = idx.encoder.encode([p.query for p in dev]).vectors
+    cover = idx.encoder.coverage([p.query for p in dev])
+    cands = [(idx.dense_ranking(v, 50), idx.keyword_ranking(p.query, 50))
+             for p, v in zip(dev, vecs, strict=True)]
+    out = {}
+    for w in GRID:
+        r5 = [recall_at(sources_of([src[i] for i, _ in fuse(d, k, 40, w * c)], 10), p.relevant, 5)
+              for (d, k), c, p in zip(cands, cover, dev, strict=True)]
+        out[str(w)] = float(np.mean(r5))
+    return out
 
 
 def grow(src: Path, dst: Path, n: int) -> None:
@@ -166,10 +204,12 @@ def main() -> None:
                                  "sqlite": sqlite3.sqlite_version, "build_device": args.device,
                                  "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
                      "sets": {}, "scale": {}}
+    grids = {}
     for name in ("csl", "self-instruct"):
-        build, report = quality(name, args.work, args.fresh, args.device)
-        results["sets"][name] = {"build": build, "report": report}
-        print(f"\n## {name}: {report['n']} queries, {report['sources']} docs, {report['passages']} passages")
+        build, report, grids[name] = quality(name, args.work, args.fresh, args.device)
+        results["sets"][name] = {"build": build, "report": report, "dev_grid_recall@5": grids[name]}
+        print(f"\n## {name} TEST half: {report['n']} queries, {report['sources']} docs, "
+              f"{report['passages']} passages")
         print(report["markdown"])
         hv = report["hybrid_vs_best_single"]
         print(f"hybrid recall@5 {hv['hybrid']:.3f} vs max(BM25, dense) {hv['max_bm25_dense']:.3f}")
@@ -177,6 +217,18 @@ def main() -> None:
             print(f"build: {build['docs']} docs, {build['passages']} passages in {build['seconds']:.1f} s = "
                   f"{build['docs_per_s']:.1f} docs/s, {build['passages_per_s']:.1f} passages/s "
                   f"(embedding alone {build['embed_passages_per_s']:.1f} passages/s)")
+    mean = {w: float(np.mean([g[w] for g in grids.values()])) for w in map(str, GRID)}
+    best = max(GRID, key=lambda w: (mean[str(w)], -w))
+    results["dev_choice"] = {"grid_mean_recall@5": mean, "best": best, "DENSE_WEIGHT": DENSE_WEIGHT}
+    print(f"\nDEV grid (mean recall@5 over the sets): {json.dumps(mean)}; best {best}, DENSE_WEIGHT {DENSE_WEIGHT}")
+    if best != DENSE_WEIGHT:
+        print(f"WARNING: DEV chose {best}, index.DENSE_WEIGHT is {DENSE_WEIGHT}")
+    last = json.loads(args.json.read_text(encoding="utf-8")) if args.json.is_file() else {}
+    if not args.sizes:  # latency not rerun: keep the last measured
+        results["scale"] = last.get("scale", {})
+    for name, r in results["sets"].items():  # index reused (no --fresh): keep the last build speed
+        if not r["build"]["embedded"] and name in last.get("sets", {}):
+            r["build"] = {**last["sets"][name]["build"], "kept_from_last_run": True}
     queries = [p.query for p in builtin_set("csl", DATA, args.work / "csl" / "docs")][: args.queries]
     for n in args.sizes:
         r = latency(args.work / "csl" / "index.sqlite", args.work, n, queries)

@@ -10,7 +10,15 @@ from tests.conftest import run_cli
 
 from llmchain.config import IndexConfig
 from llmchain.rag.build import build_index
-from llmchain.rag.evaluate import Pair, builtin_set, ndcg_at, recall_at, reciprocal_rank, score_rankings
+from llmchain.rag.evaluate import (
+    Pair,
+    builtin_set,
+    ndcg_at,
+    recall_at,
+    reciprocal_rank,
+    score_rankings,
+    split_dev_test,
+)
 
 
 def test_metrics_on_hand_made_rankings():
@@ -56,7 +64,7 @@ def test_perfect_retrieval_scores_one_and_the_report_is_written(animals):
     assert set(systems) == {"hybrid", "dense", "keyword", "bm25"}
     for name in ("hybrid", "keyword", "bm25"):  # every query shares rare words with its one document
         assert systems[name]["recall@1"] == 1.0 and systems[name]["mrr@3"] == 1.0, name
-    assert (out / "manifest.json").is_file() and "| hybrid (RRF) | 1.000 |" in (out / "report.md").read_text()
+    assert (out / "manifest.json").is_file() and "| hybrid | 1.000 |" in (out / "report.md").read_text()
     assert report["hybrid_vs_best_single"] == {"metric": "recall@1", "hybrid": 1.0, "max_bm25_dense": 1.0}
 
 
@@ -83,3 +91,13 @@ def test_builtin_sets_pair_each_query_with_its_own_document(shared_data, tmp_pat
     pairs = builtin_set("self-instruct", shared_data, tmp_path / "si", limit=10)
     docs = (tmp_path / "si" / "docs.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(pairs) == 10 and len(docs) == 427 and pairs[3].relevant == {"docs.jsonl:4"}
+
+
+def test_dev_test_split_is_a_deterministic_order_free_partition():
+    pairs = [Pair(f"question {i}", {f"d{i}"}) for i in range(200)]
+    dev, test = split_dev_test(pairs)
+    assert {p.query for p in dev} | {p.query for p in test} == {p.query for p in pairs}
+    assert not {p.query for p in dev} & {p.query for p in test}
+    assert 60 < len(dev) < 140  # about half
+    dev2, test2 = split_dev_test(pairs[::-1])
+    assert sorted(p.query for p in dev2) == sorted(p.query for p in dev)

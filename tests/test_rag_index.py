@@ -16,7 +16,7 @@ from tests.conftest import run_cli
 from llmchain.config import DataReaderConfig, IndexConfig
 from llmchain.errors import UserError
 from llmchain.rag.build import build_index
-from llmchain.rag.index import Index, rrf
+from llmchain.rag.index import DENSE_WEIGHT, Index, fuse, rrf
 
 ENGLISH = {
     "eiffel.md": "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
@@ -106,6 +106,34 @@ def test_rrf_fuses_ranks_not_scores():
     fused = rrf([[(1, 0.9), (2, 0.8), (3, 0.7)], [(3, 40.0), (1, 10.0)]], k=3)
     assert [pid for pid, _ in fused] == [1, 3, 2]
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+
+
+def test_fusion_puts_a_document_only_the_strong_half_found_on_top():
+    # keyword finds 7 far ahead of the rest; dense (weak here: flat cosines) never saw it
+    dense = [(1, 0.31), (2, 0.30), (3, 0.29), (4, 0.28)]
+    keyword = [(7, 25.0), (2, 4.0), (8, 3.0)]
+    assert rrf([dense, keyword], k=3)[0][0] == 2  # rank fusion lets the weak half's votes decide
+    fused = fuse(dense, keyword, 3, dense_weight=DENSE_WEIGHT * 0.05)  # a Chinese query under MiniLM
+    assert [pid for pid, _ in fused] == [7, 2, 1]  # 8 (BM25 min of the candidates) scales to 0
+    assert fused[0][1] == pytest.approx(1 - DENSE_WEIGHT * 0.05)
+    # and the other way round: a fully covered query, dense strong, keyword found only weak matches
+    fused = fuse([(5, 0.8), (6, 0.2)], [(6, 1.1), (9, 1.0)], 3, dense_weight=DENSE_WEIGHT)
+    assert fused[0][0] == 5 and [pid for pid, _ in fused] == [5, 6, 9]
+
+
+def test_fusion_edge_cases():
+    assert fuse([], [], 5, 0.6) == []
+    assert [p for p, _ in fuse([(1, 0.5), (2, 0.1)], [], 5, 0.6)] == [1, 2]  # a query without words
+    assert fuse([(1, 0.5)], [(1, 3.0)], 5, 0.6) == [(1, pytest.approx(1.0))]  # one candidate scales to 1
+    assert fuse([(1, 0.9)], [(2, 5.0)], 5, 7.0)[0][0] == 1  # weights clamp to [0, 1]
+
+
+def test_encoder_coverage_tells_english_from_chinese_and_is_in_the_manifest(corpus):
+    with Index.open(corpus["index"]) as idx:
+        en, zh, empty = idx.encoder.coverage(["how do I make bread with a starter", "抗高血压药的应用", ""])
+        assert en == 1.0 and zh < 0.2 and empty == 1.0
+        # 20 Chinese abstracts beside 9 English files: partly covered
+        assert 0.2 < idx.manifest["encoder"]["coverage"] < 0.9
 
 
 def _write(d: Path, files: dict[str, str]) -> None:

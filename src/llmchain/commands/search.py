@@ -12,7 +12,7 @@ def search(
     index: Path = typer.Argument(..., help="An index file from `llmchain index`."),
     query: str = typer.Argument(..., help="What to look for."),
     k: int = typer.Option(5, "--k", "-k", help="How many passages."),
-    mode: str = typer.Option("hybrid", "--mode", help="hybrid (RRF of dense + keyword), dense or keyword."),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid (dense + keyword scores fused), dense or keyword."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """The K passages of INDEX that best answer QUERY, with their source and character offsets."""

@@ -278,7 +278,7 @@ def build_index(inputs: list[str], out: str | os.PathLike, cfg: IndexConfig, *, 
         tmp.unlink(missing_ok=True)
         try:
             conn = sqlite3.connect(str(tmp))
-            _write(conn, manifest, todo, emb, touched, set(), {}, summary)
+            _write(conn, manifest, todo, emb, touched, set(), {}, summary, encoder.coverage)
             conn.close()
             _fsync(tmp)
             os.replace(tmp, out)
@@ -288,7 +288,7 @@ def build_index(inputs: list[str], out: str | os.PathLike, cfg: IndexConfig, *, 
         conn = sqlite3.connect(str(out))
         try:
             gone = (set(old) - kept) | set(touched)
-            _write(conn, manifest, todo, emb, touched, gone, mtimes, summary)
+            _write(conn, manifest, todo, emb, touched, gone, mtimes, summary, encoder.coverage)
         finally:
             conn.close()
     summary.seconds = time.perf_counter() - t0
@@ -296,8 +296,9 @@ def build_index(inputs: list[str], out: str | os.PathLike, cfg: IndexConfig, *, 
 
 
 def _write(conn: sqlite3.Connection, manifest: dict, todo: list[_Source], emb, touched: dict,
-           gone: set[str], mtimes: dict[str, float], summary: BuildSummary) -> None:
-    """All changes in one transaction: remove `gone` files' rows, insert the new sources and passages."""
+           gone: set[str], mtimes: dict[str, float], summary: BuildSummary, coverage=None) -> None:
+    """All changes in one transaction: remove `gone` files' rows, insert the new sources and passages.
+    `coverage(texts)`: the encoder's per-text vocabulary coverage, recorded in the manifest."""
     conn.isolation_level = None  # explicit BEGIN / COMMIT
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("BEGIN IMMEDIATE")
@@ -335,6 +336,14 @@ def _write(conn: sqlite3.Connection, manifest: dict, todo: list[_Source], emb, t
         summary.passages = conn.execute("SELECT count(*) FROM passages").fetchone()[0]
         files = conn.execute("SELECT count(*) FROM files").fetchone()[0]
         manifest["counts"] = {"files": files, "sources": summary.sources, "passages": summary.passages}
+        if coverage is not None and summary.passages:
+            # up to 1,000 passages spread evenly over the ids: tells a user whether the encoder
+            # understands this corpus's language (MiniLM on Chinese: ~0.1) without a full pass
+            step = max(1, summary.passages // 1000)
+            sample = [r[0] for r in conn.execute(
+                "SELECT text FROM passages WHERE id % ? = 0 LIMIT 1000", (step,))]
+            if sample:
+                manifest["encoder"]["coverage"] = round(float(sum(coverage(sample)) / len(sample)), 4)
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('manifest', ?)",
                      (json.dumps(manifest, ensure_ascii=False),))
         conn.execute("COMMIT")

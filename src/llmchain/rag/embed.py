@@ -20,6 +20,10 @@ import numpy as np
 from llmchain.errors import UserError
 
 MINILM = "minilm"
+# A vocabulary with fewer CJK characters than this was not trained on Chinese/Japanese text (MiniLM's
+# English WordPiece holds 244 of its 30,522 entries; Chinese BERTs hold thousands): it sees such text as
+# [UNK]s and rare single-character tokens, and its vectors for it are close to noise.
+MIN_CJK_VOCAB = 1000
 _CACHE: dict[tuple[str, str], Encoder] = {}
 _LOCK = threading.Lock()
 
@@ -57,6 +61,10 @@ class Encoder:
         self.name, self.path, self.model, self.tokenizer = name, path, model, tokenizer
         self.max_tokens, self.device = max_tokens, device
         self.dim = int(model.config.hidden_size)
+        from llmchain.rag.passages import _CJK
+
+        cjk = sum(1 for t in tokenizer.get_vocab() if len(t) == 1 and _CJK.match(t))
+        self._split_cjk_uncovered = cjk < MIN_CJK_VOCAB
 
     @classmethod
     def load(cls, name_or_dir: str = MINILM, *, device: str = "cpu") -> Encoder:
@@ -89,6 +97,20 @@ class Encoder:
         """Tokens of each text with special tokens and without truncation."""
         ids = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return [len(x) for x in ids]
+
+    def coverage(self, texts: list[str]) -> list[float]:
+        """The share of each text's tokens the encoder's vocabulary covers (1.0 for an empty text): all but
+        [UNK] and — for a vocabulary with few CJK characters — single CJK characters. Hybrid search weighs
+        the dense ranking by it: MiniLM covers English (≈1.0) but not Chinese (≈0.05)."""
+        from llmchain.rag.passages import _CJK
+
+        unk = self.tokenizer.unk_token
+        out = []
+        for toks in (self.tokenizer.tokenize(t) for t in texts):
+            bad = sum(1 for t in toks
+                      if t == unk or (self._split_cjk_uncovered and len(t) == 1 and _CJK.match(t)))
+            out.append(1.0 - bad / len(toks) if toks else 1.0)
+        return out
 
     def encode(self, texts: list[str], *, batch_size: int = 32, progress=None) -> Embedded:
         """Unit-length embeddings of `texts`, in order. `progress(n)` is called after each batch of n."""

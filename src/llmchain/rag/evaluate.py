@@ -17,6 +17,7 @@ names, as `llmchain search` prints them).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -29,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from llmchain.errors import UserError
-from llmchain.rag.index import Index
+from llmchain.rag.index import Index, rrf
 from llmchain.rag.passages import _CJK, _jieba
 
 SETS = ("csl", "self-instruct")
 SYSTEMS = ("hybrid", "dense", "keyword", "bm25")
-TITLES = {"hybrid": "hybrid (RRF)", "dense": "dense", "keyword": "keyword (FTS5)", "bm25": "BM25 (rank-bm25)"}
+TITLES = {"hybrid": "hybrid", "dense": "dense", "keyword": "keyword (FTS5)", "bm25": "BM25 (rank-bm25)",
+          "rrf": "RRF (k=60)"}  # rrf: hybrid's former fusion, for comparison (benchmarks/retrieval.py)
 
 
 @dataclass
@@ -146,6 +148,14 @@ def builtin_set(name: str, data_dir: Path, docs_dir: Path, limit: int | None = N
     return pairs[:limit] if limit else pairs
 
 
+def split_dev_test(pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
+    """(DEV, TEST) halves by the parity of the first byte of sha256(query): deterministic, independent of
+    the order of the pairs and of anything measured, so settings chosen on DEV are reported on TEST."""
+    dev = [p for p in pairs if hashlib.sha256(p.query.encode("utf-8")).digest()[0] % 2 == 0]
+    test = [p for p in pairs if hashlib.sha256(p.query.encode("utf-8")).digest()[0] % 2 == 1]
+    return dev, test
+
+
 def read_pairs(path: str | os.PathLike, limit: int | None = None) -> list[Pair]:
     """(query, relevant sources) records of a JSONL / CSV / TSV file with `query` and `relevant` fields."""
     from llmchain.data.tables import read_records
@@ -187,7 +197,11 @@ def evaluate(index: Index, pairs: list[Pair], ks: list[int], systems: tuple[str,
     baseline = BM25Baseline(index) if "bm25" in systems else None
     index.keyword_ranking("warm-up 预热", 1)  # load jieba outside the timed loops
     vectors, truncated, encode_ms = None, 0, None
-    if {"hybrid", "dense"} & set(systems):
+    if "rrf" in systems:
+        with index._lock:
+            src = dict(index.conn.execute(
+                "SELECT p.id, s.name FROM passages p JOIN sources s ON s.id = p.source_id"))
+    if {"hybrid", "dense", "rrf"} & set(systems):
         index.encoder.encode(["warm-up"])
         # every query embedded once, in batches, for both hybrid and dense: what search would compute
         t0 = time.perf_counter()
@@ -200,6 +214,10 @@ def evaluate(index: Index, pairs: list[Pair], ks: list[int], systems: tuple[str,
         for i, p in enumerate(pairs):
             if system == "bm25":
                 rankings.append(baseline.rank(p.query, depth))
+            elif system == "rrf":
+                candidates = [index.dense_ranking(vectors[i], 50), index.keyword_ranking(p.query, 50)]
+                fused = rrf(candidates, depth * 4)
+                rankings.append(sources_of([src[pid] for pid, _ in fused], depth))
             else:
                 vector = vectors[i] if vectors is not None and system != "keyword" else None
                 res = index.search(p.query, k=depth * 4, mode=system, query_vector=vector)
