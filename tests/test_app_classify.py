@@ -130,3 +130,88 @@ def test_topic_recipe_splits_headerless_ag_news(shared_data, tmp_path, monkeypat
     assert {"text": f"{first[1]}. {first[2]}", "label": first[0]} in train + test
     assert {r["label"] for r in test} == {"1", "2", "3", "4"}
     _both_models_beside_baselines(runner)
+
+
+# --- the tables these applications meet -------------------------------------------------------------
+
+
+def test_headerless_bom_quoted_csv_with_mixed_label_spellings_trains_and_evaluates_alike(tmp_path):
+    """No --no-header: a first row that is data (a number, a boolean or a Chinese sentence in a cell) is
+    sniffed as data; 1 / 1.0 / "1" are one class and true / TRUE another, in training and in eval."""
+    from llmchain.data.tables import read_labelled, sniff_header
+
+    assert not sniff_header(["很快，好吃", "pos"]) and not sniff_header(["TRUE", "ok"])
+    rows = [("1", "很快，好吃，味道足"), ("1.0", "送餐快，量大"), ('"1"', "\"好评, 下次还来\""), ("0", "太慢了，菜都凉了"),
+            ("0.0", "难吃，不会再点"), ("0", "\"差评, 汤洒了\"")] * 6  # fmt: skip
+    data = tmp_path / "reviews.csv"
+    data.write_bytes(("\ufeff" + "".join(f"{lab},{text}\n" for lab, text in rows)).encode())
+    d = read_labelled(data, text_column=1, label_column=0)
+    assert len(d) == 36 and set(d.labels) == {"0", "1"} and d.texts[2] == "好评, 下次还来"
+    code, _, err = run_cli("finetune", "classify", "--model", "minilm", "--train", str(data), "--text-column", "1",
+                           "--label-column", "0", "--max-steps", "1", "--batch-size", "8", "--max-length", "16",
+                           "--out", str(tmp_path / "run"), "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "run/best/config.json").read_text())["label2id"].keys() == {"0", "1"}
+    code, _, err = run_cli("eval", "classify", "--model", str(tmp_path / "run/best"), "--train", str(data),
+                           "--test", str(data), "--text-column", "1", "--label-column", "0",
+                           "--out", str(tmp_path / "eval"))  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval/report.json").read_text())
+    assert report["labels"] == ["0", "1"] and report["n"] == 36 and not report["warnings"]
+
+
+def test_eval_classify_group_column_from_the_command_line(tmp_path):
+    data = tmp_path / "t.tsv"
+    data.write_text("text\tlabel\ttopic\n" + "".join(f"{w} {i}\t{lab}\t{t}\n" for i in range(8) for w, lab, t in
+                    (("good", 1, "a"), ("bad", 0, "a"), ("fine", 1, "b"), ("awful", 0, "b"))))  # fmt: skip
+    code, _, err = run_cli("eval", "classify", "--train", str(data), "--test", str(data), "--group-column", "2",
+                             "--out", str(tmp_path / "eval"))  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval/report.json").read_text())
+    assert report["groups"] == {"a": 16, "b": 16} and report["columns"][-2:] == ["macro_f1@a", "macro_f1@b"]
+    nb = next(s for s in report["systems"] if s["name"] == "naive_bayes")
+    assert nb["macro_f1@a"] == nb["macro_f1@b"] == 1.0  # each word is one class: perfectly separable
+    code, _, err = run_cli("eval", "classify", "--train", str(data), "--test", str(data), "--group-column", "7",
+                           "--out", str(tmp_path / "eval2"))  # fmt: skip
+    assert code == 2 and "column index 7 is out of range" in err and "--group-column" in err
+
+
+def test_bad_tables_are_one_line_exit_2_naming_the_file(tmp_path):
+    one = tmp_path / "one_class.csv"
+    one.write_text("text,label\ngood,1\nfine,1.0\ngreat,true\n".replace("true", "1"), encoding="utf-8")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    ok = tmp_path / "ok.csv"
+    ok.write_text("text,label\ngood,1\nbad,0\n", encoding="utf-8")
+    cases = [
+        (["finetune", "classify", "--model", "minilm", "--train", str(one), "--out", str(tmp_path / "o")],
+         f"{one}: only one class (1)"),
+        (["eval", "classify", "--train", str(one), "--test", str(ok), "--out", str(tmp_path / "e")],
+         f"{one}: only one class (1)"),
+        (["eval", "classify", "--train", str(ok), "--test", str(ok), "--text-column", "9", "--out",
+          str(tmp_path / "e")], f"{ok}: column index 9 is out of range"),
+        (["finetune", "classify", "--model", "minilm", "--train", str(ok), "--label-column", "-3",
+          "--out", str(tmp_path / "o")], f"{ok}: column index -3 is out of range"),
+        (["eval", "classify", "--train", str(empty), "--test", str(ok), "--out", str(tmp_path / "e")],
+         f"{empty}: the file is empty"),
+        (["predict", "--model", str(tmp_path), "--input", str(empty)], "not a model directory"),
+    ]  # fmt: skip
+    for args, message in cases:
+        code, _, err = run_cli(*args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_split_stage_is_deterministic_and_refuses_one_class(tmp_path):
+    from llmchain.data.tables import split_labelled
+    from llmchain.errors import UserError
+
+    data = tmp_path / "d.csv"
+    data.write_text("label,text\n" + "".join(f"{i % 3},text number {i}\n" for i in range(60)), encoding="utf-8")
+    a = split_labelled(data, tmp_path / "a", seed=3)
+    split_labelled(data, tmp_path / "b", seed=3)
+    assert a == {"train": 42, "val": 6, "test": 12}
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+               for f in ("train.jsonl", "val.jsonl", "test.jsonl"))  # fmt: skip
+    (tmp_path / "one.csv").write_text("label,text\n1,a b\n1.0,c d\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"one.csv: only one class \(\['1'\]\)"):
+        split_labelled(tmp_path / "one.csv", tmp_path / "c")

@@ -68,13 +68,14 @@ def _check_file(path: str | Path, what: str) -> Path:
 
 
 def sniff_header(first: list[str]) -> bool:
-    """Whether a table's first row is a header: not when one of its cells is a number or reads like a
-    sentence (more than four words, or over 40 characters) — column names are short words."""
+    """Whether a table's first row is a header: not when one of its cells is a number or a boolean, or
+    reads like a sentence (more than four words, over 40 characters, or Chinese/Japanese sentence
+    punctuation: CJK text has no spaces to count words by) — column names are short words."""
     if not first:
         return True
-    if any(re.fullmatch(r"[+-]?\d+(\.\d+)?", c.strip()) for c in first):
+    if any(re.fullmatch(r"[+-]?\d+(\.\d+)?|true|false", c.strip(), re.IGNORECASE) for c in first):
         return False
-    return not any(len(c) > 40 or (len(c.split()) > 4) for c in first)
+    return not any(len(c) > 40 or len(c.split()) > 4 or re.search(r"[，。！？；、…]", c) for c in first)
 
 
 def _json_rows(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
