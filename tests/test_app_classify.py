@@ -16,6 +16,7 @@ from llmchain.recipe import run_recipe
 
 # Tiny everything: a nano decoder, a few steps, short texts; the recipes' real budgets are minutes.
 TINY = ["finetune.max_steps=2", "finetune.batch_size=8", "finetune.max_length=32", "finetune.threads=1",
+        "finetune.precision=fp32", "finetune_decoder.precision=fp32", "pretrain.precision=fp32",
         "tokenizer.vocab_size=300", "pretrain.preset=nano", "pretrain.max_steps=2", "pretrain.seq_len=32",
         "pretrain.batch_size=4", "pretrain.warmup_steps=1", "pretrain.threads=1",
         "finetune_decoder.max_steps=2", "finetune_decoder.batch_size=8", "finetune_decoder.max_length=32",
