@@ -110,6 +110,13 @@ def main() -> None:
         for r in groups:
             per = ", ".join(f"{k.split('@')[1]} {fmt(r, k)}" for k in r if "@" in k)
             print(f"  {r['budget']} {r['system']}: {per}")
+    for app, budget in dict.fromkeys((r["app"], r["budget"]) for r in rows):
+        minilm, ours = (next(r for r in rows if (r["app"], r["budget"], r["system"]) == (app, budget, s))
+                        for s in ("MiniLM", "our decoder"))  # fmt: skip
+        m = minilm["target"]
+        verdict = compare(minilm["ci"].get(m), ours["ci"].get(m))
+        print(f"{app} {budget}: MiniLM vs our decoder on {m}: {minilm[m]:.4f} vs {ours[m]:.4f} → MiniLM "
+              f"{ {'better': 'wins', 'worse': 'loses', 'overlap': 'ties (intervals overlap)'}[verdict]}")
     for r in rows:
         if r["app"] == "moderation-zh" and r["name"] in ("model", "tfidf_logreg"):
             print(f"moderation-zh {r['budget']} {r['system']}: macro-F1 {100 * r['macro_f1']:.2f} vs COLD's "
