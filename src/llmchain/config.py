@@ -429,9 +429,27 @@ class EvalClassifyConfig(StageConfig):
     label_column: str | None = Field(None, description="label column/field (default: label, class, ...)")
     header: bool | None = Field(None, description="CSV/TSV header row: null sniffs it (a first row with a number "
                                 "or a sentence in a cell is data), false: none, columns by index 0, 1, ...")
+    group_column: str | None = Field(None, description="test column whose groups get their own macro-F1 "
+                                     "(e.g. COLD's topic)")
     zh: Literal["auto", "char", "jieba"] = Field("auto", description="how baselines split Chinese text")
     batch_size: int = Field(32, ge=1, description="texts per model batch")
     seed: int = 0
+
+
+class SplitConfig(StageConfig):
+    """Recipe stage `split`: a labelled table → train/val/test JSONL, stratified by label, deterministic."""
+
+    part: Literal["train", "val", "test"] = Field("train", description="which part is this stage's output "
+                                                  "(all three are written)")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="of each class, held out for test (unless a "
+                                 "test input is given)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="of each class, held out for validation")
+    seed: int = 0
+    text_column: str | int | list[str | int] | None = Field(None, description="text column(s); several are "
+                                                            "joined with '. ' (default: text, sentence, ...)")
+    label_column: str | int | None = Field(None, description="label column (default: label, class, ...)")
+    group_column: str | int | None = Field(None, description="kept as 'group' (e.g. a topic column)")
+    header: bool | None = Field(None, description="CSV/TSV header row: null sniffs it, false: columns by index")
 
 
 class EvalGenerateConfig(StageConfig):

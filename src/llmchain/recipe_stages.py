@@ -122,6 +122,22 @@ def _pairs_output(config: dict[str, Any]) -> str:
     return OUTPUT_FILES[config.get("format", "sft")]
 
 
+def run_split(ctx: StageContext) -> dict[str, Any]:
+    """A labelled table → train/val/test.jsonl (all three; the stage's output is the part it names)."""
+    from llmchain.artifacts import write_manifest
+    from llmchain.data.tables import split_labelled
+
+    cfg = _cfg("SplitConfig", ctx.config)
+    test = ctx.inputs.get("test")
+    counts = split_labelled(ctx.inputs["data"], ctx.out_dir, test_fraction=cfg.test_fraction,
+                            val_fraction=cfg.val_fraction, seed=cfg.seed, text_column=cfg.text_column,
+                            label_column=cfg.label_column, group_column=cfg.group_column, header=cfg.header,
+                            test_file=test)  # fmt: skip
+    inputs = {"data": ctx.inputs["data"], **({"test": test} if test else {})}
+    write_manifest(ctx.out_dir, "labelled-split", inputs=inputs, config=cfg, counts=counts)
+    return counts
+
+
 # ------------------------------------------------------------------------------------- training
 
 
@@ -367,6 +383,8 @@ def _check_privacy_audit(config: dict[str, Any]) -> dict[str, Any]:
 # the ones a program registers with `register_stage`).
 BUILTIN_STAGES: dict[str, StageType] = {st.name: st for st in (
     StageType("data", run_data, inputs=("raw",), check=_check("DataConfig"), help="raw text → documents"),
+    StageType("split", run_split, inputs=("data",), optional=("test",), output=lambda c: f"{c.get('part', 'train')}.jsonl",
+              check=_check("SplitConfig"), help="labelled table → train/val/test JSONL (stratified; output: `part`)"),
     StageType("tokenizer", run_tokenizer, inputs=("documents",), check=_check("TokenizerConfig"),
               help="documents → byte-level BPE tokenizer"),
     StageType("pack", run_pack, inputs=("documents", "tokenizer"), check=_check("PackConfig"),

@@ -87,6 +87,8 @@ def classify(
     label_column: str | None = typer.Option(None, "--label-column", help="Label column (default: label/...)."),
     no_header: bool = typer.Option(False, "--no-header", help="CSV/TSV without a header row: columns by index "
                                    "(--text-column 1 --label-column 0). Default: sniffed."),
+    group_column: str | None = typer.Option(None, "--group-column", help="Test column (name or index) whose "
+                                            "groups each get a macro-F1 column, e.g. topic."),
     zh: str | None = typer.Option(None, "--zh", help="Chinese for the baselines: auto (chars), char, jieba."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Texts per model batch (default 32)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: RUN/eval/classify or ./eval/)."),
@@ -98,11 +100,12 @@ def classify(
     from llmchain.eval.io import default_out_dir
 
     cfg = load_config(EvalClassifyConfig, config, text_column=text_column, label_column=label_column, zh=zh,
-                      batch_size=batch_size, header=False if no_header else None)  # fmt: skip
+                      batch_size=batch_size, header=False if no_header else None,
+                      group_column=group_column)  # fmt: skip
     out = out or default_out_dir(model, "classify")
     report, out = run_classify_eval(out, train=train, test=test, model_dir=model, text_column=cfg.text_column,
                                     label_column=cfg.label_column, zh=cfg.zh, batch_size=cfg.batch_size,
-                                    seed=cfg.seed, header=cfg.header)  # fmt: skip
+                                    seed=cfg.seed, header=cfg.header, group_column=cfg.group_column)  # fmt: skip
     print_report(report, out)
 
 

@@ -40,6 +40,7 @@ class LabelledData:
     text_column: str
     label_column: str
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[str] | None = None  # a group column's values (e.g. COLD's topic), when one was asked for
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -67,13 +68,14 @@ def _check_file(path: str | Path, what: str) -> Path:
 
 
 def sniff_header(first: list[str]) -> bool:
-    """Whether a table's first row is a header: not when one of its cells is a number or reads like a
-    sentence (more than four words, or over 40 characters) — column names are short words."""
+    """Whether a table's first row is a header: not when one of its cells is a number or a boolean, or
+    reads like a sentence (more than four words, over 40 characters, or Chinese/Japanese sentence
+    punctuation: CJK text has no spaces to count words by) — column names are short words."""
     if not first:
         return True
-    if any(re.fullmatch(r"[+-]?\d+(\.\d+)?", c.strip()) for c in first):
+    if any(re.fullmatch(r"[+-]?\d+(\.\d+)?|true|false", c.strip(), re.IGNORECASE) for c in first):
         return False
-    return not any(len(c) > 40 or (len(c.split()) > 4) for c in first)
+    return not any(len(c) > 40 or len(c.split()) > 4 or re.search(r"[，。！？；、…]", c) for c in first)
 
 
 def _json_rows(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -164,7 +166,8 @@ def pick_column(path: Path, columns: Sequence[str], given: str | int | None, can
 
 
 def read_labelled(path: str | Path, text_column: str | int | None = None, label_column: str | int | None = None, *,
-                  strict: bool = False, header: bool | None = None) -> LabelledData:  # fmt: skip
+                  strict: bool = False, header: bool | None = None, group_column: str | int | None = None
+                  ) -> LabelledData:  # fmt: skip
     """All rows of a labelled CSV/TSV/JSON(L) file as texts + string labels (`label_str`).
 
     UserError for a missing/empty file, a missing column (the message lists the columns) or a file with no
@@ -179,6 +182,8 @@ def read_labelled(path: str | Path, text_column: str | int | None = None, label_
     lcol = pick_column(p, columns, label_column, LABEL_COLUMNS, "--label-column")
     if tcol == lcol:
         raise UserError(f"{p}: the text and label columns are both {tcol!r}")
+    gcol = pick_column(p, columns, group_column, (), "--group-column") if group_column is not None else None
+    groups: list[str] = []
     texts: list[str] = []
     labels: list[str] = []
     rejected: list[dict[str, Any]] = []
@@ -197,10 +202,12 @@ def read_labelled(path: str | Path, text_column: str | int | None = None, label_
             continue
         texts.append(text)
         labels.append(label_str(label))
+        if gcol is not None:
+            groups.append(str(row.get(gcol) if row.get(gcol) is not None else ""))
     if not texts:
         raise UserError(f"{p}: no usable rows (of {len(rejected)} rows, all were rejected: {rejected[0]['reason']})"
                         if rejected else f"{p}: the file has no rows")
-    return LabelledData(p, texts, labels, tcol, lcol, rejected)
+    return LabelledData(p, texts, labels, tcol, lcol, rejected, groups if gcol is not None else None)
 
 
 def read_records(path: str | Path, what: str = "data", *, header: bool | None = None
@@ -250,10 +257,12 @@ class LabelMap:
     names: list[str]
 
     @classmethod
-    def from_labels(cls, labels: list[str]) -> LabelMap:
+    def from_labels(cls, labels: list[str], where: str = "the training data") -> LabelMap:
+        """The classes of `labels`; UserError naming `where` when there are fewer than 2."""
         names = sorted(set(labels), key=_natural_key)
         if len(names) < 2:
-            raise UserError(f"classification needs at least 2 classes; the training data has only {names}")
+            raise UserError(f"{where}: only one class ({', '.join(names) or 'none'}) in the labels; "
+                            "classification needs at least 2")
         return cls(names)
 
     @property
@@ -280,3 +289,83 @@ class LabelMap:
         counts = Counter(ids)
         n, k = len(ids), len(self.names)
         return [n / (k * counts[i]) if counts[i] else 0.0 for i in range(k)]
+
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def split_labelled(path: str | Path, out_dir: str | Path, *, test_fraction: float = 0.2, val_fraction: float = 0.1,
+                   seed: int = 0, text_column: str | int | Sequence[str | int] | None = None,
+                   label_column: str | int | None = None, group_column: str | int | None = None,
+                   header: bool | None = None, test_file: str | Path | None = None) -> dict[str, int]:  # fmt: skip
+    """Cut a labelled table into OUT/train.jsonl, val.jsonl and test.jsonl ({"text", "label"[, "group"]}).
+
+    Stratified by label and deterministic: the same file and seed give the same split on any machine
+    (rows are shuffled within each class by `random.Random(seed)`, in file order). A list of text
+    columns is joined with ". " (AG News: title, description). With `test_file` (read with the same
+    columns) the test part is that file and only val is cut from `path`. Returns the rows per part.
+    UserError for the reader's errors and for a table with fewer than 2 classes.
+    """
+    import random
+
+    from llmchain.artifacts import atomic_write_text
+
+    p = Path(path)
+    columns, rows = read_table(p, "labelled", header=header)
+    text_cols = list(text_column) if isinstance(text_column, (list, tuple)) else [text_column]
+    tcols = [pick_column(p, columns, c, TEXT_COLUMNS, "--text-column") for c in text_cols]
+    lcol = pick_column(p, columns, label_column, LABEL_COLUMNS, "--label-column")
+    gcol = pick_column(p, columns, group_column, (), "--group-column") if group_column is not None else None
+
+    def records(src: Path, table: list[tuple[int, dict[str, Any]]]) -> list[dict[str, str]]:
+        out = []
+        for n, row in table:
+            if _ERROR in row:
+                raise DataError(f"{src}:{n}: {row[_ERROR]}")
+            text = ". ".join(row[c].strip() for c in tcols if isinstance(row.get(c), str) and row[c].strip())
+            label = label_str(row.get(lcol, ""))
+            if not text or not label:
+                raise DataError(f"{src}:{n}: empty text or label")
+            rec = {"text": text, "label": label}
+            if gcol is not None:
+                rec["group"] = str(row.get(gcol, ""))
+            out.append(rec)
+        return out
+
+    data = records(p, rows)
+    classes = sorted({r["label"] for r in data}, key=_natural_key)
+    if len(classes) < 2:
+        raise UserError(f"{p}: only one class ({classes}) in column {lcol!r}; a classifier needs at least 2")
+    if test_file is not None:
+        t = Path(test_file)
+        t_columns, t_rows = read_table(t, "labelled", header=header)
+        if t_columns != columns:
+            raise UserError(f"{t}: columns {t_columns} differ from {p}'s {columns}")
+        parts = {"test": records(t, t_rows)}
+        test_fraction = 0.0
+    else:
+        parts = {"test": []}
+    parts.update(train=[], val=[])
+    rng = random.Random(seed)
+    for c in classes:
+        idx = [i for i, r in enumerate(data) if r["label"] == c]
+        rng.shuffle(idx)
+        n_test, n_val = round(len(idx) * test_fraction), round(len(idx) * val_fraction)
+        for part, chunk in (("test", idx[:n_test]), ("val", idx[n_test : n_test + n_val]),
+                            ("train", idx[n_test + n_val :])):  # fmt: skip
+            parts[part].extend(data[i] for i in chunk)
+    # train/val shuffled (the source may be sorted by label, e.g. waimai_10k); test stays in file order
+    order = {id(r): i for i, r in enumerate(data)}
+    for part in ("train", "val"):
+        rng.shuffle(parts[part])
+    if test_file is None:
+        parts["test"].sort(key=lambda r: order[id(r)])
+    for part in SPLIT_PARTS:
+        if not parts[part]:
+            raise UserError(f"{p}: the {part} part of the split is empty ({len(data)} rows); use a larger file "
+                            "or other fractions")  # fmt: skip
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for part in SPLIT_PARTS:
+        atomic_write_text(out / f"{part}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in parts[part]))
+    return {part: len(parts[part]) for part in SPLIT_PARTS}

@@ -55,18 +55,24 @@ def evaluate_classification(
     seed: int = 0,
     header: bool | None = None,
     resamples: int = RESAMPLES,
+    group_column: str | None = None,
 ) -> dict[str, Any]:
     """Score the model (if any) and the classical baselines on `test`; returns the report dict.
 
     report["systems"] lists {name, title, baseline, accuracy, macro_*, per_class, confusion, labels,
     seconds, ci}; the first is the model when given. `ci` holds each metric's 95 % bootstrap interval over
-    `resamples` resamples of the test items, the same resamples for every system (0: none). Raises UserError/DataError for missing or malformed
+    `resamples` resamples of the test items, the same resamples for every system (0: none). With
+    `group_column` (e.g. COLD's topic), each system also has `macro_f1@GROUP` (macro-F1 within the test
+    rows of that group, with its interval) for every group, shown as extra columns. Raises UserError/DataError for missing or malformed
     files, unknown columns, or a model whose labels do not fit the test set.
     """
     # strict: every test row counts in the metric, so a malformed one is an error, not a skipped row
     tr = read_labelled(train, text_column, label_column, strict=True, header=header)
-    te = read_labelled(test, text_column, label_column, strict=True, header=header)
+    te = read_labelled(test, text_column, label_column, strict=True, header=header, group_column=group_column)
     train_x, train_y, test_x, test_y = tr.texts, tr.labels, te.texts, te.labels
+    if len(set(train_y)) < 2:
+        raise UserError(f"{train}: only one class ({train_y[0]}) in the labels; the baselines need at least 2")
+    groups = sorted(set(te.groups)) if te.groups is not None else []
     if model_dir is not None and not Path(model_dir).is_dir():
         raise UserError(f"{model_dir}: no such model directory")
     labels = sorted(set(train_y) | set(test_y))
@@ -76,7 +82,14 @@ def evaluate_classification(
     def scored(pred: list[str], system_labels: list[str]) -> dict[str, Any]:
         # the same seed → the same resampled test sets for every system (a paired bootstrap)
         ci = classification_intervals(test_y, pred, system_labels, resamples=resamples, seed=seed)
-        return {**classification_metrics(test_y, pred, system_labels), "ci": ci}
+        out = {**classification_metrics(test_y, pred, system_labels), "ci": ci}
+        for g in groups:  # macro-F1 within each group: one class may be rare in a group, so this is noisier
+            rows = [i for i, x in enumerate(te.groups or []) if x == g]
+            gy, gp = [test_y[i] for i in rows], [pred[i] for i in rows]
+            key = f"macro_f1@{g}"
+            out[key] = classification_metrics(gy, gp, system_labels)["macro_f1"]
+            ci[key] = classification_intervals(gy, gp, system_labels, resamples=resamples, seed=seed)["macro_f1"]
+        return out
 
     if model_dir is not None:
         out = _model_predictions(Path(model_dir), test_x, test_y, batch_size)
@@ -106,10 +119,12 @@ def evaluate_classification(
         "n": len(test_y),
         "n_train": len(train_y),
         "labels": labels,
-        "columns": COLUMNS,
+        "columns": COLUMNS + [f"macro_f1@{g}" for g in groups],
+        "groups": {g: (te.groups or []).count(g) for g in groups},
         "primary": "accuracy",
         "higher_is_better": True,
-        "config": {"zh": mode, "text_column": text_column, "label_column": label_column, "seed": seed,
+        "config": {"zh": mode, "text_column": text_column, "label_column": label_column,
+                   "group_column": group_column, "seed": seed,
                    "bootstrap_resamples": resamples},
         "systems": systems,
         "notes": verdicts(systems, "accuracy") + verdicts(systems, "macro_f1"),

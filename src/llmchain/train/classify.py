@@ -331,7 +331,7 @@ def load_splits(cfg: ClassifyConfig) -> tuple[LabelledData, LabelledData, Labell
         train.rejected = rejected
     test = (read_labelled(cfg.test, cfg.text_column, cfg.label_column, strict=cfg.strict, header=cfg.header)
             if cfg.test else None)
-    labels = LabelMap.from_labels(train.labels)
+    labels = LabelMap.from_labels(train.labels, str(cfg.train))
     labels.encode(val.labels, str(val.path))
     if test is not None:
         labels.encode(test.labels, str(test.path))
