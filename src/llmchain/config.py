@@ -83,7 +83,10 @@ class DataReaderConfig(StageConfig):
     """Where the text is in each input format."""
 
     text_field: str = "text"  # JSONL / parquet field holding the text
-    id_field: str | None = None  # JSONL / parquet field to use as document id (default: file:line)
+    # JSONL / parquet field that is the document id (datatrove's default, "id"): strings as they are, integers
+    # as their digits; records without it get FILE:LINE; ids must be unique. null: always FILE:LINE, the
+    # field stays in meta.
+    id_field: str | None = "id"
     columns: list[str] = ["text"]  # CSV/TSV column names (or 0-based indices) joined by newlines
     csv_header: bool = True  # False: CSV/TSV without a header row (use indices in `columns`)
     text_unit: Literal["file", "paragraph", "line"] = "file"  # .txt/.md: one document per ...
