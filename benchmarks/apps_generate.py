@@ -70,15 +70,22 @@ def main() -> int:
     ap.add_argument("--budget", default="15m", help="the recipe's budget (default: its own, 15m)")
     ap.add_argument("--work", type=Path, default=None, help="runs dir (default: a temp dir, removed)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/apps_generate_VARIANT.json")
+    ap.add_argument("--threads", default="auto", help="torch threads of the pretrains: N, all, or auto (all cores "
+                    "on an idle machine, 1 on a busy one: shakespeare.py's choose_threads)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     os.environ.setdefault("LLMCHAIN_DATA", str(SHARED))
+    from shakespeare import choose_threads
+
     from llmchain.recipe import run_recipe
 
     work = args.work or Path(tempfile.mkdtemp(prefix="apps-gen-"))
     recipe = RECIPE if args.variant == "separate" else bilingual_recipe(work)
     t0 = time.time()
-    runner, plan = run_recipe(str(recipe), runs_dir=work / "runs", overrides=[f"budget={args.budget}"], force=True)
+    threads = choose_threads(args.threads)
+    sets = [f"budget={args.budget}"] + [f"{name}.threads={threads}" for name in
+                                         (("pretrain_en", "pretrain_zh") if args.variant == "separate" else ("pretrain_all",))]
+    runner, plan = run_recipe(str(recipe), runs_dir=work / "runs", overrides=sets, force=True)
     wall = time.time() - t0
     rows = {}
     for lang in ("en", "zh"):
@@ -86,7 +93,13 @@ def main() -> int:
         rows[lang] = {"systems": [{k: s.get(k) for k in ("name", "title", "bits_per_byte", "ci", "loss", "tokens",
                                                           "bytes")} for s in report["systems"]],
                       "notes": report["notes"]}
-    result = {"variant": args.variant, "budget": args.budget, "wall_seconds": round(wall, 1),
+    steps = {}
+    for s in plan:
+        metrics = runner.run_dir / s.stage.name / "metrics.jsonl"
+        if s.stage.type.name == "pretrain" and metrics.is_file():
+            steps[s.stage.name] = max(json.loads(x).get("step", 0) for x in metrics.read_text().splitlines() if x)
+    result = {"variant": args.variant, "budget": args.budget, "threads": threads, "pretrain_steps": steps,
+              "wall_seconds": round(wall, 1),
               "stage_seconds": {s.stage.name: round(s.seconds, 1) for s in plan if getattr(s, "seconds", None)},
               "results": rows, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                            "load_at_start": os.getloadavg()[0]}}  # fmt: skip
