@@ -435,6 +435,26 @@ class EvalGenerateConfig(StageConfig):
     device: str = "cpu"
 
 
+class IndexConfig(StageConfig):
+    """`llmchain index`: documents → passages → vectors + a keyword index, in one SQLite file."""
+
+    encoder: str = Field("minilm", description="'minilm' (bundled all-MiniLM-L6-v2) or a local HF encoder dir")
+    passage_tokens: int = Field(160, ge=16, le=512, description="most estimated encoder tokens in a passage "
+                                "(a CJK character is one, a Latin word about 1.3)")
+    batch_size: int = Field(32, ge=1, description="passages per encoder batch")
+    device: str = Field("cpu", description="cpu, cuda, mps")
+    reader: DataReaderConfig = DataReaderConfig()
+
+
+class EvalRetrievalConfig(StageConfig):
+    """`llmchain eval retrieval`: hybrid, dense and keyword search beside a rank-bm25 baseline."""
+
+    k: list[int] = Field([1, 5, 10], description="cut-offs for recall@k and nDCG@k")
+    limit: int | None = Field(None, ge=1, description="use only the first N queries")
+    encoder: str = Field("minilm", description="encoder for the index the eval builds")
+    passage_tokens: int = Field(160, ge=16, le=512)
+
+
 class ReportConfig(StageConfig):
     """`llmchain report`: the model card of a run or model dir."""
 

@@ -145,3 +145,55 @@ def generate(
                                     reference_files=references or None, limit=cfg.limit, samples=cfg.samples,
                                     **gen)  # fmt: skip
     print_report(report, out)
+
+
+def retrieval(
+    set_name: str | None = typer.Option(None, "--set", help="Built-in set: csl (Chinese) or self-instruct (English)."),
+    index: Path | None = typer.Option(None, "--index", help="Your index (from `llmchain index`), with --queries."),
+    queries: Path | None = typer.Option(None, "--queries", help="JSONL/CSV/TSV with `query` and `relevant` "
+                                        "(a source name or a JSON list of them)."),
+    k: list[int] | None = typer.Option(None, "--k", help="Cut-off(s) for recall@k and nDCG@k (default 1 5 10)."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N queries."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Encoder for a built-in set's index (default minilm)."),
+    data_dir: Path = typer.Option(Path("/work/shared/data"), "--data-dir", envvar="LLMCHAIN_DATA",
+                                  help="Where the built-in sets' source data is."),
+    work: Path | None = typer.Option(None, "--work", help="A built-in set's documents and index "
+                                     "(default ./eval/retrieval-work/SET; reused, so a rerun embeds nothing)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default ./eval/retrieval-SET)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with EvalRetrievalConfig fields; flags win."),
+) -> None:
+    """Recall@k, MRR and nDCG@k of hybrid, dense-only and keyword-only search beside a BM25 baseline."""
+    from llmchain.artifacts import atomic_write_text
+    from llmchain.config import DataReaderConfig, EvalRetrievalConfig, IndexConfig, load_config
+    from llmchain.errors import UserError
+    from llmchain.eval.io import write_report
+    from llmchain.rag.build import build_index
+    from llmchain.rag.evaluate import build_report, builtin_set, evaluate, read_pairs
+    from llmchain.rag.index import Index
+
+    cfg = load_config(EvalRetrievalConfig, config, k=sorted(set(k)) if k else None, limit=limit, encoder=encoder)
+    if any(x < 1 for x in cfg.k):
+        raise UserError(f"--k must be at least 1, got {min(cfg.k)}")
+    if (set_name is None) == (index is None):
+        raise UserError("give either --set csl|self-instruct, or --index INDEX with --queries FILE")
+    if index is not None:
+        if queries is None:
+            raise UserError("--index needs --queries FILE (records with `query` and `relevant`)")
+        name, index_path = index.stem, index
+        pairs = read_pairs(queries, cfg.limit)
+    else:
+        name = set_name
+        work = work or Path("eval") / "retrieval-work" / set_name
+        pairs = builtin_set(set_name, data_dir, work / "docs", cfg.limit)
+        index_path = work / "index.sqlite"
+        s = build_index([str(work / "docs")], index_path,
+                        IndexConfig(encoder=cfg.encoder, passage_tokens=cfg.passage_tokens, reader=DataReaderConfig()))
+        typer.echo(f"index {index_path}: {s.passages:,} passages ({s.embedded:,} embedded now)", err=True)
+    out = out or Path("eval") / f"retrieval-{name}"
+    with Index.open(index_path) as idx:
+        measured = evaluate(idx, pairs, cfg.k)
+        report = build_report(name, idx, pairs, cfg.k, measured, cfg.model_dump(mode="json"))
+    write_report(out, report, {"index": index_path, "queries": queries})
+    atomic_write_text(out / "report.md", f"# Retrieval: {name}\n\n{report['n']:,} queries, {report['passages']:,} "
+                      f"passages, encoder {report['encoder']}\n\n{report['markdown']}\n")
+    print_report(report, out)

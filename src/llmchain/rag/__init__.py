@@ -1,0 +1,1 @@
+"""Retrieval over your own documents: passages, embeddings, one SQLite index, hybrid search, evaluation."""
