@@ -107,3 +107,26 @@ def test_every_builtin_recipe_has_a_budget_and_shares_within_it():
     assert quick.budget == 360 and quick.stage("pretrain").checked["max_time"] == 300
     doubled = load_recipe("quickstart", overrides=["budget=12m"])
     assert doubled.stage("pretrain").checked["max_time"] == 600
+
+
+@pytest.mark.timeout(300)
+def test_customer_service_index_stage_as_documented_builds_a_searchable_index(tmp_path, monkeypatch):
+    import yaml
+
+    from llmchain.rag.index import Index
+
+    text = (RECIPES / "customer-service.yaml").read_text(encoding="utf-8")
+    block = text[text.index("# --- index (optional)"):text.index("# --- end index")].splitlines()[1:]
+    stage = yaml.safe_load("\n".join(line[1:] for line in block))  # the documented stage, uncommented
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "returns.md").write_text("Returns. You can return an item within 30 days for a full refund.\n")
+    (docs / "shipping.md").write_text("Shipping. Orders ship within two business days from our warehouse.\n")
+    monkeypatch.setenv("SUPPORT_DOCS", str(docs))
+    recipe = tmp_path / "cs-index.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "cs-index", "stages": stage}))
+    runner, plan = run_recipe(str(recipe), runs_dir=tmp_path / "runs", log=lambda m: None)
+    assert ran(plan) == ["index"] and plan[0].summary["sources"] == 2
+    with Index.open(runner.output_of("index")) as idx:
+        hits = idx.search("how many days do I have to return something?", k=1).hits
+    assert hits[0].source == "returns.md" and "30 days" in hits[0].text
