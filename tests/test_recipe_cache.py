@@ -401,7 +401,7 @@ def test_builtin_stages_are_one_registry_without_an_import_cycle():
             for name, spec in read_yaml(p)["stages"].items()}  # fmt: skip
     assert used and used <= set(BUILTIN_STAGES)
     assert set(BUILTIN_STAGES) == {"data", "tokenizer", "pack", "pretrain", "finetune", "eval", "report",
-                                   "generate", "export", "privacy_audit"}  # fmt: skip
+                                   "generate", "export", "privacy_audit", "index"}  # fmt: skip
 
 
 @pytest.fixture
