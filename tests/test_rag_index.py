@@ -262,3 +262,12 @@ def test_changed_passage_settings_re_embed_everything(tmp_path):
     notes: list[str] = []
     s = build_index([str(docs)], out, IndexConfig(passage_tokens=16), progress=False, log=notes.append)
     assert s.rebuilt and (s.added, s.embedded) == (2, 2) and "passage_tokens: 160 → 16" in notes[0]
+
+
+def test_an_index_inside_the_folder_it_indexes_is_not_a_skipped_file(tmp_path):
+    docs = tmp_path / "docs"
+    _write(docs, {"a.txt": "Kiwis are flightless birds."})
+    for _ in range(2):
+        s = build_index([str(docs)], docs / "index.sqlite", IndexConfig(), progress=False)
+        assert s.skipped == []
+    assert s.unchanged == 1

@@ -197,6 +197,10 @@ def build_index(inputs: list[str], out: str | os.PathLike, cfg: IndexConfig, *, 
         finally:
             conn.close()
     files, summary.skipped = collect_files(inputs)
+    # the index (and its journal / temp files) may sit inside the folder it indexes
+    mine = {out.resolve(), out.with_name(out.name + "-journal").resolve()}
+    summary.skipped = [s for s in summary.skipped
+                       if Path(s.path).resolve() not in mine and not Path(s.path).name.startswith(f".{out.name}.tmp-")]
     if not files and not old:
         raise UserError(f"{', '.join(inputs)}: no files to index (txt, md, jsonl, csv, tsv, parquet, html, warc)")
     encoder = Encoder.load(cfg.encoder, device=cfg.device)
