@@ -39,25 +39,40 @@ def bilingual_recipe(work: Path) -> Path:
     both = work / "both"
     both.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LLMCHAIN_DATA", str(SHARED))
-    for src in [REPO / "src/llmchain/recipes/corpus/tinyshakespeare.txt", *sorted((SHARED / "zh_classical").rglob("*.txt"))]:
+    for src in [
+        REPO / "src/llmchain/recipes/corpus/tinyshakespeare.txt",
+        *sorted((SHARED / "zh_classical").rglob("*.txt")),
+    ]:
         link = both / src.name
         if not link.exists():
             link.symlink_to(src)
     r = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
     st = r["stages"]
     r["name"] = "generate-bilingual"
-    data_all = {"type": "data", "inputs": {"raw": str(both)},
-                "config": {**st["data_zh"]["config"], "language": {"languages": ["en", "zh"]}}}
-    tok = {"type": "tokenizer", "inputs": {"documents": "data_all"},
-           "config": {**st["tokenizer_zh"]["config"], "vocab_size": 3072}}
+    data_all = {
+        "type": "data",
+        "inputs": {"raw": str(both)},
+        "config": {**st["data_zh"]["config"], "language": {"languages": ["en", "zh"]}},
+    }
+    tok = {
+        "type": "tokenizer",
+        "inputs": {"documents": "data_all"},
+        "config": {**st["tokenizer_zh"]["config"], "vocab_size": 3072},
+    }
     pretrain = {**st["pretrain_en"], "inputs": {"shards": "pack_all"}, "share": 0.7}
     stages = {"data_en": st["data_en"], "data_zh": st["data_zh"], "data_all": data_all, "tokenizer_all": tok}
     for lang in ("all", "en", "zh"):
-        stages[f"pack_{lang}"] = {"type": "pack", "inputs": {"documents": f"data_{lang}", "tokenizer": "tokenizer_all"},
-                                  "config": st["pack_en"]["config"]}
+        stages[f"pack_{lang}"] = {
+            "type": "pack",
+            "inputs": {"documents": f"data_{lang}", "tokenizer": "tokenizer_all"},
+            "config": st["pack_en"]["config"],
+        }
     stages["pretrain_all"] = pretrain
     for lang in ("en", "zh"):
-        stages[f"eval_{lang}"] = {**st[f"eval_{lang}"], "inputs": {"model": "pretrain_all", "data": f"pack_{lang}"}}
+        stages[f"eval_{lang}"] = {
+            **st[f"eval_{lang}"],
+            "inputs": {"model": "pretrain_all", "data": f"pack_{lang}"},
+        }
     r["stages"] = stages
     path = work / "generate-bilingual.yaml"
     path.write_text(yaml.safe_dump(r, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -69,9 +84,15 @@ def main() -> int:
     ap.add_argument("--variant", choices=["separate", "bilingual"], default="separate")
     ap.add_argument("--budget", default="15m", help="the recipe's budget (default: its own, 15m)")
     ap.add_argument("--work", type=Path, default=None, help="runs dir (default: a temp dir, removed)")
-    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/apps_generate_VARIANT.json")
-    ap.add_argument("--threads", default="auto", help="torch threads of the pretrains: N, all, or auto (all cores "
-                    "on an idle machine, 1 on a busy one: shakespeare.py's choose_threads)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/apps_generate_VARIANT.json"
+    )
+    ap.add_argument(
+        "--threads",
+        default="auto",
+        help="torch threads of the pretrains: N, all, or auto (all cores "
+        "on an idle machine, 1 on a busy one: shakespeare.py's choose_threads)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     os.environ.setdefault("LLMCHAIN_DATA", str(SHARED))
@@ -83,24 +104,32 @@ def main() -> int:
     recipe = RECIPE if args.variant == "separate" else bilingual_recipe(work)
     t0 = time.time()
     threads = choose_threads(args.threads)
-    sets = [f"budget={args.budget}"] + [f"{name}.threads={threads}" for name in
-                                         (("pretrain_en", "pretrain_zh") if args.variant == "separate" else ("pretrain_all",))]
+    sets = [f"budget={args.budget}"] + [
+        f"{name}.threads={threads}"
+        for name in (("pretrain_en", "pretrain_zh") if args.variant == "separate" else ("pretrain_all",))
+    ]
     runner, plan = run_recipe(str(recipe), runs_dir=work / "runs", overrides=sets, force=True)
     wall = time.time() - t0
     rows = {}
     for lang in ("en", "zh"):
         report = json.loads((runner.run_dir / f"eval_{lang}/report.json").read_text(encoding="utf-8"))
-        rows[lang] = {"systems": [{k: s.get(k) for k in ("name", "title", "bits_per_byte", "ci", "loss", "tokens",
-                                                          "bytes")} for s in report["systems"]],
-                      "notes": report["notes"]}
+        rows[lang] = {
+            "systems": [
+                {k: s.get(k) for k in ("name", "title", "bits_per_byte", "ci", "loss", "tokens", "bytes")}
+                for s in report["systems"]
+            ],
+            "notes": report["notes"],
+        }
     steps = {}
     for s in plan:
         metrics = runner.run_dir / s.stage.name / "metrics.jsonl"
         if s.stage.type.name == "pretrain" and metrics.is_file():
-            steps[s.stage.name] = max(json.loads(x).get("step", 0) for x in metrics.read_text().splitlines() if x)
+            steps[s.stage.name] = max(
+                json.loads(x).get("step", 0) for x in metrics.read_text().splitlines() if x
+            )
     result = {"variant": args.variant, "budget": args.budget, "threads": threads, "pretrain_steps": steps,
               "wall_seconds": round(wall, 1),
-              "stage_seconds": {s.stage.name: round(s.seconds, 1) for s in plan if getattr(s, "seconds", None)},
+              "stage_seconds": {s.stage.name: round(s.seconds, 1) for s in plan if s.run},
               "results": rows, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                            "load_at_start": os.getloadavg()[0]}}  # fmt: skip
     out = args.out or REPO / f"benchmarks/results/apps_generate_{args.variant}.json"

@@ -185,7 +185,8 @@ def test_per_window_sums_tile_the_text_and_match_one_forward_per_window(corpus, 
 
     model_dir = _model_dir(corpus, "random-w", uniform=False)
     # the first 600 tokens of the val text (a text file: their bytes are counted exactly)
-    r = evaluate_lm(model_dir, corpus["val"], seq_len=32, batch_size=8, stride=stride, max_tokens=600, per_window=True)
+    r = evaluate_lm(model_dir, corpus["val"], seq_len=32, batch_size=8, stride=stride, max_tokens=600,
+                    per_window=True)
     w = r["windows"]
     assert r["tokens"] == 600 and w["nats"].sum() == pytest.approx(r["loss"] * r["tokens"], rel=1e-9)
     assert int(w["tokens"].sum()) == r["tokens"] and int(w["bytes"].sum()) == r["bytes"]
@@ -197,7 +198,7 @@ def test_per_window_sums_tile_the_text_and_match_one_forward_per_window(corpus, 
     with torch.no_grad():
         _, loss = load_model(model_dir)(x[:, :-1], targets=x[:, 1:])
     assert w["nats"][0] == pytest.approx(float(loss) * 32, rel=1e-5)
-    assert w["bytes"][0] == len(tok.decode(ids[1:]).encode("utf-8"))  # ASCII text: bytes of the decoded window
+    assert w["bytes"][0] == len(tok.decode(ids[1:]).encode("utf-8"))  # ASCII: the decoded window's bytes
 
 
 def test_eval_lm_intervals_are_paired_resamples_of_the_windows(corpus):

@@ -12,8 +12,8 @@ from llmchain.recipe import builtin_recipes, load_recipe, run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "src/llmchain/recipes"
 CORPUS = RECIPES / "corpus/tinyshakespeare.txt"
-TINY_PRETRAIN = {"preset": "nano", "model": "{}", "seq_len": 64, "batch_size": 4, "max_steps": 4, "warmup_steps": 1,
-                 "eval_every": 0, "save_every": 0, "log_every": 2, "threads": 1}  # fmt: skip
+TINY_PRETRAIN = {"preset": "nano", "model": "{}", "seq_len": 64, "batch_size": 4, "max_steps": 4,
+                 "warmup_steps": 1, "eval_every": 0, "save_every": 0, "log_every": 2, "threads": 1}
 
 
 def ran(plan) -> list[str]:
@@ -30,10 +30,20 @@ def test_generate_recipe_scores_both_languages_beside_ngrams(shared_data, tmp_pa
     (zh / "novel.txt").write_text(novel[:10_000], encoding="utf-8")
     (zh / "README.md").write_text("An English note beside the corpus, as in the shared folder. " * 20)
     sets = [f"pretrain_{lang}.{k}={v}" for lang in ("en", "zh") for k, v in TINY_PRETRAIN.items()]
-    sets += ["tokenizer_en.vocab_size=300", "tokenizer_zh.vocab_size=400", "eval_en.seq_len=64", "eval_zh.seq_len=64",
-             "report_en.samples=1", "report_zh.samples=1", "report_en.sample_tokens=4", "report_zh.sample_tokens=4"]
+    sets += [
+        "tokenizer_en.vocab_size=300",
+        "tokenizer_zh.vocab_size=400",
+        "eval_en.seq_len=64",
+        "eval_zh.seq_len=64",
+        "report_en.samples=1",
+        "report_zh.samples=1",
+        "report_en.sample_tokens=4",
+        "report_zh.sample_tokens=4",
+    ]
     inputs = [f"data_en.raw={tmp_path / 'en.txt'}", f"data_zh.raw={zh}"]
-    runner, plan = run_recipe("generate", runs_dir=tmp_path / "runs", inputs=inputs, overrides=sets, log=lambda m: None)
+    runner, plan = run_recipe(
+        "generate", runs_dir=tmp_path / "runs", inputs=inputs, overrides=sets, log=lambda m: None
+    )
     assert len(ran(plan)) == 12
     docs = json.loads((runner.run_dir / "data_zh/stats.json").read_text())
     assert docs["kept"] == 1 and docs["removed"] == 1  # the language filter dropped the English note
@@ -59,7 +69,8 @@ def _tiny_chat_base(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     base = Llama(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                             tie_word_embeddings=True, eos_token_id=0, bos_token_id=0, pad_token_id=1))  # fmt: skip
+                             tie_word_embeddings=True, eos_token_id=0, bos_token_id=0,
+                             pad_token_id=1))  # fmt: skip
     return save_model(base, tmp_path / "base", tokenizer_dir=tmp_path / "tok")
 
 
@@ -72,10 +83,17 @@ def test_customer_service_recipe_gives_an_arena_ready_chat_model(shared_data, tm
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca[:40]))
     sets = ["eval.limit=3", "eval.max_new_tokens=4", "report.samples=2", "report.sample_tokens=4"]
     for stage in ("sft_alpaca", "finetune"):
-        sets += [f"{stage}.max_steps=2", f"{stage}.batch_size=4", f"{stage}.seq_len=96", f"{stage}.threads=1",
-                 f"{stage}.samples=1", f"{stage}.sample_tokens=4"]
-    runner, plan = run_recipe("customer-service", runs_dir=tmp_path / "runs", inputs=[f"sft_alpaca.train={tmp_path / 'alpaca.json'}"],
-                              overrides=sets, log=lambda m: None)  # fmt: skip
+        sets += [
+            f"{stage}.max_steps=2",
+            f"{stage}.batch_size=4",
+            f"{stage}.seq_len=96",
+            f"{stage}.threads=1",
+            f"{stage}.samples=1",
+            f"{stage}.sample_tokens=4",
+        ]
+    inputs = [f"sft_alpaca.train={tmp_path / 'alpaca.json'}"]
+    runner, plan = run_recipe("customer-service", runs_dir=tmp_path / "runs", inputs=inputs, overrides=sets,
+                              log=lambda m: None)  # fmt: skip
     assert ran(plan) == ["sft_alpaca", "finetune", "eval", "report"]
     final = runner.output_of("finetune")
     # arena-ready: a model dir with weights and a chat template, which the arena's engine loads
@@ -116,7 +134,7 @@ def test_customer_service_index_stage_as_documented_builds_a_searchable_index(tm
     from llmchain.rag.index import Index
 
     text = (RECIPES / "customer-service.yaml").read_text(encoding="utf-8")
-    block = text[text.index("# --- index (optional)"):text.index("# --- end index")].splitlines()[1:]
+    block = text[text.index("# --- index (optional)") : text.index("# --- end index")].splitlines()[1:]
     stage = yaml.safe_load("\n".join(line[1:] for line in block))  # the documented stage, uncommented
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -369,8 +369,8 @@ class SFTConfig(TrainConfig):
     too_long: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer examples")
     pack: bool = Field(False, description="pack several examples per row (attention stays within each)")
     system_prompt: str | None = Field(None, description="system message added to records that have none")
-    epochs: float = Field(3.0, gt=0, description="passes over the data (max_steps overrides; max_time caps them "
-                          "when epochs is given, else the time budget sets the length)")
+    epochs: float = Field(3.0, gt=0, description="passes over the data (max_steps overrides; max_time caps "
+                          "them when epochs is given, else the time budget sets the length)")
     lora: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)

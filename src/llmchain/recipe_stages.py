@@ -303,8 +303,8 @@ def run_index(ctx: StageContext) -> dict[str, Any]:
     from llmchain.rag.build import build_index
 
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    summary = build_index([str(ctx.inputs["docs"])], ctx.out_dir / "index.sqlite", _cfg("IndexConfig", ctx.config),
-                          progress=False, log=ctx.log)  # fmt: skip
+    summary = build_index([str(ctx.inputs["docs"])], ctx.out_dir / "index.sqlite",
+                          _cfg("IndexConfig", ctx.config), progress=False, log=ctx.log)
     return {"sources": summary.sources, "passages": summary.passages, "skipped": len(summary.skipped)}
 
 

@@ -377,9 +377,9 @@ class Pipeline:
             if len(places) >= 2:
                 break
         field = self.reader.id_field
-        raise DataError(f"{places[1]}: document id {dup!r} is also the id of {places[0]}; ids (reader.id_field "
-                        f"{field!r}) must be unique: fix the data, or set reader.id_field: null to number "
-                        "documents FILE:LINE")  # fmt: skip
+        raise DataError(f"{places[1]}: document id {dup!r} is also the id of {places[0]}; ids (reader."
+                        f"id_field {field!r}) must be unique: fix the data, or set reader.id_field: null to "
+                        "number documents FILE:LINE")  # fmt: skip
 
     def _dedup(self, shards: list[Shard], work: Path, progress: Callable | None) -> tuple[dict, list[dict]]:
         """Run the global steps over all signatures; returns {shard: {pos: (step, reason, dup_id)}}."""

@@ -152,8 +152,9 @@ def _record_text(obj: dict, opts: ReaderOptions, src: str, number: int) -> Docum
         value = obj[opts.id_field]
         # ints are ids in many dumps; a float, bool, list or "" would make an id that means nothing
         if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-            return Rejection(src, number, f"id_field {opts.id_field!r} is {value!r}, not a string or integer id "
-                             "(set reader.id_field: null to number documents FILE:LINE)", str(obj)[:2000])  # fmt: skip
+            why = (f"id_field {opts.id_field!r} is {value!r}, not a string or integer id (set "
+                   "reader.id_field: null to number documents FILE:LINE)")
+            return Rejection(src, number, why, str(obj)[:2000])
         doc_id = str(value)
     meta = {k: v for k, v in obj.items() if k not in (opts.text_field, opts.id_field) and _small(v)}
     meta["line"] = number

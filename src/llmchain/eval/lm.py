@@ -248,8 +248,8 @@ def add_intervals(systems: list[dict[str, Any]], windows: dict[str, np.ndarray] 
     for name, bits in symbol_bits.items():
         s = by_name[name]
         if bits.size != offsets[-1] or s["bytes"] != int(w_bytes.sum()):
-            notes.append(f"no 95 % interval for {s['title']}: its text ({s['bytes']:,} bytes) does not line up with "
-                         f"the model's windows ({int(w_bytes.sum()):,} bytes)")  # fmt: skip
+            notes.append(f"no 95 % interval for {s['title']}: its text ({s['bytes']:,} bytes) does not line "
+                         f"up with the model's windows ({int(w_bytes.sum()):,} bytes)")  # fmt: skip
             continue
         cum = np.concatenate([[0.0], np.cumsum(bits, dtype=np.float64)])
         s["ci"] = ratio_intervals({"bits_per_byte": cum[offsets[1:]] - cum[offsets[:-1]]}, w_bytes)

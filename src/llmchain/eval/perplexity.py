@@ -101,7 +101,8 @@ def metrics_from(nats: float, tokens: int, n_bytes: float) -> dict[str, float]:
     }
 
 
-def token_byte_lengths(tokenizer_json: Path, vocab_size: int, separators: tuple[int, ...] = ()) -> np.ndarray | None:
+def token_byte_lengths(tokenizer_json: Path, vocab_size: int,
+                       separators: tuple[int, ...] = ()) -> np.ndarray | None:
     """UTF-8 bytes each token id stands for ([vocab_size] int64); None without a readable tokenizer.json.
 
     Byte-level BPE vocab strings spell one byte per character (the ByteLevel alphabet), so the count is
@@ -118,7 +119,8 @@ def token_byte_lengths(tokenizer_json: Path, vocab_size: int, separators: tuple[
     lengths = np.zeros(vocab_size, dtype=np.int64)
     for piece, i in tok.get_vocab(with_added_tokens=False).items():
         if i < vocab_size:
-            lengths[i] = len(piece) if all(c in alphabet for c in piece) else len(tok.decode([i]).encode("utf-8"))
+            one_char_per_byte = all(c in alphabet for c in piece)
+            lengths[i] = len(piece) if one_char_per_byte else len(tok.decode([i]).encode("utf-8"))
     for i, added in tok.get_added_tokens_decoder().items():
         if i < vocab_size:
             lengths[i] = 0 if added.special else len(added.content.encode("utf-8"))
