@@ -41,12 +41,12 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs) * 1000, q))
 
 
-def quality(name: str, work: Path, fresh: bool) -> tuple[dict, dict]:
+def quality(name: str, work: Path, fresh: bool, device: str = "cpu") -> tuple[dict, dict]:
     d = work / name
     if fresh and d.exists():
         shutil.rmtree(d)
     pairs = builtin_set(name, DATA, d / "docs")
-    s = build_index([str(d / "docs")], d / "index.sqlite", IndexConfig(), progress=False)
+    s = build_index([str(d / "docs")], d / "index.sqlite", IndexConfig(device=device), progress=False)
     docs = s.sources
     build = {"docs": docs, "passages": s.passages, "embedded": s.embedded, "seconds": s.seconds,
              "docs_per_s": docs / s.seconds if s.embedded else None,
@@ -156,15 +156,18 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--fresh", action="store_true", help="rebuild the indexes (measures build speed)")
+    ap.add_argument("--device", default="cpu", help="where the index build embeds (queries: always cpu)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/retrieval.json"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     import torch
 
     results: dict = {"machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
-                                 "sqlite": sqlite3.sqlite_version}, "sets": {}, "scale": {}}
+                                 "sqlite": sqlite3.sqlite_version, "build_device": args.device,
+                                 "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+                     "sets": {}, "scale": {}}
     for name in ("csl", "self-instruct"):
-        build, report = quality(name, args.work, args.fresh)
+        build, report = quality(name, args.work, args.fresh, args.device)
         results["sets"][name] = {"build": build, "report": report}
         print(f"\n## {name}: {report['n']} queries, {report['sources']} docs, {report['passages']} passages")
         print(report["markdown"])
