@@ -90,3 +90,18 @@ def test_corpus_interval_equals_recomputing_bleu_on_each_resample():
     direct = [sacrebleu.metrics.BLEU().corpus_score([preds[i] for i in idx], [[refs[i] for i in idx]]).score
               for idx in resample_indices(len(preds), 40, 5)]
     assert ci == pytest.approx([float(np.percentile(direct, 2.5)), float(np.percentile(direct, 97.5))])
+
+
+def test_ratio_intervals_match_a_loop_over_the_same_resamples():
+    from llmchain.eval.bootstrap import ratio_intervals, resample_indices
+
+    rng = np.random.default_rng(3)
+    num_a, num_b, den = rng.random(40) * 100, rng.random(40) * 50, rng.integers(10, 20, 40)
+    ci = ratio_intervals({"a": num_a, "b": num_b}, den, scale=2.0, resamples=200, seed=5)
+    idx = resample_indices(40, 200, 5)
+    for name, num in (("a", num_a), ("b", num_b)):
+        draws = [2.0 * num[i].sum() / den[i].sum() for i in idx]
+        assert ci[name] == pytest.approx(list(np.percentile(draws, [2.5, 97.5])), rel=1e-12)
+    assert ratio_intervals({"a": []}, []) == {}
+    with pytest.raises(ValueError):
+        ratio_intervals({"a": num_a[:5]}, den)

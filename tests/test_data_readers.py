@@ -173,3 +173,37 @@ def test_iter_documents_dir_jsonl_and_txt(tmp_path):
     assert [d["text"] for d in iter_documents(tmp_path / "in.jsonl")] == [d["text"] for d in docs]
     (tmp_path / "a.txt").write_text("hello\nworld\n")
     assert [d["text"] for d in iter_documents(tmp_path / "a.txt")] == ["hello\nworld\n"]
+
+
+def test_jsonl_id_field_is_the_document_id_by_default(tmp_path):
+    f = tmp_path / "ids.jsonl"
+    rows = [{"id": "doc-a", "text": "alpha", "lang": "en"}, {"id": 7, "text": "seven"}, {"text": "no id"},
+            {"id": None, "text": "null id"}, {"id": 1.5, "text": "float"}, {"id": True, "text": "bool"},
+            {"id": "", "text": "empty"}, {"id": ["x"], "text": "list"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    docs, bad, _ = read_all([f])  # default ReaderOptions: id_field "id"
+    assert [d.id for d in docs] == ["doc-a", "7", f"{f}:3", f"{f}:4"]
+    assert docs[0].meta == {"lang": "en", "line": 1} and "id" not in docs[1].meta
+    assert [(b.line, b.reason.split(" ")[0]) for b in bad] == [(n, "id_field") for n in (5, 6, 7, 8)]
+    assert "not a string or integer id" in bad[0].reason and "id_field: null" in bad[0].reason
+    # id_field null: the old behaviour, FILE:LINE ids and the field kept in meta
+    old, bad, _ = read_all([f], ReaderOptions(id_field=None))
+    assert not bad and [d.id for d in old] == [f"{f}:{n}" for n in range(1, 9)]
+    assert old[0].meta["id"] == "doc-a" and old[1].meta["id"] == 7
+
+
+def test_duplicate_ids_stop_data_prepare_naming_both_records(tmp_path):
+    from llmchain.data.pipeline import Pipeline
+    from llmchain.errors import DataError
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"id": "x1", "text": "one"}\n{"id": "x2", "text": "two"}\n')
+    (tmp_path / "in" / "b.jsonl").write_text('{"id": "x3", "text": "three"}\n{"id": "x2", "text": "again"}\n')
+    with pytest.raises(DataError, match=r"b\.jsonl:2: document id 'x2' is also the id of .*a\.jsonl:2"):
+        Pipeline([]).run([tmp_path / "in"], tmp_path / "out")
+    # the same files, numbered by FILE:LINE, go through (the reader options are part of the work-dir key)
+    from llmchain.data.readers import ReaderOptions
+
+    Pipeline([], reader=ReaderOptions(id_field=None)).run([tmp_path / "in"], tmp_path / "out")
+    ids = [d["id"] for d in iter_documents(tmp_path / "out")]
+    assert len(ids) == 4 == len(set(ids)) and ids[0].endswith("a.jsonl:1")

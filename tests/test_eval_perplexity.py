@@ -176,3 +176,62 @@ def test_cli_stride_reaches_the_report(corpus, tmp_path):
     code, _, err = run_cli("eval", "lm", "--model", str(model_dir), "--data", str(corpus["shards"]), "--seq-len",
                            "16", "--stride", "17", "--baseline", "none", "-o", str(tmp_path / "ev2"))  # fmt: skip
     assert code == 2 and "--stride 17" in err
+
+
+@pytest.mark.parametrize("stride", [None, 8])
+def test_per_window_sums_tile_the_text_and_match_one_forward_per_window(corpus, stride):
+    from llmchain.model.io import load_model
+    from llmchain.tokenizer import load_tokenizer
+
+    model_dir = _model_dir(corpus, "random-w", uniform=False)
+    # the first 600 tokens of the val text (a text file: their bytes are counted exactly)
+    r = evaluate_lm(model_dir, corpus["val"], seq_len=32, batch_size=8, stride=stride, max_tokens=600,
+                    per_window=True)
+    w = r["windows"]
+    assert r["tokens"] == 600 and w["nats"].sum() == pytest.approx(r["loss"] * r["tokens"], rel=1e-9)
+    assert int(w["tokens"].sum()) == r["tokens"] and int(w["bytes"].sum()) == r["bytes"]
+    # the first window by hand: [EOS] + the first 32 val tokens, all 32 targets scored
+    tok = load_tokenizer(corpus["tok"])
+    text = corpus["val"].read_text(encoding="utf-8")
+    ids = [tok.eos_token_id] + tok(text, add_special_tokens=False)["input_ids"][:32]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        _, loss = load_model(model_dir)(x[:, :-1], targets=x[:, 1:])
+    assert w["nats"][0] == pytest.approx(float(loss) * 32, rel=1e-5)
+    assert w["bytes"][0] == len(tok.decode(ids[1:]).encode("utf-8"))  # ASCII: the decoded window's bytes
+
+
+def test_eval_lm_intervals_are_paired_resamples_of_the_windows(corpus):
+    from llmchain.eval.bootstrap import resample_indices
+    from llmchain.eval.lm import evaluate_language_model
+
+    model_dir = _model_dir(corpus, "random-ci", uniform=False)
+    report = evaluate_language_model(corpus["shards"], model_dir, orders=(3,), seq_len=32, batch_size=8)
+    model, tri = report["systems"]
+    w = evaluate_lm(model_dir, corpus["shards"], seq_len=32, batch_size=8, per_window=True)["windows"]
+    # direct recomputation: the same 1000 resamples of the windows, bits/byte = Σ nats / ln 2 / Σ bytes
+    idx = resample_indices(len(w["nats"]), 1000, 0)
+    draws = [w["nats"][i].sum() / math.log(2) / w["bytes"][i].sum() for i in idx]
+    assert model["ci"]["bits_per_byte"] == pytest.approx(list(np.percentile(draws, [2.5, 97.5])), rel=1e-9)
+    loss_draws = [w["nats"][i].sum() / w["tokens"][i].sum() for i in idx]
+    assert model["ci"]["loss"] == pytest.approx(list(np.percentile(loss_draws, [2.5, 97.5])), rel=1e-9)
+    for s in (model, tri):
+        low, high = s["ci"]["bits_per_byte"]
+        assert low < s["bits_per_byte"] < high and high - low < 0.5 * s["bits_per_byte"]
+    # the random model is far worse than the trigram: intervals apart, and a note says so
+    assert tri["ci"]["bits_per_byte"][1] < model["ci"]["bits_per_byte"][0]
+    assert any("worse than the best baseline" in n for n in report["notes"])
+    assert any("paired bootstrap over" in n for n in report["notes"])
+
+
+def test_eval_lm_baselines_alone_get_chunk_intervals(corpus):
+    from llmchain.eval.lm import CHUNK_SYMBOLS, evaluate_language_model
+
+    root = corpus["root"]
+    text = (root / "all.txt").read_text(encoding="utf-8")
+    (root / "train.txt").write_text(text[:27_000], encoding="utf-8")
+    report = evaluate_language_model(corpus["val"], None, orders=(3,), train_text=root / "train.txt")
+    (tri,) = report["systems"]
+    low, high = tri["ci"]["bits_per_byte"]
+    assert low < tri["bits_per_byte"] < high
+    assert any(f"chunks of {CHUNK_SYMBOLS} bytes" in n for n in report["notes"])

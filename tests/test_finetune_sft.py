@@ -238,3 +238,13 @@ def test_sft_user_errors_are_one_line(base, small_data, tmp_path):
     for args, message in cases:
         code, _, err = run_cli("finetune", "sft", *args, "--out", str(tmp_path / "o"), "--max-steps", "1")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_max_time_caps_given_epochs_and_sets_the_length_without_them(base, small_data, tmp_path):
+    # a recipe's budget share gives the stage max_time: with epochs in its config, the epochs still decide
+    capped = finetune_sft(cfg(base, small_data, tmp_path / "capped", epochs=1, max_time=600), quiet=True)
+    rows = capped.counts["rows"]  # one example per row (no packing): one epoch = ceil(rows / batch) steps
+    assert capped.fit.step == -(-rows // 4) and capped.fit.elapsed_s < 600
+    # no epochs given: the time budget sets the length (the loop runs until max_time)
+    timed = finetune_sft(cfg(base, small_data, tmp_path / "timed", max_time=3), quiet=True)
+    assert timed.fit.elapsed_s >= 3 and timed.fit.step > 0

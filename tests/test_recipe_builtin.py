@@ -28,6 +28,7 @@ def tiny_recipe(tmp_path: Path, min_chars: int = 1, vocab: int = 320) -> Path:
     st["data"]["config"].update(reader={"text_unit": "paragraph"}, length={"min_chars": min_chars})
     st["tokenizer"]["config"] = {"vocab_size": vocab}
     st["pack"]["config"] = {"val_fraction": 0.1, "split_by": "documents"}
+    st["pretrain"].pop("share")  # toy runs stop by max_steps alone
     st["pretrain"]["config"] = {"preset": "nano", "seq_len": 64, "batch_size": 4, "max_steps": 6, "warmup_steps": 2,
                                 "eval_every": 0, "save_every": 0, "log_every": 2, "threads": 1}  # fmt: skip
     st["eval"]["config"] = {"task": "lm", "orders": [3], "max_tokens": 2000, "seq_len": 64}
@@ -86,7 +87,7 @@ def test_builtin_recipes_are_listed_shown_and_valid(monkeypatch, tmp_path):
     assert code == 0 and yaml.safe_load(out)["name"] == "quickstart"
     quick = load_recipe("quickstart")
     assert [s.name for s in quick.stages] == ["data", "tokenizer", "pack", "pretrain", "eval", "report", "export"]
-    assert quick.stage("pretrain").config["max_time"] == "5m"
+    assert quick.budget == 360 and quick.stage("pretrain").checked["max_time"] == 300  # 5 minutes of its 6
     # the others need data from outside the package: an unset variable is a one-line error naming it
     monkeypatch.delenv("LLMCHAIN_DATA", raising=False)
     code, out, err = run_cli("run", "sentiment", "--dry-run", "--runs-dir", str(tmp_path))

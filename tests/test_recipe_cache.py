@@ -400,8 +400,8 @@ def test_builtin_stages_are_one_registry_without_an_import_cycle():
     used = {spec.get("type") or name for p in builtin_recipes().values()
             for name, spec in read_yaml(p)["stages"].items()}  # fmt: skip
     assert used and used <= set(BUILTIN_STAGES)
-    assert set(BUILTIN_STAGES) == {"data", "tokenizer", "pack", "pairs", "pretrain", "finetune", "eval", "report",
-                                   "generate", "export", "privacy_audit"}  # fmt: skip
+    assert set(BUILTIN_STAGES) == {"data", "tokenizer", "pack", "pairs", "split", "pretrain", "finetune", "eval",
+                                   "report", "generate", "export", "privacy_audit", "index"}  # fmt: skip
 
 
 @pytest.fixture

@@ -83,7 +83,10 @@ class DataReaderConfig(StageConfig):
     """Where the text is in each input format."""
 
     text_field: str = "text"  # JSONL / parquet field holding the text
-    id_field: str | None = None  # JSONL / parquet field to use as document id (default: file:line)
+    # JSONL / parquet field that is the document id (datatrove's default, "id"): strings as they are, integers
+    # as their digits; records without it get FILE:LINE; ids must be unique. null: always FILE:LINE, the
+    # field stays in meta.
+    id_field: str | None = "id"
     columns: list[str] = ["text"]  # CSV/TSV column names (or 0-based indices) joined by newlines
     csv_header: bool = True  # False: CSV/TSV without a header row (use indices in `columns`)
     text_unit: Literal["file", "paragraph", "line"] = "file"  # .txt/.md: one document per ...
@@ -366,7 +369,8 @@ class SFTConfig(TrainConfig):
     too_long: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer examples")
     pack: bool = Field(False, description="pack several examples per row (attention stays within each)")
     system_prompt: str | None = Field(None, description="system message added to records that have none")
-    epochs: float = Field(3.0, gt=0, description="passes over the data (max_steps/max_time override)")
+    epochs: float = Field(3.0, gt=0, description="passes over the data (max_steps overrides; max_time caps "
+                          "them when epochs is given, else the time budget sets the length)")
     lora: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)

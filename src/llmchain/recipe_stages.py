@@ -324,6 +324,20 @@ def run_generate(ctx: StageContext) -> dict[str, Any]:
     return {"samples": len(rows)}
 
 
+# ----------------------------------------------------------------------------------------- index
+
+
+def run_index(ctx: StageContext) -> dict[str, Any]:
+    """llmchain index: the documents → STAGE/index.sqlite (passages, vectors, keyword index), for
+    `llmchain search` and `llmchain serve MODEL --index`."""
+    from llmchain.rag.build import build_index
+
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    summary = build_index([str(ctx.inputs["docs"])], ctx.out_dir / "index.sqlite",
+                          _cfg("IndexConfig", ctx.config), progress=False, log=ctx.log)
+    return {"sources": summary.sources, "passages": summary.passages, "skipped": len(summary.skipped)}
+
+
 # ---------------------------------------------------------------------------------------- export
 
 
@@ -405,4 +419,6 @@ BUILTIN_STAGES: dict[str, StageType] = {st.name: st for st in (
               help="model → GGUF file or clean HF dir"),
     StageType("privacy_audit", run_privacy_audit, inputs=("model", "documents"), optional=("shards",),
               check=_check_privacy_audit, help="model + documents with canaries → privacy report"),
+    StageType("index", run_index, inputs=("docs",), output="index.sqlite", check=_check("IndexConfig"),
+              help="documents → a retrieval index (llmchain index)"),
 )}  # fmt: skip

@@ -302,6 +302,7 @@ class Pipeline:
                 done_bytes += res.get("bytes", 0)
                 if progress:
                     progress("read+filter", done_bytes, total)
+            self._check_unique_ids(shards, work)
             t1 = time.time()
             removed, dedup_stats = self._dedup(shards, work, progress)
             t2 = time.time()
@@ -352,6 +353,33 @@ class Pipeline:
             stamp.write_text(fingerprint + "\n")
         (out / "documents").mkdir(parents=True, exist_ok=True)
         (out / "rejected").mkdir(parents=True, exist_ok=True)
+
+    def _check_unique_ids(self, shards: list[Shard], work: Path) -> None:
+        """DataError naming both records when two documents share an id (ids from reader.id_field can)."""
+        per_shard = []
+        for s in shards:
+            with np.load(work / f"shard-{s.index:05d}.npz") as z:
+                per_shard.append(z["__ids__"])
+        ids = np.concatenate(per_shard) if per_shard else np.zeros(0, dtype=str)
+        uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+        if not (counts > 1).any():
+            return
+        # the earliest repeat in input order, and where its two records are
+        dup_pos = np.setdiff1d(np.arange(ids.size), first)
+        dup = str(ids[dup_pos.min()])
+        places = []
+        for s in shards:
+            with open(work / f"shard-{s.index:05d}.jsonl", encoding="utf-8") as f:
+                for line in f:
+                    doc = json.loads(line)
+                    if doc["id"] == dup:
+                        places.append(f"{doc['source']}:{(doc.get('meta') or {}).get('line', '?')}")
+            if len(places) >= 2:
+                break
+        field = self.reader.id_field
+        raise DataError(f"{places[1]}: document id {dup!r} is also the id of {places[0]}; ids (reader."
+                        f"id_field {field!r}) must be unique: fix the data, or set reader.id_field: null to "
+                        "number documents FILE:LINE")  # fmt: skip
 
     def _dedup(self, shards: list[Shard], work: Path, progress: Callable | None) -> tuple[dict, list[dict]]:
         """Run the global steps over all signatures; returns {shard: {pos: (step, reason, dup_id)}}."""

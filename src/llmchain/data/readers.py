@@ -43,7 +43,7 @@ class ReaderOptions:
     """How to find text in records (see DataConfig.reader for the user-facing docs)."""
 
     text_field: str = "text"
-    id_field: str | None = None
+    id_field: str | None = "id"
     columns: list[str] = field(default_factory=lambda: ["text"])
     csv_header: bool = True
     text_unit: str = "file"  # file | paragraph | line
@@ -149,7 +149,13 @@ def _record_text(obj: dict, opts: ReaderOptions, src: str, number: int) -> Docum
         return Rejection(src, number, f"field {opts.text_field!r} is {type(text).__name__}, not text", str(text)[:2000])
     doc_id = f"{src}:{number}"
     if opts.id_field and obj.get(opts.id_field) is not None:
-        doc_id = str(obj[opts.id_field])
+        value = obj[opts.id_field]
+        # ints are ids in many dumps; a float, bool, list or "" would make an id that means nothing
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            why = (f"id_field {opts.id_field!r} is {value!r}, not a string or integer id (set "
+                   "reader.id_field: null to number documents FILE:LINE)")
+            return Rejection(src, number, why, str(obj)[:2000])
+        doc_id = str(value)
     meta = {k: v for k, v in obj.items() if k not in (opts.text_field, opts.id_field) and _small(v)}
     meta["line"] = number
     return Document(doc_id, text, src, meta)

@@ -103,11 +103,13 @@ def ngram_bits_per_byte(
     eval_docs: Iterable[str | bytes],
     order: int = 5,
     discount: float | None = None,
+    symbol_bits: bool = False,
 ) -> dict[str, Any]:
     """Fit a byte-level modified Kneser-Ney n-gram model on `train_docs` and score `eval_docs`.
 
     Returns {name, order, smoothing, bits_per_byte, bits_per_symbol, bits, bytes, symbols,
-    train_bytes, fit_seconds, score_seconds}. Document separators are predicted (like a model's
+    train_bytes, fit_seconds, score_seconds} (+ "symbol_bits", the bits of every eval symbol in order, with
+    `symbol_bits`: what per-window bootstrap intervals sum). Document separators are predicted (like a model's
     EOS) but are not bytes, so bits_per_byte = all bits / UTF-8 bytes of the eval text.
     Raises UserError when either side is empty.
     """
@@ -123,6 +125,7 @@ def ngram_bits_per_byte(
     bits = lm.bits(evals)
     t2 = time.perf_counter()
     total = float(bits.sum())
+    extra = {"symbol_bits": bits} if symbol_bits else {}
     return {
         "name": f"{order}-gram (bytes)",
         "order": order,
@@ -135,6 +138,7 @@ def ngram_bits_per_byte(
         "train_bytes": train_bytes,
         "fit_seconds": t1 - t0,
         "score_seconds": t2 - t1,
+        **extra,
     }
 
 

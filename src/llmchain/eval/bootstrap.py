@@ -55,6 +55,31 @@ def mean_intervals(per_item: Mapping[str, Sequence[float]], *, resamples: int = 
     return {k: percentile_interval(a[idx].mean(axis=1), level) for k, a in arrays.items()}
 
 
+def ratio_intervals(numerators: Mapping[str, Sequence[float]], denominator: Sequence[float], *,
+                    scale: float = 1.0, resamples: int = RESAMPLES, seed: int = 0,
+                    level: float = LEVEL) -> dict[str, list[float]]:
+    """Intervals of scale × Σ numerator / Σ denominator over resampled items, for each numerator.
+
+    The ratio-of-sums statistics of language modelling: bits per byte = Σ nats / ln 2 / Σ bytes and loss =
+    Σ nats / Σ tokens over resampled evaluation windows. Every numerator is resampled with the same indices
+    (paired), and a call with the same (n, resamples, seed) draws the same indices as the other helpers.
+    """
+    den = np.asarray(denominator, dtype=np.float64)
+    n = den.size
+    if n == 0 or resamples <= 0:
+        return {}
+    idx = resample_indices(n, resamples, seed)
+    den_sums = den[idx].sum(axis=1)
+    out = {}
+    for k, v in numerators.items():
+        num = np.asarray(v, dtype=np.float64)
+        if num.size != n:
+            raise ValueError(f"{k}: {num.size} items, the denominator has {n}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[k] = percentile_interval(scale * num[idx].sum(axis=1) / den_sums, level)
+    return out
+
+
 def corpus_interval(metric, predictions: Sequence[str], streams: Sequence[Sequence[str]], *,
                     resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> list[float]:
     """Interval of a sacrebleu corpus metric (BLEU, chrF): resampled sums of its per-sentence statistics.

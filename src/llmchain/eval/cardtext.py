@@ -54,7 +54,8 @@ def fmt_metric(system: dict[str, Any], metric: str, sep: str = " ") -> str:
     ci = (system.get("ci") or {}).get(metric)
     if not ci:
         return fmt(v)
-    digits = 4 if abs(v) < 2 else 2  # fractions to 4 places, percentages (BLEU, ROUGE) to 2
+    # fractions and bits/byte or nats to 4 places (bits/byte rows straddle 2), percentages (BLEU, ROUGE) to 2
+    digits = 4 if abs(v) < 2 or metric in ("bits_per_byte", "loss") else 2
     return f"{fmt(v, digits)}{sep}[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
 
 

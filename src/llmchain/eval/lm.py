@@ -25,11 +25,15 @@ import numpy as np
 from llmchain.artifacts import read_manifest, sha256_file
 from llmchain.data.pack import read_shards
 from llmchain.errors import UserError
-from llmchain.eval.baselines import ngram_bits_per_byte
+from llmchain.eval.baselines import DOC_SEP, byte_stream, ngram_bits_per_byte
+from llmchain.eval.bootstrap import ratio_intervals, verdicts
 from llmchain.eval.io import read_json_dict, write_report
 
 COLUMNS = ["bits_per_byte", "loss", "perplexity"]
 DEFAULT_ORDERS = (3, 5)
+# Without a model there are no model windows to resample: the baselines' text is cut into chunks of
+# this many byte-stream symbols, about the text of one 256-token model window.
+CHUNK_SYMBOLS = 1024
 
 
 def shards_tokenizer(shards_dir: Path, model_dir: Path | None = None) -> Path:
@@ -135,12 +139,16 @@ def evaluate_language_model(
         raise UserError(f"{train_text}: no such file (--train-text)")
     systems: list[dict[str, Any]] = []
     eval_bytes = None
+    windows: dict[str, np.ndarray] | None = None
+    symbol_bits: dict[str, np.ndarray] = {}
+    eval_docs: list[str] = []
     if mdir is not None:
         from llmchain.eval.perplexity import evaluate_lm
 
         check_model_data(mdir, data)
         m = evaluate_lm(mdir, data, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, stride=stride, device=device,
-                        progress=sys.stderr.isatty())  # fmt: skip
+                        progress=sys.stderr.isatty(), per_window=True)  # fmt: skip
+        windows = m.pop("windows", None)
         eval_bytes = m["bytes"]
         systems.append({"name": "model", "title": f"model ({mdir.name})", "baseline": False, **m})
     source = None
@@ -167,8 +175,9 @@ def evaluate_language_model(
                 tok_dir = shards_tokenizer(shards, mdir)
                 train_docs, source = decode_split(shards, "train", tok_dir), f"{shards} (train split)"
         for order in orders:
-            r = ngram_bits_per_byte(train_docs, eval_docs, order=order)
+            r = ngram_bits_per_byte(train_docs, eval_docs, order=order, symbol_bits=True)
             r.pop("name")
+            symbol_bits[f"ngram{order}"] = r.pop("symbol_bits")
             systems.append({"name": f"ngram{order}", "title": f"{order}-gram, bytes (Kneser-Ney)", "baseline": True,
                             **r})  # fmt: skip
     notes = []
@@ -182,6 +191,8 @@ def evaluate_language_model(
     if mdir is not None and orders and systems[0].get("bytes") != systems[1].get("bytes"):
         notes.append(f"the model scored {systems[0].get('bytes')} bytes, the baselines {systems[1].get('bytes')} "
                      "(decoded text); bits-per-byte still compares, the texts differ slightly")  # fmt: skip
+    notes += add_intervals(systems, windows, symbol_bits, eval_docs, has_model=mdir is not None)
+    notes += verdicts(systems, "bits_per_byte", higher_is_better=False)
     return {
         "kind": "eval-lm",
         "task": "language modelling",
@@ -197,6 +208,54 @@ def evaluate_language_model(
         "systems": systems,
         "notes": notes,
     }
+
+
+def add_intervals(systems: list[dict[str, Any]], windows: dict[str, np.ndarray] | None,
+                  symbol_bits: dict[str, np.ndarray], eval_docs: list[str], has_model: bool) -> list[str]:
+    """Give each system a "ci" (95 % bootstrap intervals) from resampled evaluation windows; returns notes.
+
+    The resampled items are the model's evaluation windows: a window's summed nats (model) or summed bits
+    (n-grams, over the same bytes) and its UTF-8 bytes; a resample's bits/byte is Σ bits / Σ bytes. All
+    systems use the same resampled windows (paired). Without a model, the baselines' byte stream is cut
+    into CHUNK_SYMBOLS-symbol chunks instead. A baseline whose text does not line up with the model's
+    windows (its decoded bytes differ) gets no interval, and a note says so.
+    """
+    by_name = {s["name"]: s for s in systems}
+    if windows is None and has_model:
+        return ["no 95 % intervals: the model's tokenizer does not give each token's byte length"]
+    if windows is None:
+        if not symbol_bits:
+            return []
+        stream, _ = byte_stream(eval_docs)
+        starts = np.arange(0, stream.size, CHUNK_SYMBOLS)
+        text_byte = np.concatenate([[0], np.cumsum(stream != DOC_SEP)])
+        ends = np.minimum(starts + CHUNK_SYMBOLS, stream.size)
+        windows = {"symbols": ends - starts, "bytes": text_byte[ends] - text_byte[starts]}
+        unit = f"{len(starts):,} chunks of {CHUNK_SYMBOLS} bytes"
+    else:
+        unit = f"{len(windows['bytes']):,} evaluation windows"
+    notes = []
+    w_bytes = np.asarray(windows["bytes"], dtype=np.float64)
+    model = by_name.get("model")
+    if model is not None and "nats" in windows and w_bytes.sum() > 0:
+        # scale to the reported byte count (proportional when --max-tokens cut the shards' val split)
+        scaled = w_bytes * (model["bytes"] / w_bytes.sum())
+        ci = ratio_intervals({"bits_per_byte": windows["nats"]}, scaled, scale=1 / math.log(2))
+        ci.update(ratio_intervals({"loss": windows["nats"]}, windows["tokens"]))
+        ci["perplexity"] = [math.exp(min(v, 700.0)) for v in ci["loss"]]
+        model["ci"] = ci
+    offsets = np.concatenate([[0], np.cumsum(windows["symbols"])])
+    for name, bits in symbol_bits.items():
+        s = by_name[name]
+        if bits.size != offsets[-1] or s["bytes"] != int(w_bytes.sum()):
+            notes.append(f"no 95 % interval for {s['title']}: its text ({s['bytes']:,} bytes) does not line "
+                         f"up with the model's windows ({int(w_bytes.sum()):,} bytes)")  # fmt: skip
+            continue
+        cum = np.concatenate([[0.0], np.cumsum(bits, dtype=np.float64)])
+        s["ci"] = ratio_intervals({"bits_per_byte": cum[offsets[1:]] - cum[offsets[:-1]]}, w_bytes)
+    if any(s.get("ci") for s in systems):
+        notes.append(f"95 % intervals: paired bootstrap over {unit} (1,000 resamples; Σ bits / Σ bytes each)")
+    return notes
 
 
 def _read_text(path: Path) -> str:

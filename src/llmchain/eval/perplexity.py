@@ -59,9 +59,11 @@ def strided_windows(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple
 
 
 def loss_sums(model: torch.nn.Module, tokens: np.ndarray, spans: list[tuple[int, ...]], batch_size: int,
-              device: torch.device, autocast=None, progress=None) -> tuple[float, int]:
+              device: torch.device, autocast=None, progress=None,
+              per_window: list[float] | None = None) -> tuple[float, int]:
     """(sum of next-token nats, tokens predicted) of `model` over the windows `spans` of `tokens`:
-    (start, end) scores all targets tokens[start+1:end]; (start, end, skip) all but the first `skip`."""
+    (start, end) scores all targets tokens[start+1:end]; (start, end, skip) all but the first `skip`.
+    `per_window`, when given, gets each window's summed nats appended (in span order)."""
     import contextlib
 
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -79,7 +81,11 @@ def loss_sums(model: torch.nn.Module, tokens: np.ndarray, spans: list[tuple[int,
         with autocast or contextlib.nullcontext():
             out = model(x)
         logits = out[0] if isinstance(out, tuple) else getattr(out, "logits", out)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
+        rows = nll.view(len(chunk), width).double().sum(dim=1)
+        total += rows.sum()
+        if per_window is not None:
+            per_window.extend(rows.tolist())
         count += int((y != -100).sum())
         if progress is not None:
             progress(len(chunk))
@@ -93,6 +99,40 @@ def metrics_from(nats: float, tokens: int, n_bytes: float) -> dict[str, float]:
         "perplexity": math.exp(min(loss, 700.0)),
         "bits_per_byte": nats / math.log(2) / n_bytes if n_bytes else float("nan"),
     }
+
+
+def token_byte_lengths(tokenizer_json: Path, vocab_size: int,
+                       separators: tuple[int, ...] = ()) -> np.ndarray | None:
+    """UTF-8 bytes each token id stands for ([vocab_size] int64); None without a readable tokenizer.json.
+
+    Byte-level BPE vocab strings spell one byte per character (the ByteLevel alphabet), so the count is
+    exact even for tokens holding part of a multi-byte character; other tokens count the bytes of their
+    decoded text. Special tokens and `separators` (EOS between documents) stand for no text: 0 bytes.
+    """
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    try:
+        tok = Tokenizer.from_file(str(tokenizer_json))
+    except Exception:  # a missing or foreign tokenizer file: no per-window bytes, so no intervals
+        return None
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    lengths = np.zeros(vocab_size, dtype=np.int64)
+    for piece, i in tok.get_vocab(with_added_tokens=False).items():
+        if i < vocab_size:
+            one_char_per_byte = all(c in alphabet for c in piece)
+            lengths[i] = len(piece) if one_char_per_byte else len(tok.decode([i]).encode("utf-8"))
+    for i, added in tok.get_added_tokens_decoder().items():
+        if i < vocab_size:
+            lengths[i] = 0 if added.special else len(added.content.encode("utf-8"))
+    for i in separators:
+        if i is not None and 0 <= i < vocab_size:
+            lengths[i] = 0
+    return lengths
+
+
+def window_targets(spans: list[tuple[int, ...]]) -> list[tuple[int, int]]:
+    """[a, b): the token positions each window scores (they tile tokens[1:] in order)."""
+    return [(s + 1 + (skip[0] if skip else 0), e) for s, e, *skip in spans]
 
 
 def _pick_device(device: str) -> torch.device:
@@ -152,6 +192,7 @@ def evaluate_lm(
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = False,
+    per_window: bool = False,
 ) -> dict[str, Any]:
     """Loss, perplexity and bits-per-byte of the model in `model_dir` on `data`.
 
@@ -160,7 +201,10 @@ def evaluate_lm(
     evaluates only the first N tokens (bytes then exact for text files, proportional for shards).
     `stride` (1..seq_len; default seq_len: non-overlapping windows) slides the windows by `stride`
     tokens, each scoring only its last `stride` tokens (see `strided_windows`).
-    Returns dict(loss, perplexity, bits_per_byte, tokens, bytes, bytes_exact, seq_len, stride). Raises
+    Returns dict(loss, perplexity, bits_per_byte, tokens, bytes, bytes_exact, seq_len, stride); with
+    `per_window`, also "windows": {nats, tokens, bytes, symbols} arrays, one entry per window (symbols =
+    bytes plus one per document separator: the positions a byte-level n-gram predicts), or None when the
+    tokenizer's byte lengths are unknown. Raises
     UserError for a missing/unusable model dir or data, or a stride outside 1..seq_len.
     """
     from llmchain.model.io import load_model, read_config
@@ -202,11 +246,25 @@ def evaluate_lm(
         def update(n: int) -> None:
             bar.advance(task, n)
 
+    window_nats: list[float] | None = [] if per_window else None
     try:
         with torch.no_grad():
-            nats, count = loss_sums(model, tokens, spans, batch_size, dev, autocast, update)
+            nats, count = loss_sums(model, tokens, spans, batch_size, dev, autocast, update, window_nats)
     finally:
         if bar is not None:
             bar.stop()
-    return {**metrics_from(nats, count, n_bytes), "tokens": count, "bytes": int(round(n_bytes)),
-            "bytes_exact": exact, "seq_len": seq_len, "stride": stride}  # fmt: skip
+    out = {**metrics_from(nats, count, n_bytes), "tokens": count, "bytes": int(round(n_bytes)),
+           "bytes_exact": exact, "seq_len": seq_len, "stride": stride}  # fmt: skip
+    if per_window:
+        eos = config.eos_token_id if config.eos_token_id is not None else config.bos_token_id
+        lengths = token_byte_lengths(model_dir / "tokenizer.json", config.vocab_size, (eos,))
+        out["windows"] = None
+        if lengths is not None:
+            sep = (tokens == eos) if eos is not None else np.zeros(len(tokens), dtype=bool)
+            byte_cum = np.concatenate([[0], np.cumsum(lengths[tokens])])
+            sym_cum = np.concatenate([[0], np.cumsum(lengths[tokens] + sep)])
+            t = np.asarray(window_targets(spans), dtype=np.int64)
+            out["windows"] = {"nats": np.asarray(window_nats), "tokens": t[:, 1] - t[:, 0],
+                              "bytes": byte_cum[t[:, 1]] - byte_cum[t[:, 0]],
+                              "symbols": sym_cum[t[:, 1]] - sym_cum[t[:, 0]]}  # fmt: skip
+    return out

@@ -310,7 +310,10 @@ def finetune_sft(cfg: SFTConfig, *, quiet: bool = False) -> SFTResult:
     rows = pack(lengths, seq_len) if cfg.pack else [[i] for i in range(len(lengths))]
     source = SFTBatches(train, rows, cfg.batch_size * cfg.grad_accum, cfg.seed, pad_id, cfg.pack)
     spe = source.steps_per_epoch
-    max_steps = cfg.max_steps or (None if cfg.max_time else max(1, math.ceil(cfg.epochs * spe)))
+    # Given epochs, max_time only caps the run (a recipe's budget share must not turn "3 epochs" into "train
+    # until the time is up"); with max_time and no epochs, the time budget sets the run's length.
+    by_time = cfg.max_time and "epochs" not in cfg.model_fields_set
+    max_steps = cfg.max_steps or (None if by_time else max(1, math.ceil(cfg.epochs * spe)))
     total = max_steps or spe
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.03 * total)
     loop_cfg = cfg.model_copy(update={"max_steps": max_steps, "warmup_steps": warmup,
