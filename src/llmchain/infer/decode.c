@@ -3,9 +3,10 @@
  * One call computes the next-token logits of B decoding sequences — embedding, every layer (RMSNorm,
  * q|k|v, RoPE, the write into the engine's fp32 KV cache, attention, o, gate|up, SiLU, down), the final
  * norm and the LM head — so Python runs once per step instead of ~15 small PyTorch ops per layer, and
- * each weight matrix is read once per step for all B rows. Weights are fp32, bf16 (converted to fp32
- * in registers) or int8 (one scale per output channel; the activations are quantized per block of 16
- * at run time, q8_0-like, and multiplied with AVX-512 VNNI `vpdpbusd`).
+ * each weight matrix is read once per step for all B rows. Weights are fp32, bf16 (with AVX512_BF16:
+ * `vdpbf16ps` on the activations rounded to bf16, as oneDNN's and llama.cpp's f16 paths round theirs;
+ * else converted to fp32 in registers) or int8 (one scale per output channel; the activations are
+ * quantized per block of 16 at run time, q8_0-like, and multiplied with AVX-512 VNNI `vpdpbusd`).
  *
  * Batch invariance: every output (row b, column j) is one dot product summed in one fixed order (16
  * lanes over k, then a fixed tree), whatever B is, whichever tile or thread computes it; a sequence's
@@ -21,6 +22,12 @@
 #define USE_VNNI 1
 #include <immintrin.h>
 #endif
+#if defined(__AVX512BF16__) && !defined(LLMCHAIN_GENERIC)
+#define USE_BF16DP 1 /* bf16 weights: vdpbf16ps on bf16-rounded activations, 32 products per instruction */
+#endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -30,6 +37,9 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 typedef uint16_t vh __attribute__((vector_size(32)));
 #define W 16 /* floats per vector; every K and head_dim is a multiple of it */
 #define QB 16 /* int8: activations share one scale per block of QB values */
+#ifndef PF
+#define PF 4
+#endif
 
 enum { F32 = 0, BF16 = 1, I8 = 2 };
 
@@ -53,7 +63,9 @@ typedef struct {
 } Model;
 
 const char *decode_isa(void) {
-#ifdef USE_VNNI
+#if defined(USE_VNNI) && defined(USE_BF16DP)
+    return "avx512-vnni-bf16";
+#elif defined(USE_VNNI)
     return "avx512-vnni";
 #else
     return "generic";
@@ -67,6 +79,9 @@ static inline vf loadf(const float *p) {
 }
 
 static inline vf load_bf16(const uint16_t *p) { /* 16 bf16 -> 16 fp32, exact */
+#ifdef __AVX512F__ /* one widening move: GCC lowers the generic form through 256-bit halves */
+    return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#endif
     vh h;
     memcpy(&h, p, sizeof h);
     return (vf)(__builtin_convertvector(h, vu) << 16);
@@ -87,7 +102,7 @@ typedef struct {
     const int8_t *q;
     const float *qs;
     int k;
-} Act;
+} Act; /* (USE_BF16DP: q holds the rows rounded to bf16, ld = k uint16) */
 
 static void quantize_row(const float *restrict x, int k, int8_t *restrict q, float *restrict qs) {
     int chunks = (k + 63) / 64;
@@ -103,27 +118,29 @@ static void quantize_row(const float *restrict x, int k, int8_t *restrict q, flo
 }
 
 /* Y[b, j] (+)= row b of the input . row j of the weight, for rows b0..b0+R-1 and columns j0..j0+C-1.
- * Inlined with constant R, C and type: each row keeps its own accumulators, so its sum is the same
- * sequence of operations in every variant. */
+ * Inlined with constant R, C and type: each (row, column) keeps its own accumulators — two for float
+ * weights, even and odd 16-value chunks, so that a lone row still has 2C independent FMA chains — and
+ * its sum is the same sequence of operations in every variant. */
 static inline __attribute__((always_inline)) void tile(const Mat *m, int type, const Act *a, int b0, int R,
                                                        int j0, int C, float *Y, int ldy, int add) {
     const int k = m->k;
-    float res[4][2];
+    float res[4][8];
     if (type == I8) {
 #ifdef USE_VNNI
-        __m512 acc[4][2];
+        __m512 acc[4][8];
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+        const int chunks = (k + 63) / 64;
         for (int k0 = 0; k0 < k; k0 += 64) {
             __mmask64 tail = k - k0 >= 64 ? ~0ULL : (1ULL << (k - k0)) - 1;
-            __m512i w[2];
+            __m512i w[8];
             for (int c = 0; c < C; c++)
                 w[c] = _mm512_maskz_loadu_epi8(tail, (const int8_t *)m->w + (int64_t)(j0 + c) * k + k0);
             for (int r = 0; r < R; r++) {
                 __m512i x = _mm512_maskz_loadu_epi8(tail, a->q + (int64_t)(b0 + r) * k + k0);
                 __m512i ax = _mm512_abs_epi8(x);
                 __mmask64 neg = _mm512_movepi8_mask(x);
-                __m512 s = _mm512_loadu_ps(a->qs + ((int64_t)(b0 + r) * ((k + 63) / 64) + k0 / 64) * W);
+                __m512 s = _mm512_loadu_ps(a->qs + ((int64_t)(b0 + r) * chunks + k0 / 64) * W);
                 for (int c = 0; c < C; c++) { /* |x| . (sign(x) w): vpdpbusd takes unsigned x signed */
                     __m512i sw = _mm512_mask_sub_epi8(w[c], neg, _mm512_setzero_si512(), w[c]);
                     __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sw);
@@ -148,22 +165,55 @@ static inline __attribute__((always_inline)) void tile(const Mat *m, int type, c
                 res[r][c] = acc * m->scale[j0 + c];
             }
 #endif
-    } else {
-        vf acc[4][2];
-        for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc[r][c] = (vf){0};
-        for (int k0 = 0; k0 < k; k0 += W) {
-            vf w[2];
-            for (int c = 0; c < C; c++)
-                w[c] = type == BF16 ? load_bf16((const uint16_t *)m->w + (int64_t)(j0 + c) * k + k0)
-                                    : loadf((const float *)m->w + (int64_t)(j0 + c) * k + k0);
+    }
+#ifdef USE_BF16DP
+    else if (type == BF16) {
+        __m512 acc[2][4][8];
+        for (int h = 0; h < 2; h++)
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < C; c++) acc[h][r][c] = _mm512_setzero_ps();
+        const uint16_t *xb = (const uint16_t *)a->q;
+        for (int k0 = 0; k0 < k; k0 += 32) {
+            const int h = (k0 / 32) & 1;
+            __mmask32 tail = k - k0 >= 32 ? ~0U : (1U << (k - k0)) - 1;
+            __m512i w[8];
+            for (int c = 0; c < C; c++) {
+                w[c] = _mm512_maskz_loadu_epi16(tail, (const uint16_t *)m->w + (int64_t)(j0 + c) * k + k0);
+                if (R == 1 && k0 % 32 == 0) /* see below */
+                    __builtin_prefetch((const uint16_t *)m->w + (int64_t)(j0 + c + PF * C) * k + k0);
+            }
             for (int r = 0; r < R; r++) {
-                vf x = loadf(a->x + (int64_t)(b0 + r) * k + k0);
-                for (int c = 0; c < C; c++) acc[r][c] += x * w[c];
+                __m512i x = _mm512_maskz_loadu_epi16(tail, xb + (int64_t)(b0 + r) * k + k0);
+                for (int c = 0; c < C; c++) acc[h][r][c] = _mm512_dpbf16_ps(acc[h][r][c], (__m512bh)x, (__m512bh)w[c]);
             }
         }
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) res[r][c] = hsum(acc[r][c]);
+            for (int c = 0; c < C; c++) res[r][c] = hsum((vf)(acc[0][r][c] + acc[1][r][c]));
+    }
+#endif
+    else {
+        vf acc[2][4][8];
+        for (int h = 0; h < 2; h++)
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < C; c++) acc[h][r][c] = (vf){0};
+        for (int k0 = 0; k0 < k; k0 += W) {
+            const int h = (k0 / W) & 1;
+            vf w[8];
+            for (int c = 0; c < C; c++) {
+                w[c] = type == BF16 ? load_bf16((const uint16_t *)m->w + (int64_t)(j0 + c) * k + k0)
+                                    : loadf((const float *)m->w + (int64_t)(j0 + c) * k + k0);
+                /* the next tile's rows (C rows on): the weights stream from memory once per step, and
+                 * C interleaved row streams outrun the hardware prefetcher */
+                if (R == 1 && (k0 * (type == BF16 ? 2 : 4)) % 64 == 0)
+                    __builtin_prefetch((const char *)m->w + ((int64_t)(j0 + c + PF * C) * k + k0) * (type == BF16 ? 2 : 4));
+            }
+            for (int r = 0; r < R; r++) {
+                vf x = loadf(a->x + (int64_t)(b0 + r) * k + k0);
+                for (int c = 0; c < C; c++) acc[h][r][c] += x * w[c];
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) res[r][c] = hsum(acc[0][r][c] + acc[1][r][c]);
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
@@ -172,32 +222,41 @@ static inline __attribute__((always_inline)) void tile(const Mat *m, int type, c
         }
 }
 
-#define TILES(T)                                                                                          \
+/* Columns j..j+CB-1 for every row: 4 rows x 2 columns, then 2 x 4, then 1 x 8 (CB = 8), or x 2 (CB = 2). */
+#define COLS(T, CB)                                                                                       \
     for (int b = 0; b < B;) {                                                                             \
         if (B - b >= 4) {                                                                                 \
-            tile(m, T, a, b, 4, j, 2, Y, ldy, add);                                                       \
+            for (int c = 0; c < CB; c += 2) tile(m, T, a, b, 4, j + c, 2, Y, ldy, add);                   \
             b += 4;                                                                                       \
         } else if (B - b >= 2) {                                                                          \
-            tile(m, T, a, b, 2, j, 2, Y, ldy, add);                                                       \
+            for (int c = 0; c < CB; c += (CB < 4 ? CB : 4)) tile(m, T, a, b, 2, j + c, CB < 4 ? CB : 4, Y, ldy, add); \
             b += 2;                                                                                       \
         } else {                                                                                          \
-            tile(m, T, a, b, 1, j, 2, Y, ldy, add);                                                       \
+            tile(m, T, a, b, 1, j, CB, Y, ldy, add);                                                      \
             b += 1;                                                                                       \
         }                                                                                                 \
     }
 
-/* Y (B, n) (+)= X W^T, the columns shared among the team's threads (call from inside a parallel region).
- * Every n is even (checked by the loader). */
+#define BY_TYPE(CB)                                                                                       \
+    if (type == I8) {                                                                                     \
+        COLS(I8, CB)                                                                                      \
+    } else if (type == BF16) {                                                                            \
+        COLS(BF16, CB)                                                                                    \
+    } else {                                                                                              \
+        COLS(F32, CB)                                                                                     \
+    }
+
+/* Y (B, n) (+)= X W^T, the columns shared among the team's threads in blocks of 8 (call from inside a
+ * parallel region); the last n % 8 columns (n is even: checked by the loader) by one thread. */
 static void matmul(const Mat *m, int type, const Act *a, int B, float *Y, int ldy, int add) {
+    const int full = m->n / 8 * 8;
 #pragma omp for schedule(static)
-    for (int j = 0; j < m->n; j += 2) {
-        if (type == I8) {
-            TILES(I8)
-        } else if (type == BF16) {
-            TILES(BF16)
-        } else {
-            TILES(F32)
-        }
+    for (int j = 0; j < full; j += 8) {
+        BY_TYPE(8)
+    }
+#pragma omp single
+    for (int j = full; j < m->n; j += 2) {
+        BY_TYPE(2)
     }
 }
 
@@ -276,6 +335,17 @@ static void rope(float *restrict x, const float *restrict cos, const float *rest
 }
 
 static inline void quantize_rows(int type, const float *x, int B, int k, int8_t *q, float *qs) {
+#ifdef USE_BF16DP
+    if (type == BF16) {
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < k; i += W) { /* round to nearest even, as vcvtneps2bf16 */
+                __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + (int64_t)b * k + i));
+                memcpy((uint16_t *)q + (int64_t)b * k + i, &v, sizeof v);
+            }
+        return;
+    }
+#endif
     if (type != I8) return;
 #pragma omp for schedule(static)
     for (int b = 0; b < B; b++)
@@ -292,7 +362,7 @@ int decode_step(const Model *M, int B, const int64_t *tokens, const int64_t *pos
     float *x = malloc(sizeof(float) * B * D), *h = malloc(sizeof(float) * B * kmax);
     float *qkv = malloc(sizeof(float) * B * nqkv), *att = malloc(sizeof(float) * B * nh * hd);
     float *gu = malloc(sizeof(float) * B * 2 * F), *scores = malloc(sizeof(float) * B * nkv * T);
-    int8_t *q = malloc((size_t)B * kmax);
+    int8_t *q = malloc((size_t)B * kmax * 2); /* int8, or bf16 rows */
     float *qs = malloc(sizeof(float) * B * qsw);
     if (!x || !h || !qkv || !att || !gu || !scores || !q || !qs) {
         free(x), free(h), free(qkv), free(att), free(gu), free(scores), free(q), free(qs);
