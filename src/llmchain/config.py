@@ -468,6 +468,9 @@ class ServeConfig(StageConfig):
     # Matmul precision: auto = bf16 on CPUs with AMX (row-invariant oneDNN kernels, infer/forward.py), else
     # the weights' own dtype; bfloat16 fails clearly where that path is unavailable.
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    # The fused C decode step's weights (infer/decoder.py): auto = bf16 where it runs (CPUs without AMX),
+    # float32, bfloat16, or int8 (per-channel, opt-in: its perplexity cost is in docs/decode.md).
+    weights: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
 
 
 # --- recipe ----------------------------------------------------------------------------------

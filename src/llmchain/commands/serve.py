@@ -9,6 +9,14 @@ import typer
 from llmchain.errors import UserError
 
 
+def check_weights(weights: str) -> str:
+    """`weights` if it is one the engine takes (--weights of serve, generate, chat), else UserError."""
+    choices = ("auto", "float32", "bfloat16", "int8")  # ServeConfig.weights
+    if weights not in choices:
+        raise UserError(f"--weights {weights}: one of {', '.join(choices)}")
+    return weights
+
+
 def check_model_dir(model_dir: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.json)")
@@ -29,6 +37,8 @@ def serve(
                                 "batch size, no OpenMP stalls on a busy machine; more may be faster on idle cores)."),
     dtype: str = typer.Option(None, help="Matmul precision: auto (default: bf16 on CPUs with AMX, else the "
                               "weights' dtype), bfloat16 or float32."),
+    weights: str = typer.Option(None, help="Decode-step weights: auto (default: bf16 in the fused C step on CPUs "
+                                "without AMX), float32, bfloat16 or int8 (smaller and faster; see docs/decode.md)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""
@@ -42,7 +52,7 @@ def serve(
                       public_metrics=public_metrics or None, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
                       chat_template=str(chat_template) if chat_template else None, threads=threads,
-                      dtype=dtype)  # fmt: skip
+                      dtype=dtype, weights=weights)  # fmt: skip
     if cfg.dtype == "bfloat16":  # checked here too: the server loads the model after startup, too late for exit 2
         import torch
 
@@ -52,6 +62,8 @@ def serve(
             use_bf16(cfg.dtype, torch.device(cfg.device), torch.float32)
         except ValueError as e:
             raise UserError(f"--dtype: {e}") from None
+    if cfg.weights != "auto" and cfg.dtype == "bfloat16":
+        raise UserError(f"--weights {cfg.weights} runs on the fused decode step, which --dtype bfloat16 excludes")
     if cfg.chat_template and not Path(cfg.chat_template).is_file():
         raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
     opts = ServeOptions(model_dir=str(model_dir), **cfg.model_dump())

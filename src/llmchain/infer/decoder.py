@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -49,7 +50,9 @@ class _Model(ctypes.Structure):
                                                        "qkv", "o", "gate_up", "down", "head", "kc", "vc")]  # fmt: skip
 
 
+@cache
 def _library(generic: bool | None) -> ctypes.CDLL | None:
+    """The built library (once per process and variant), or None where it cannot be built."""
     if os.environ.get("LLMCHAIN_C_KERNELS", "1") == "0" or platform.system() != "Linux":
         return None
     cc = shutil.which(os.environ.get("CC", "cc"))
