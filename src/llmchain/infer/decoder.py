@@ -9,7 +9,7 @@ bf16 or int8 weights, converted here once) and runs the layer loop without retur
 It takes only the decoding rows: prompts are still prefilled by `forward.step_logits` (fp32 GEMMs,
 which are efficient at many rows) into the same fp32 `KVCache`, which the C step then reads and
 extends. A row's logits do not depend on the other rows of the step, nor on the thread count (see
-decode.c), so the step may use every core while prefill keeps the engine's thread setting.
+decode.c), so the step may use more threads than the engine gives PyTorch without breaking that.
 
 `load_decoder` returns None where it cannot run (no C compiler, LLMCHAIN_C_KERNELS=0, shapes it does
 not handle, biases, a non-fp32 cache): the engine then decodes with `step_logits` as before.
@@ -139,15 +139,7 @@ class FusedDecoder:
         return out
 
 
-def default_threads() -> int:
-    """Every core this process may run on: the fused step's results do not depend on its thread count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def load_decoder(w, cache, weights: str = "float32", threads: int | None = None,
+def load_decoder(w, cache, weights: str = "float32", threads: int = 1,
                  generic: bool | None = None) -> FusedDecoder | None:  # fmt: skip
     """The fused decode step over `w` (fp32 `DecodeWeights`) and `cache` (an fp32 `KVCache`) with weights in
     `weights` (float32 | bfloat16 | int8), or None where it cannot run (then the caller keeps PyTorch)."""
@@ -163,4 +155,4 @@ def load_decoder(w, cache, weights: str = "float32", threads: int | None = None,
     lib = _library(generic)
     if lib is None:
         return None
-    return FusedDecoder(lib, w, cache, weights, threads or default_threads())
+    return FusedDecoder(lib, w, cache, weights, threads)

@@ -107,8 +107,9 @@ class Engine:
     `threads` sets PyTorch's CPU threads (process-wide). The default, 1, keeps decoding
     batch-invariant for any batch size: with several threads MKL splits large matmuls' inner sums
     across threads differently for different row counts (seen from 64 rows up). None keeps torch's.
-    `decode_threads` (default: every core) runs the fused C decode step, whose rows' results do not
-    depend on its thread count. `weights` (auto | float32 | bfloat16 | int8) picks the fused step's
+    `decode_threads` (default: `threads`, else 1) runs the fused C decode step, whose rows' results do
+    not depend on its thread count (more than 1 pays only on idle cores: OpenMP's barriers stall when
+    another process holds one of them). `weights` (auto | float32 | bfloat16 | int8) picks the fused step's
     weight format; int8 is opt-in (its perplexity cost: docs/decode.md).
 
     `submit()` is thread-safe and returns at once; it raises EngineOverloaded when `max_queue`
@@ -172,7 +173,7 @@ class Engine:
         self.decoder = None
         if kernel is None and weight_dtype == torch.float32 and device.type == "cpu":
             kind = weights if weights != "auto" else ("float32" if dtype == "float32" else "bfloat16")
-            self.decoder = load_decoder(self.decode_weights, self.cache, kind, decode_threads)
+            self.decoder = load_decoder(self.decode_weights, self.cache, kind, decode_threads or threads or 1)
         if weights != "auto" and self.decoder is None:
             raise ValueError(f"weights {weights} needs the fused decode step, which cannot run here (an fp32 "
                              "model on a CPU and a C compiler; see the log)")
