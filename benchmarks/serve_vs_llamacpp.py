@@ -15,10 +15,14 @@ Both get the same prompt ids and the same thread count (`--threads`, default 2).
 Every round runs every task on every system, the order alternating between rounds (a shared VM drifts);
 the table shows each system's median round and each ratio is the median of the per-round ratios.
 
-Setup (benchmark only, not a runtime dependency): `pip install -e '.[bench]'` (llama-cpp-cffi, cffi;
-its wheel also carries CUDA and Vulkan libraries we do not load). On Debian 12 its .so needs the
-`__cxa_call_terminate` symbol of a newer libstdc++: this script builds a two-line C++ shim (g++) and
-starts the llama.cpp worker with it in LD_PRELOAD.
+Setup (this benchmark only, in no extra: the package pins huggingface-hub < 0.29 and transformers < 5,
+which its CPU library does not need):
+
+    .venv/bin/pip install cffi && .venv/bin/pip install --no-deps llama-cpp-cffi==0.4.42
+
+(a 291 MB wheel: it also carries CUDA and Vulkan builds, never loaded here). On Debian 12 its .so needs
+the `__cxa_call_terminate` symbol of a newer libstdc++: this script builds a one-line C++ shim (g++) and
+starts the llama.cpp workers with it in LD_PRELOAD. Only the .so is imported, not the `llama` package.
 
     flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/serve_vs_llamacpp.py --preset tiny small
 """
@@ -70,7 +74,7 @@ def llamacpp_worker(gguf: str, threads: int) -> None:
 
     spec = importlib.util.find_spec("llama")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llama-cpp-cffi is not installed: pip install -e '.[bench]'")
+        raise SystemExit("llama-cpp-cffi is not installed: pip install --no-deps llama-cpp-cffi==0.4.42 (and cffi)")
     so = next(Path(spec.submodule_search_locations[0]).glob("_llama_cpp_cpu.*.so"))
     mod_spec = importlib.util.spec_from_file_location("_llama_cpp_cpu", so)  # not the package: its __init__
     mod = importlib.util.module_from_spec(mod_spec)  # imports a server stack we do not need
