@@ -1,6 +1,6 @@
 """The fused C decode step (infer/decoder.py, decode.c): its logits against the PyTorch step (fp32 tightly, bf16
 and int8 within their rounding), each row bit-identical alone, in any batch and on any thread count, in its
-AVX-512 and its portable build; int8 greedy text mostly that of fp32 on a trained model; the engine falls
+AVX-512 and its portable build; the packed weight layout; int8 greedy text mostly that of fp32 on a trained model; the engine falls
 back to PyTorch where the step cannot be built, and --weights int8 then fails clearly."""
 
 from __future__ import annotations
@@ -85,6 +85,23 @@ def test_quantize_int8_rounds_each_channel_to_its_own_scale():
     assert q.dtype == torch.int8 and q.tolist() == [[127, -64, 32], [127, 0, -127]]
     torch.testing.assert_close(s, torch.tensor([1 / 127, 100 / 127]))
     assert float((q.float() * s[:, None] - w).abs().max()) <= float(s.max()) / 2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_pack_lays_out_tiles_of_8_columns_by_64_byte_blocks_then_the_rest_as_is(dtype):
+    n, k = 19, 40  # 2 tiles of 8 and 3 tail rows; k pads to one block of 64 bytes (bf16: to 64 values)
+    w = (torch.arange(n * k) % 101 + 1).view(n, k).to(dtype)
+    e = 64 // w.element_size()
+    kp = -(-k // e) * e
+    p = dec.pack(w)
+    assert p.dtype == dtype and p.numel() == 16 * kp + 3 * k
+    for j in range(16):  # column j's block b starts at tile(j) + b·8e + (j % 8)·e; padding is zeros
+        for b in range(kp // e):
+            at = j // 8 * 8 * kp + b * 8 * e + j % 8 * e
+            block = p[at : at + e]
+            assert torch.equal(block[: max(0, min(e, k - b * e))], w[j, b * e : (b + 1) * e])
+            assert not block[max(0, k - b * e) :].any()
+    assert torch.equal(p[16 * kp :], w[16:].reshape(-1))
 
 
 def _trained(steps: int = 120) -> Llama:

@@ -67,6 +67,8 @@ def _library(generic: bool | None) -> ctypes.CDLL | None:
                     getattr(e, "stderr", "") or e)  # fmt: skip
         return None
     lib.decode_isa.restype = ctypes.c_char_p
+    lib.decode_packed.restype = ctypes.c_int
+    lib.decode_packed.argtypes = [ctypes.c_int]
     lib.decode_step.restype = ctypes.c_int
     lib.decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int]
     return lib
@@ -76,6 +78,19 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel symmetric int8: (q (n, k) int8, scale (n,) fp32) with w ≈ q · scale[:, None]."""
     scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous(), scale.float().contiguous()
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """`w` (n, k), bf16 or int8, in decode.c's packed layout (see `packed_cols` there): the first n // 8 * 8
+    rows by tiles of 8, per 64-byte block of k (k zero-padded to whole blocks) the tile's 8 blocks in turn;
+    then the last n % 8 rows as they are. Flat."""
+    n, k = w.shape
+    e = 64 // w.element_size()
+    full, kp = n // 8 * 8, -(-k // e) * e
+    tiles = w.new_zeros(full, kp)
+    tiles[:, :k] = w[:full]
+    tiles = tiles.view(full // 8, 8, kp // e, e).permute(0, 2, 1, 3).reshape(-1)
+    return torch.cat([tiles, w[full:].reshape(-1)])
 
 
 class FusedDecoder:
@@ -91,13 +106,15 @@ class FusedDecoder:
             self._keep.append(t)
             return t.data_ptr()
 
+        packed = bool(lib.decode_packed(kind))
+
         def mat(lin) -> _Mat:
             wt = lin.w.detach().float().contiguous()
             if kind == 2:
                 q, s = quantize_int8(wt)
-                return _Mat(ptr(q), ptr(s), wt.shape[0], wt.shape[1])
+                return _Mat(ptr(pack(q) if packed else q), ptr(s), wt.shape[0], wt.shape[1])
             data = wt.to(torch.bfloat16) if kind == 1 else wt
-            return _Mat(ptr(data), None, wt.shape[0], wt.shape[1])
+            return _Mat(ptr(pack(data) if packed else data), None, wt.shape[0], wt.shape[1])
 
         def mats(lins) -> ctypes.Array:
             arr = (_Mat * len(lins))(*[mat(x) for x in lins])
