@@ -537,6 +537,9 @@ class ServeConfig(StageConfig):
     embedding_model: str | None = None
     max_embedding_inputs: int = Field(256, ge=1, le=4096)  # texts per /v1/embeddings request
     passage_context_chars: int = Field(1000, ge=0, le=20_000)  # GET /v1/passages/{id}: source text each side
+    # The fused C decode step's weights (infer/decoder.py): auto = bf16 where it runs (CPUs without AMX),
+    # float32, bfloat16, or int8 (per-channel, opt-in: its perplexity cost is in docs/decode.md).
+    weights: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
 
 
 # --- recipe ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmchain.commands.serve import check_model_dir
+from llmchain.commands.serve import check_model_dir, check_weights
 from llmchain.errors import UserError
 
 
@@ -17,6 +17,7 @@ def chat(
     max_tokens: int = typer.Option(256, min=1, help="Most tokens per reply."),
     chat_template: Path = typer.Option(None, help="A Jinja chat template file replacing the tokenizer's."),
     seed: int = typer.Option(None, help="Seed for reproducible replies."),
+    weights: str = typer.Option("auto", help="Decode-step weights: auto, float32, bfloat16, int8."),
 ) -> None:
     """Chat with a model in the terminal (the same conversation the web page has). /reset, /exit."""
     from llmchain.infer.engine import load_engine
@@ -29,7 +30,11 @@ def chat(
             raise UserError(f"--chat-template: file not found: {chat_template}")
         template = chat_template.read_text(encoding="utf-8")
     # The server's engine, stop tokens and defaults, one sequence at a time: chat stops where serve stops.
-    engine = load_engine(model_dir, max_batch_size=1, threads=1, chat_template=template)
+    try:
+        engine = load_engine(model_dir, max_batch_size=1, threads=1, chat_template=template,
+                             weights=check_weights(weights))  # fmt: skip
+    except ValueError as e:  # int8/bf16 weights where the fused decode step cannot run
+        raise UserError(f"--weights {weights}: {e}") from None
     tok = engine.tokenizer
     if not tok.chat_template:
         raise UserError(f"{model_dir} has no chat template (tokenizer_config.json 'chat_template'); "

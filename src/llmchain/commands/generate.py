@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from llmchain.commands.serve import check_weights
 from llmchain.errors import UserError
 
 
@@ -19,6 +20,7 @@ def generate(
     seed: int | None = typer.Option(None, "--seed", help="Seed: same seed → same text."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template as a user turn."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps ..."),
+    weights: str = typer.Option("auto", "--weights", help="Decode-step weights: auto, float32, bfloat16, int8."),
 ) -> None:
     """Continue PROMPT with a model dir; prints only the generated text. Stops where `serve` stops (EOS,
     generation_config.json's eos ids, end-of-turn tokens)."""
@@ -39,7 +41,10 @@ def generate(
         dev.type == "mps" and not torch.backends.mps.is_available()
     ):
         raise UserError(f"--device {device}: not available on this machine (use --device cpu)")
-    engine = load_engine(model, device=device, max_batch_size=1)
+    try:
+        engine = load_engine(model, device=device, max_batch_size=1, weights=check_weights(weights))
+    except ValueError as e:  # int8/bf16 weights where the fused decode step cannot run
+        raise UserError(f"--weights {weights}: {e}") from None
     tok = engine.tokenizer
     if chat:
         if not getattr(tok, "chat_template", None):

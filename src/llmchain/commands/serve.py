@@ -9,6 +9,14 @@ import typer
 from llmchain.errors import UserError
 
 
+def check_weights(weights: str) -> str:
+    """`weights` if it is one the engine takes (--weights of serve, generate, chat), else UserError."""
+    choices = ("auto", "float32", "bfloat16", "int8")  # ServeConfig.weights
+    if weights not in choices:
+        raise UserError(f"--weights {weights}: one of {', '.join(choices)}")
+    return weights
+
+
 def check_model_dir(model_dir: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.json)")
@@ -34,6 +42,8 @@ def serve(
     index_k: int = typer.Option(None, "--index-k", help="Passages put in each chat prompt (default 4)."),
     embedding_model: str = typer.Option(None, "--embedding-model", help="Serve /v1/embeddings with this "
                                         "encoder: minilm or an encoder dir (default with --index: its encoder)."),
+    weights: str = typer.Option(None, help="Decode-step weights: auto (default: bf16 in the fused C step on CPUs "
+                                "without AMX), float32, bfloat16 or int8 (smaller and faster; see docs/decode.md)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with these fields."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API with continuous batching, plus a chat page at /."""
@@ -47,7 +57,7 @@ def serve(
                       public_metrics=public_metrics or None, served_model_name=served_model_name,
                       max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
                       chat_template=str(chat_template) if chat_template else None, threads=threads,
-                      dtype=dtype, index=str(index) if index else None, index_k=index_k,
+                      dtype=dtype, weights=weights, index=str(index) if index else None, index_k=index_k,
                       embedding_model=embedding_model)  # fmt: skip
     if cfg.dtype == "bfloat16":  # checked here too: the server loads the model after startup, too late for exit 2
         import torch
@@ -58,6 +68,8 @@ def serve(
             use_bf16(cfg.dtype, torch.device(cfg.device), torch.float32)
         except ValueError as e:
             raise UserError(f"--dtype: {e}") from None
+    if cfg.weights != "auto" and cfg.dtype == "bfloat16":
+        raise UserError(f"--weights {cfg.weights} runs on the fused decode step, which --dtype bfloat16 excludes")
     if cfg.chat_template and not Path(cfg.chat_template).is_file():
         raise UserError(f"--chat-template: file not found: {cfg.chat_template}")
     if cfg.index and not Path(cfg.index).is_file():

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from llmchain.infer.decoder import WEIGHTS, load_decoder
 from llmchain.infer.forward import KEY_PAD, KVCache, copy_prefix, prepare_decode, step_logits, use_bf16
 from llmchain.infer.kernels import BlockedKV
 from llmchain.infer.kernels import load as load_kernel
@@ -106,6 +107,10 @@ class Engine:
     `threads` sets PyTorch's CPU threads (process-wide). The default, 1, keeps decoding
     batch-invariant for any batch size: with several threads MKL splits large matmuls' inner sums
     across threads differently for different row counts (seen from 64 rows up). None keeps torch's.
+    `decode_threads` (default: `threads`, else 1) runs the fused C decode step, whose rows' results do
+    not depend on its thread count (more than 1 pays only on idle cores: OpenMP's barriers stall when
+    another process holds one of them). `weights` (auto | float32 | bfloat16 | int8) picks the fused step's
+    weight format; int8 is opt-in (its perplexity cost: docs/decode.md).
 
     `submit()` is thread-safe and returns at once; it raises EngineOverloaded when `max_queue`
     requests are already waiting and PromptTooLong when the prompt leaves no room to generate.
@@ -124,6 +129,8 @@ class Engine:
         metrics=None,
         threads: int | None = 1,
         dtype: str = "auto",
+        weights: str = "auto",
+        decode_threads: int | None = None,
     ):
         from llmchain.config import ServeConfig
 
@@ -140,7 +147,12 @@ class Engine:
         weight_dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         cache_len = -(-self.max_model_len // KEY_PAD) * KEY_PAD
-        self.bf16 = use_bf16(dtype, device, weight_dtype)  # bf16 linears on AMX CPUs (infer/forward.py)
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
+        if weights != "auto" and dtype == "bfloat16":
+            raise ValueError(f"weights {weights} runs on the fused decode step, which dtype bfloat16 (AMX) excludes")
+        # bf16 linears on AMX CPUs (infer/forward.py) — unless weights are asked for: the fused C step's then
+        self.bf16 = use_bf16(dtype, device, weight_dtype) if weights == "auto" else False
         # bf16 linears: keys/values in bf16 too (as vLLM's default cache dtype), read by the C kernel
         cfg = self.config
         kernel = load_kernel(cfg.head_dim, cfg.num_attention_heads // cfg.num_key_value_heads) if self.bf16 else None
@@ -155,6 +167,16 @@ class Engine:
             self.decode_weights.kernels = kernel
         finally:
             torch.set_num_threads(prev)
+        # Without the oneDNN bf16 path, decoding rows go through the fused C step (infer/decoder.py) over
+        # the same fp32 cache; prompts are still prefilled by step_logits. auto: bf16 weights (half the
+        # bytes each step reads), float32 dtype: fp32 weights (the reference's numbers).
+        self.decoder = None
+        if kernel is None and weight_dtype == torch.float32 and device.type == "cpu":
+            kind = weights if weights != "auto" else ("float32" if dtype == "float32" else "bfloat16")
+            self.decoder = load_decoder(self.decode_weights, self.cache, kind, decode_threads or threads or 1)
+        if weights != "auto" and self.decoder is None:
+            raise ValueError(f"weights {weights} needs the fused decode step, which cannot run here (an fp32 "
+                             "model on a CPU and a C compiler; see the log)")
         self.device = device
         self.free_slots: list[int] = list(range(max_batch_size))[::-1]
         self.waiting: deque[RequestHandle] = deque()
@@ -337,8 +359,16 @@ class Engine:
         slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=dev)
         prompts = [(h.prompt_ids, sl[0]) for h, sl in admitted]
         contiguous = all(s.slot == i for i, s in enumerate(seqs))
-        logits = step_logits(self.cache, self.decode_weights, tokens, positions, slots, prompts,
-                             pad=self.max_batch_size > 1, contiguous=contiguous)  # fmt: skip
+        if self.decoder is None:
+            logits = step_logits(self.cache, self.decode_weights, tokens, positions, slots, prompts,
+                                 pad=self.max_batch_size > 1, contiguous=contiguous)  # fmt: skip
+        else:  # decoding rows in one C call; prompts prefilled apart (no row's numbers depend on the other)
+            parts = [self.decoder.step(tokens, positions, slots)] if seqs else []
+            if prompts:
+                none = tokens[:0]
+                parts.append(step_logits(self.cache, self.decode_weights, none, none, none, prompts,
+                                         pad=self.max_batch_size > 1))  # fmt: skip
+            logits = torch.cat(parts) if len(parts) > 1 else parts[0]
         B = len(seqs)
         greedy = [i for i, s in enumerate(seqs) if s.handle.params.plain_greedy]
         picks: dict[int, int] = {}
@@ -437,7 +467,7 @@ class Engine:
 
 
 def load_engine(model_dir: str | Path, *, device: str = "cpu", max_batch_size: int | None = None, dtype: str = "auto",
-                threads: int | None = None, chat_template: str | None = None) -> Engine:
+                threads: int | None = None, chat_template: str | None = None, weights: str = "auto") -> Engine:
     """An in-process engine over the model dir's weights and tokenizer (`engine.tokenizer`), stopping at
     `stop_token_ids`. What `llmchain generate`, `chat`, eval, reports and recipe stages generate with.
 
@@ -454,5 +484,5 @@ def load_engine(model_dir: str | Path, *, device: str = "cpu", max_batch_size: i
     if len(tok) > model.config.vocab_size:
         raise UserError(f"{model_dir}: the tokenizer has {len(tok)} tokens but the model only "
                         f"{model.config.vocab_size}; tokenizer and model do not belong together")
-    return Engine(model, tok, max_batch_size=max_batch_size, dtype=dtype, threads=threads,
+    return Engine(model, tok, max_batch_size=max_batch_size, dtype=dtype, threads=threads, weights=weights,
                   eos_token_ids=stop_token_ids(tok, model.config, model_dir))

@@ -117,11 +117,11 @@ def _open_private(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def _compile(cc: str, flags: list[str], out: Path) -> None:
+def _compile(cc: str, flags: list[str], out: Path, source: Path = SOURCE) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True,
+        subprocess.run([cc, *flags, "-o", tmp, str(source), "-lm"], check=True, capture_output=True,
                        text=True, timeout=120)  # fmt: skip
         os.chmod(tmp, 0o644)  # the linker's mode follows the umask, which may let the group write
         os.replace(tmp, out)  # atomic: a half-written library never has the final name
@@ -129,7 +129,7 @@ def _compile(cc: str, flags: list[str], out: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _load_library(cc: str, flags: list[str], cache_dir: Path, name: str) -> ctypes.CDLL:
+def _load_library(cc: str, flags: list[str], cache_dir: Path, name: str, source: Path = SOURCE) -> ctypes.CDLL:
     """The kernels library `name`: from `cache_dir` (built there first if missing or unsafe) when that
     dir is private, else built in a fresh private temporary dir that is deleted once it is loaded."""
     try:
@@ -141,7 +141,7 @@ def _load_library(cc: str, flags: list[str], cache_dir: Path, name: str) -> ctyp
         log.warning("not loading the C kernels from %s: %s; building them in a private temporary dir",
                     cache_dir, problem)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="llmchain-kernels-") as tmp:  # mode 0700, ours
-            _compile(cc, flags, Path(tmp) / name)
+            _compile(cc, flags, Path(tmp) / name, source)
             return _open_private(Path(tmp) / name)  # loaded (mapped): the file may go
     out = cache_dir / name
     try:
@@ -150,7 +150,7 @@ def _load_library(cc: str, flags: list[str], cache_dir: Path, name: str) -> ctyp
         pass
     except OSError as e:  # a symlink, someone else's file, a writable one: replace it with our own build
         log.warning("rebuilding the C kernels at %s: %s", out, e)
-    _compile(cc, flags, out)
+    _compile(cc, flags, out, source)
     return _open_private(out)
 
 

@@ -52,6 +52,7 @@ class EngineSpec:
     max_model_len: int | None = _DEFAULT.max_model_len
     threads: int | None = _DEFAULT.threads  # None: leave torch's thread count alone
     dtype: str = _DEFAULT.dtype
+    weights: str = _DEFAULT.weights
 
     @classmethod
     def from_options(cls, opts) -> EngineSpec:
@@ -77,7 +78,8 @@ def build_engine(spec: EngineSpec, metrics=None, max_queue: int | None = None):
     model = load_model(spec.model_dir, device=spec.device)
     engine = Engine(model, tok, max_batch_size=spec.max_batch_size, max_queue=max_queue or spec.max_queue,
                     max_model_len=spec.max_model_len, eos_token_ids=stop_token_ids(tok, model.config, spec.model_dir),
-                    metrics=metrics, threads=spec.threads, dtype=spec.dtype)  # fmt: skip
+                    metrics=metrics, threads=spec.threads, dtype=spec.dtype,
+                    weights=spec.weights)  # fmt: skip
     return tok, engine  # the engine holds its own copy of the weights: the model is freed here
 
 
