@@ -29,6 +29,10 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__) && !defined(LLMCHAIN_GENERIC)
+#define USE_AVX2 1 /* AVX2 CPUs (no AVX-512): 8-lane tiles that fit AVX2's 16 vector registers */
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -68,6 +72,8 @@ const char *decode_isa(void) {
     return "avx512-vnni-bf16";
 #elif defined(USE_VNNI)
     return "avx512-vnni";
+#elif defined(USE_AVX2)
+    return "avx2-fma";
 #else
     return "generic";
 #endif
@@ -86,6 +92,16 @@ static inline vf load_bf16(const uint16_t *p) { /* 16 bf16 -> 16 fp32, exact */
     vh h;
     memcpy(&h, p, sizeof h);
     return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+/* v as it is: the product it holds is rounded here, never fused (-ffp-contract) with a later add */
+static inline float rounded(float v) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__("" : "+x"(v));
+#else
+    __asm__("" : "+r"(v));
+#endif
+    return v;
 }
 
 static inline float hsum(vf v) { /* a fixed tree over the 16 lanes */
@@ -133,6 +149,9 @@ int decode_packed(int type) {
 #ifdef USE_VNNI
     if (type == I8) return 1;
 #endif
+#ifdef USE_AVX2
+    if (type == BF16 || type == I8) return 1;
+#endif
     (void)type;
     return 0;
 }
@@ -148,14 +167,88 @@ static inline void packed_cols(const Mat *m, int E, int j0, int C, int64_t *col,
     *step = E;
 }
 
+#ifdef USE_AVX2
+/* AVX2 has 16 vector registers of 8 floats: the generic tiles' 16-lane accumulators (two per output)
+ * spill there. Here each output has ONE 8-lane accumulator, stepped over k by 8 (int8: by 32, one
+ * scale per block of 16 in lanes 0-3 and 4-7), then summed by a fixed tree: every tile shape (1 x 8,
+ * 2 x 4, 4 x 2) keeps 8 independent FMA chains and computes an output the same way. bf16 and int8
+ * weights are packed (`packed_cols`); fp32 stays row-major. */
+static inline float hsum8(__m256 v) {
+    float a[8];
+    _mm256_storeu_ps(a, v);
+    for (int s = 4; s > 0; s /= 2)
+        for (int i = 0; i < s; i++) a[i] += a[i + s];
+    return a[0];
+}
+
+static inline __m256 load8_bf16(const uint16_t *p) { /* 8 bf16 -> 8 fp32, exact */
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static inline __m256i load32_i8(const int8_t *p, int left) { /* 32 int8, or 16 and zeros (k % 32 == 16) */
+    if (left >= 32) return _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128((const __m128i *)p));
+}
+
+static inline __attribute__((always_inline)) void tile_avx2(const Mat *m, int type, const Act *a, int b0, int R,
+                                                            int j0, int C, float res[4][8]) {
+    const int k = m->k;
+    __m256 acc[4][8];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    int64_t col[8], step;
+    if (type == I8) {
+        packed_cols(m, 64, j0, C, col, &step);
+        const int chunks = (k + 63) / 64;
+        const __m256i ones = _mm256_set1_epi16(1);
+        for (int k0 = 0; k0 < k; k0 += 32) {
+            const int64_t off = k0 / 64 * step + k0 % 64;
+            __m256i w[8];
+            for (int c = 0; c < C; c++) w[c] = load32_i8((const int8_t *)m->w + col[c] + off, k - k0);
+            for (int r = 0; r < R; r++) {
+                __m256i x = load32_i8(a->q + (int64_t)(b0 + r) * k + k0, k - k0), ax = _mm256_abs_epi8(x);
+                __m256 s = _mm256_loadu_ps(a->qs + ((int64_t)(b0 + r) * chunks + k0 / 64) * W + (k0 % 64) / 32 * 8);
+                for (int c = 0; c < C; c++) { /* |x| . (sign(x) w): vpmaddubsw takes unsigned x signed */
+                    __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w[c], x));
+                    __m256i d = _mm256_madd_epi16(p, ones); /* lanes 0-3: block k0/16, 4-7: the next */
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[r][c]);
+                }
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) res[r][c] = rounded(hsum8(acc[r][c]) * m->scale[j0 + c]);
+        return;
+    }
+    if (type == BF16)
+        packed_cols(m, 32, j0, C, col, &step);
+    else
+        for (int c = 0; c < C; c++) col[c] = (int64_t)(j0 + c) * k, step = 0;
+    for (int k0 = 0; k0 < k; k0 += 8) {
+        const int64_t off = type == BF16 ? k0 / 32 * step + k0 % 32 : k0;
+        __m256 x[4];
+        for (int r = 0; r < R; r++) x[r] = _mm256_loadu_ps(a->x + (int64_t)(b0 + r) * k + k0);
+        for (int c = 0; c < C; c++) {
+            __m256 w = type == BF16 ? load8_bf16((const uint16_t *)m->w + col[c] + off)
+                                    : _mm256_loadu_ps((const float *)m->w + col[c] + off);
+            for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], w, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) res[r][c] = hsum8(acc[r][c]);
+}
+#endif
+
 /* Y[b, j] (+)= row b of the input . row j of the weight, for rows b0..b0+R-1 and columns j0..j0+C-1.
  * Inlined with constant R, C and type: each (row, column) keeps its own accumulators — two for float
  * weights, even and odd 16-value chunks, so that a lone row still has 2C independent FMA chains — and
  * its sum is the same sequence of operations in every variant. */
 static inline __attribute__((always_inline)) void tile(const Mat *m, int type, const Act *a, int b0, int R,
                                                        int j0, int C, float *Y, int ldy, int add) {
-    const int k = m->k;
     float res[4][8];
+#ifdef USE_AVX2
+    tile_avx2(m, type, a, b0, R, j0, C, res);
+#else
+    const int k = m->k;
     if (type == I8) {
 #ifdef USE_VNNI
         __m512 acc[4][8];
@@ -182,7 +275,7 @@ static inline __attribute__((always_inline)) void tile(const Mat *m, int type, c
             }
         }
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) res[r][c] = hsum((vf)acc[r][c]) * m->scale[j0 + c];
+            for (int c = 0; c < C; c++) res[r][c] = rounded(hsum((vf)acc[r][c]) * m->scale[j0 + c]);
 #else
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) {
@@ -195,7 +288,7 @@ static inline __attribute__((always_inline)) void tile(const Mat *m, int type, c
                     for (int i = 0; i < QB; i++) d += (int32_t)x[b + i] * w[b + i];
                     acc += (float)d * qs[(b / 64) * W + ((b % 64) / QB) * 4];
                 }
-                res[r][c] = acc * m->scale[j0 + c];
+                res[r][c] = rounded(acc * m->scale[j0 + c]);
             }
 #endif
     }
@@ -247,6 +340,7 @@ static inline __attribute__((always_inline)) void tile(const Mat *m, int type, c
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) res[r][c] = hsum(acc[0][r][c] + acc[1][r][c]);
     }
+#endif
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             float *y = Y + (int64_t)(b0 + r) * ldy + j0 + c;
