@@ -219,18 +219,29 @@ static inline __attribute__((always_inline)) void tile_avx2(const Mat *m, int ty
             for (int c = 0; c < C; c++) res[r][c] = rounded(hsum8(acc[r][c]) * m->scale[j0 + c]);
         return;
     }
-    if (type == BF16)
+    if (type == BF16) { /* by 64-byte blocks (32 values) of each column, 8 values at a time */
         packed_cols(m, 32, j0, C, col, &step);
-    else
-        for (int c = 0; c < C; c++) col[c] = (int64_t)(j0 + c) * k, step = 0;
-    for (int k0 = 0; k0 < k; k0 += 8) {
-        const int64_t off = type == BF16 ? k0 / 32 * step + k0 % 32 : k0;
-        __m256 x[4];
-        for (int r = 0; r < R; r++) x[r] = _mm256_loadu_ps(a->x + (int64_t)(b0 + r) * k + k0);
-        for (int c = 0; c < C; c++) {
-            __m256 w = type == BF16 ? load8_bf16((const uint16_t *)m->w + col[c] + off)
-                                    : _mm256_loadu_ps((const float *)m->w + col[c] + off);
-            for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], w, acc[r][c]);
+        for (int kb = 0; kb < k; kb += 32) {
+            const uint16_t *w[8];
+            for (int c = 0; c < C; c++) w[c] = (const uint16_t *)m->w + col[c] + kb / 32 * step;
+            const int n8 = k - kb < 32 ? (k - kb) / 8 : 4;
+            for (int i = 0; i < n8; i++) {
+                __m256 x[4];
+                for (int r = 0; r < R; r++) x[r] = _mm256_loadu_ps(a->x + (int64_t)(b0 + r) * k + kb + i * 8);
+                for (int c = 0; c < C; c++) {
+                    __m256 wv = load8_bf16(w[c] + i * 8);
+                    for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], wv, acc[r][c]);
+                }
+            }
+        }
+    } else {
+        for (int k0 = 0; k0 < k; k0 += 8) {
+            __m256 x[4];
+            for (int r = 0; r < R; r++) x[r] = _mm256_loadu_ps(a->x + (int64_t)(b0 + r) * k + k0);
+            for (int c = 0; c < C; c++) {
+                __m256 wv = _mm256_loadu_ps((const float *)m->w + (int64_t)(j0 + c) * k + k0);
+                for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], wv, acc[r][c]);
+            }
         }
     }
     for (int r = 0; r < R; r++)
@@ -380,47 +391,77 @@ static void matmul(const Mat *m, int type, const Act *a, int B, float *Y, int ld
     for (int j = 0; j < full; j += 8) {
         BY_TYPE(8)
     }
+    if (full == m->n) return; /* the usual case: no `single` and so no second barrier */
 #pragma omp single
     for (int j = full; j < m->n; j += 2) {
         BY_TYPE(2)
     }
 }
 
-typedef int32_t vi __attribute__((vector_size(64)));
+/* The element-wise parts (SiLU, RMSNorm, attention) on vectors of the machine's width: 16 lanes with
+ * AVX-512, else 8 (GCC splits 64-byte vectors into two AVX2 halves through the stack, which measured ~40 %
+ * of a `tiny` step). Every head_dim, dim and ffn is a multiple of 16, so of VL too. */
+#ifdef __AVX512F__
+#define VL 16
+#else
+#define VL 8
+#endif
+typedef float va __attribute__((vector_size(VL * 4)));
+typedef int32_t vai __attribute__((vector_size(VL * 4)));
 
-static inline vf exp_le0(vf x) { /* exp(x) for x <= 0: Cephes' expf (range reduction, degree-5 polynomial) */
-    vi lo = x < -87.0f;
-    x = (vf)((lo & (vi)((vf){0} - 87.0f)) | (~lo & (vi)x));
-    vi n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, vi); /* round(x log2 e), x <= 0 */
-    vf nf = __builtin_convertvector(n, vf);
-    vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-    vf y = 1.9875691500e-4f * r + 1.3981999507e-3f;
+static inline va loada(const float *p) {
+    va v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline float hsuma(va v) { /* a fixed tree over the VL lanes: lane i += lane i + s, s = VL/2, ..., 1 */
+#if VL == 16
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+#else
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1);
+#endif
+    return v[0];
+}
+
+static inline va exp_le0(va x) { /* exp(x) for x <= 0: Cephes' expf (range reduction, degree-5 polynomial) */
+    vai lo = x < -87.0f;
+    x = (va)((lo & (vai)((va){0} - 87.0f)) | (~lo & (vai)x));
+    vai n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, vai); /* round(x log2 e), x <= 0 */
+    va nf = __builtin_convertvector(n, va);
+    va r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    va y = 1.9875691500e-4f * r + 1.3981999507e-3f;
     y = y * r + 8.3334519073e-3f;
     y = y * r + 4.1665795894e-2f;
     y = y * r + 1.6666665459e-1f;
     y = y * r + 5.0000001201e-1f;
     y = y * r * r + r + 1.0f;
-    return (vf)((vi)y + ((n) << 23)); /* times 2^n */
+    return (va)((vai)y + ((n) << 23)); /* times 2^n */
 }
 
 static void silu_mul(const float *restrict g, const float *restrict u, int n, float *restrict out) {
-    for (int i = 0; i < n; i += W) { /* g sigmoid(g) u, sigmoid from exp(-|g|) <= 1 */
-        vf gv = loadf(g + i), uv = loadf(u + i);
-        vi neg = gv < 0.0f;
-        vf e = exp_le0((vf)((vi)gv | ((vi){0} + INT32_MIN))); /* -|g|: the sign bit set */
-        vf num = (vf)((neg & (vi)e) | (~neg & (vi)((vf){0} + 1.0f)));
-        vf r = gv * (num / (1.0f + e)) * uv;
+    for (int i = 0; i < n; i += VL) { /* g sigmoid(g) u, sigmoid from exp(-|g|) <= 1 */
+        va gv = loada(g + i), uv = loada(u + i);
+        vai neg = gv < 0.0f;
+        va e = exp_le0((va)((vai)gv | ((vai){0} + INT32_MIN))); /* -|g|: the sign bit set */
+        va num = (va)((neg & (vai)e) | (~neg & (vai)((va){0} + 1.0f)));
+        va r = gv * (num / (1.0f + e)) * uv;
         memcpy(out + i, &r, sizeof r);
     }
 }
 
 static void rms_norm(const float *restrict x, const float *restrict w, float eps, int d, float *restrict out) {
-    vf acc = {0};
-    for (int i = 0; i < d; i += W) {
-        vf v = loadf(x + i);
+    va acc = {0};
+    for (int i = 0; i < d; i += VL) {
+        va v = loada(x + i);
         acc += v * v;
     }
-    float r = 1.0f / sqrtf(hsum(acc) / (float)d + eps);
+    float r = 1.0f / sqrtf(hsuma(acc) / (float)d + eps);
     for (int i = 0; i < d; i++) out[i] = x[i] * r * w[i];
 }
 
@@ -431,9 +472,9 @@ static void attend(const float *restrict q, const float *restrict K, const float
         const float *qg = q + g * hd;
         float m = -INFINITY;
         for (int t = 0; t < n; t++) {
-            vf acc = {0};
-            for (int d = 0; d < hd; d += W) acc += loadf(qg + d) * loadf(K + (int64_t)t * hd + d);
-            s[t] = hsum(acc);
+            va acc = {0};
+            for (int d = 0; d < hd; d += VL) acc += loada(qg + d) * loada(K + (int64_t)t * hd + d);
+            s[t] = hsuma(acc);
             m = s[t] > m ? s[t] : m;
         }
         float sum = 0.0f;
@@ -442,9 +483,9 @@ static void attend(const float *restrict q, const float *restrict K, const float
             sum += s[t];
         }
         float inv = 1.0f / sum;
-        for (int d = 0; d < hd; d += W) {
-            vf acc = {0};
-            for (int t = 0; t < n; t++) acc += s[t] * loadf(V + (int64_t)t * hd + d);
+        for (int d = 0; d < hd; d += VL) {
+            va acc = {0};
+            for (int t = 0; t < n; t++) acc += s[t] * loada(V + (int64_t)t * hd + d);
             acc *= inv;
             memcpy(out + g * hd + d, &acc, sizeof acc);
         }
