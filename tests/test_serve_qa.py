@@ -220,6 +220,26 @@ def test_embeddings_through_the_openai_client_equal_the_encoder(server):
     assert len(one.data) == 1 and np.allclose(one.data[0].embedding, want.vectors[2], atol=1e-5)
 
 
+def test_an_input_longer_than_the_encoder_reads_is_cut_and_says_so(server):
+    from llmchain.rag.embed import Encoder
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    enc = Encoder.load("minilm")
+    long = "The Matterhorn was first climbed in 1865. " * 200  # ~1,800 tokens; MiniLM reads 256
+    texts = ["bees", long]
+    want = enc.encode(texts)
+    assert want.truncated == [False, True]
+    before = metric(server, "embedding_inputs_truncated_total")
+    for fmt in ({"encoding_format": "float"}, {}):  # {}: the client's default, base64, decoded by it
+        got = client.embeddings.create(model=server.state.encoder_name, input=texts, **fmt)
+        assert [d.model_extra["truncated"] for d in got.data] == [False, True]
+        assert got.usage.prompt_tokens == want.n_tokens[0] + enc.max_tokens  # the tokens it read
+        assert np.allclose(got.data[1].embedding, want.vectors[1], atol=1e-5)  # the cut text's vector
+    assert metric(server, "embedding_inputs_truncated_total") == before + 2
+    r = httpx.post(server.url + "/v1/embeddings", headers=AUTH, json={"input": "word " * 5000}, timeout=60)
+    assert r.status_code == 200 and r.json()["data"][0]["truncated"] is True, r.text
+
+
 def test_embeddings_bounds(server):
     name = server.state.encoder_name
     url = server.url + "/v1/embeddings"
@@ -228,7 +248,6 @@ def test_embeddings_bounds(server):
         ({"model": name, "input": []}, 400, "input"),
         ({"model": name, "input": ["ok", ""]}, 400, "input"),
         ({"model": name, "input": [1, 2, 3]}, 400, "input"),
-        ({"model": name, "input": "word " * 5000}, 400, "input"),  # longer than the encoder reads
         ({"model": name, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
         ({"model": name, "input": "x", "dimensions": 3}, 400, "dimensions"),
         ({"model": "tiny", "input": "x"}, 404, "model"),

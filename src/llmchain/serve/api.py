@@ -371,16 +371,14 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
             raise APIError(400, f"dimensions: {state.encoder_name!r} embeds in {enc.dim} dimensions only",
                            "dimensions")  # fmt: skip
         out = await state.on_rag_thread(enc.encode, texts)
-        long = [i for i, t in enumerate(out.truncated) if t]
-        if long:  # as OpenAI does: a cut text's vector would silently stand for less than was sent
-            raise APIError(400, f"input[{long[0]}] is longer than {state.encoder_name!r} reads "
-                                f"({enc.max_tokens} tokens); split it", "input",
-                           "context_length_exceeded")  # fmt: skip
-        state.metrics.on_embedded(len(texts))
+        state.metrics.on_embedded(len(texts), sum(out.truncated))
         vectors = np.asarray(out.vectors, dtype="<f4")  # base64: little-endian float32, as OpenAI's clients read
+        # A text longer than the encoder reads is embedded cut to its limit, as the index and search embed
+        # theirs, and its item says so (`truncated`, as /v1/explain's): OpenAI refuses such a text instead.
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.tobytes()).decode() if body.encoding_format == "base64"
-                 else v.tolist()} for i, v in enumerate(vectors)]  # fmt: skip
+                 else v.tolist(), "truncated": cut}
+                for i, (v, cut) in enumerate(zip(vectors, out.truncated, strict=True))]  # fmt: skip
         n = int(sum(out.n_tokens))
         usage = {"prompt_tokens": n, "total_tokens": n}
         return {"object": "list", "data": data, "model": state.encoder_name, "usage": usage}
