@@ -187,11 +187,9 @@ class State:
     def passage(self, passage_id: int) -> dict | None:
         """GET /v1/passages/{id} (on the index thread): the passage and up to passage_context_chars of its
         source on each side, or None for an id the index does not hold."""
-        # Index has no public lookup by id yet (its API: search, source_text); its row → Hit helper it is
-        found = self.index._hits([(passage_id, 0.0)])
-        if not found:
+        hit = self.index.passage(passage_id)
+        if hit is None:
             return None
-        hit = found[0]
         text, c = self.index.source_text(hit.source), self.opts.passage_context_chars
         return {"object": "passage", "passage_id": hit.passage_id, "source": hit.source, "start": hit.start,
                 "end": hit.end, "text": text[hit.start : hit.end],
