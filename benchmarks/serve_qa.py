@@ -40,12 +40,14 @@ def metric(url: str, name: str) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` and its children (the engine process), in MB (Linux /proc)."""
-    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    kb = 0
-    for p in pids:
-        status = Path(f"/proc/{p}/status").read_text()
-        kb += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+    """Resident memory of process `pid` and all its descendants (the engine process, multiprocessing's
+    helper), in MB (Linux /proc; a child is listed under the thread that started it)."""
+    kb, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        kb += int(re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M).group(1))
+        for task in Path(f"/proc/{p}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
     return kb / 1024
 
 
