@@ -15,7 +15,10 @@
 3. Latency at 10k and 100k passages: the csl index grown by repeating its passages (vectors and FTS
    rows copied under new ids), p50/p99 over `--queries` csl titles of a whole hybrid search (encode the
    query, scan, FTS5, fuse, fetch), of the dense scan alone and of the FTS5 query alone.
-4. Memory per passage: index file bytes / passages, and the in-memory vector matrix's bytes / passage.
+4. Memory per passage: index file bytes / passages, the in-memory vector matrix's bytes / passage, and
+   a fresh process's resident memory growth / passage (`process_memory`: RSS after opening the index,
+   reading its vectors and running 50 queries, minus RSS before, the encoder and jieba already loaded).
+   `--memory` measures only that, for the grown indexes of the last run, and adds it to its results.
 5. Dense scan backends: numpy (matrix in memory, the default) vs sqlite-vec (vec0 KNN table, and its
    vec_distance_cosine over the blob column) when sqlite-vec and an extension-loading sqlite3
    (pysqlite3-binary) are installed; the same top-10 ids are checked.
@@ -151,6 +154,40 @@ def sqlite_vec_backends(path: Path, dim: int, qvecs: np.ndarray, k: int, truth: 
     return out
 
 
+MEMORY_PROBE = """
+import json, os, sys
+from pathlib import Path
+from llmchain.rag.embed import Encoder
+from llmchain.rag.index import Index
+from llmchain.rag.passages import query_terms
+
+def rss():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+enc = Encoder.load("minilm")
+enc.encode(["warm-up"]), enc.coverage(["warm-up"]), query_terms("预热 warm-up")
+before = rss()
+idx = Index.open(sys.argv[1])
+idx.vectors()
+for q in json.loads(sys.argv[2]):
+    idx.search(q, k=5)
+print(json.dumps({"passages": len(idx), "rss_before": before, "rss_after": rss()}))
+"""
+
+
+def process_memory(path: Path, queries: list[str]) -> dict:
+    """A fresh Python process's resident memory (Linux /proc) before and after it opens the index at
+    `path`, reads its vectors and runs `queries` (hybrid), the encoder and jieba already loaded."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path), json.dumps(queries)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    r = json.loads(out.strip().splitlines()[-1])
+    growth = r["rss_after"] - r["rss_before"]
+    return {"rss_growth_bytes": growth, "rss_growth_bytes_per_passage": growth / r["passages"]}
+
+
 def latency(src: Path, work: Path, n: int, queries: list[str]) -> dict:
     path = work / f"grown-{n}.sqlite"
     if not path.exists() or Index.open(path).__len__() != n:
@@ -178,13 +215,15 @@ def latency(src: Path, work: Path, n: int, queries: list[str]) -> dict:
     size = path.stat().st_size
     res = {
         "passages": len(ids), "file_bytes": size, "file_bytes_per_passage": size / len(ids),
-        "ram_vector_bytes_per_passage": (matrix.nbytes + ids.nbytes) / len(ids), "vector_load_s": load_s,
+        "ram_vector_bytes_per_passage": (matrix.nbytes + ids.nbytes) / len(ids),
+        "vector_load_s": load_s,
         "hybrid_p50_ms": pct(whole, 50), "hybrid_p99_ms": pct(whole, 99),
         "dense_numpy_p50_ms": pct(dense, 50), "dense_numpy_p99_ms": pct(dense, 99),
         "keyword_fts5_p50_ms": pct(keyword, 50), "keyword_fts5_p99_ms": pct(keyword, 99),
     }
     res["sqlite_vec"] = sqlite_vec_backends(path, matrix.shape[1], qvecs, 10, truth)
     idx.close()
+    res.update(process_memory(path, queries[:50]))
     return res
 
 
@@ -196,8 +235,17 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="rebuild the indexes (measures build speed)")
     ap.add_argument("--device", default="cpu", help="where the index build embeds (queries: always cpu)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/retrieval.json"))
+    ap.add_argument("--memory", action="store_true", help="only the process memory of the last run's grown indexes")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.memory:
+        results = json.loads(args.json.read_text(encoding="utf-8"))
+        queries = [p.query for p in builtin_set("csl", DATA, args.work / "csl" / "docs")][:50]
+        for n, r in results["scale"].items():
+            r.update(process_memory(args.work / f"grown-{n}.sqlite", queries))
+            print(f"{int(n):,} passages: {json.dumps(r)}")
+        args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+        return
     import torch
 
     results: dict = {"machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(),

@@ -102,6 +102,16 @@ def test_offsets_slice_the_source_exactly(corpus):
                 assert idx.source_text(h.source)[h.start:h.end] == h.text
 
 
+def test_passage_by_id_is_the_hit_search_returns_and_none_when_absent(corpus):
+    with Index.open(corpus["index"]) as idx:
+        hit = idx.search("Gustave Eiffel", k=1).hits[0]
+        got = idx.passage(hit.passage_id)
+        assert (got.passage_id, got.source, got.start, got.end, got.text) == (
+            hit.passage_id, hit.source, hit.start, hit.end, hit.text)
+        assert idx.source_text(got.source)[got.start : got.end] == got.text and got.score == 0.0
+        assert idx.passage(10**9) is None and idx.passage(-1) is None
+
+
 def test_rrf_fuses_ranks_not_scores():
     fused = rrf([[(1, 0.9), (2, 0.8), (3, 0.7)], [(3, 40.0), (1, 10.0)]], k=3)
     assert [pid for pid, _ in fused] == [1, 3, 2]

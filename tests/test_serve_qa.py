@@ -154,7 +154,7 @@ def test_streamed_answer_carries_citations_in_its_last_chunk(server, scripted, d
 
 
 def test_a_citation_whose_offsets_were_tampered_with_is_dropped(server, scripted, monkeypatch):
-    index = server.state.index
+    index = server.state.qa.index
     search = index.search
 
     def shifted(*args, **kwargs):  # the index now claims the first passage starts one character later
@@ -202,7 +202,7 @@ def test_embeddings_through_the_openai_client_equal_the_encoder(server):
     from llmchain.rag.embed import Encoder
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
-    name = server.state.encoder_name
+    name = server.state.qa.encoder_name
     assert name in [m.id for m in client.models.list().data]
     texts = ["Black tea is fully oxidised.", "How high is the Matterhorn?", "bees"]
     want = Encoder.load("minilm").encode(texts)
@@ -220,15 +220,34 @@ def test_embeddings_through_the_openai_client_equal_the_encoder(server):
     assert len(one.data) == 1 and np.allclose(one.data[0].embedding, want.vectors[2], atol=1e-5)
 
 
+def test_an_input_longer_than_the_encoder_reads_is_cut_and_says_so(server):
+    from llmchain.rag.embed import Encoder
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    enc = Encoder.load("minilm")
+    long = "The Matterhorn was first climbed in 1865. " * 200  # ~1,800 tokens; MiniLM reads 256
+    texts = ["bees", long]
+    want = enc.encode(texts)
+    assert want.truncated == [False, True]
+    before = metric(server, "embedding_inputs_truncated_total")
+    for fmt in ({"encoding_format": "float"}, {}):  # {}: the client's default, base64, decoded by it
+        got = client.embeddings.create(model=server.state.qa.encoder_name, input=texts, **fmt)
+        assert [d.model_extra["truncated"] for d in got.data] == [False, True]
+        assert got.usage.prompt_tokens == want.n_tokens[0] + enc.max_tokens  # the tokens it read
+        assert np.allclose(got.data[1].embedding, want.vectors[1], atol=1e-5)  # the cut text's vector
+    assert metric(server, "embedding_inputs_truncated_total") == before + 2
+    r = httpx.post(server.url + "/v1/embeddings", headers=AUTH, json={"input": "word " * 5000}, timeout=60)
+    assert r.status_code == 200 and r.json()["data"][0]["truncated"] is True, r.text
+
+
 def test_embeddings_bounds(server):
-    name = server.state.encoder_name
+    name = server.state.qa.encoder_name
     url = server.url + "/v1/embeddings"
     for body, status, param in (
         ({"model": name, "input": ["x"] * 257}, 400, "input"),
         ({"model": name, "input": []}, 400, "input"),
         ({"model": name, "input": ["ok", ""]}, 400, "input"),
         ({"model": name, "input": [1, 2, 3]}, 400, "input"),
-        ({"model": name, "input": "word " * 5000}, 400, "input"),  # longer than the encoder reads
         ({"model": name, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
         ({"model": name, "input": "x", "dimensions": 3}, 400, "dimensions"),
         ({"model": "tiny", "input": "x"}, 404, "model"),
@@ -241,14 +260,14 @@ def test_embeddings_bounds(server):
     for bad in ("-1", str(2**64), "x"):
         assert httpx.get(f"{server.url}/v1/passages/{bad}", headers=AUTH).status_code == 400, bad
     # the index thread's queue is full (max_queue jobs wait): embeddings and grounded chat get 503 at once
-    server.state.rag_waiting += 10_000
+    server.state.qa.waiting += 10_000
     try:
         busy = httpx.post(url, headers=AUTH, json={"input": "x"})
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
         assert httpx.post(server.url + "/v1/chat/completions", headers=AUTH, json={
             "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2}).status_code == 503
     finally:
-        server.state.rag_waiting -= 10_000
+        server.state.qa.waiting -= 10_000
 
 
 def test_a_server_without_an_index_is_unchanged(serve_model_dir):
@@ -268,6 +287,10 @@ def test_a_server_without_an_index_is_unchanged(serve_model_dir):
             )
             assert r.status_code == 200 and "context" not in r.json(), r.text
             assert "citations" not in r.json()["choices"][0]
+        streamed = httpx.post(srv.url + "/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4, "stream": True})  # fmt: skip
+        assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+        assert "context" not in streamed.text and "citations" not in streamed.text
         e = httpx.post(srv.url + "/v1/embeddings", json={"input": "x"})
         assert e.status_code == 404 and "--embedding-model" in e.json()["error"]["message"]
         assert httpx.get(srv.url + "/v1/passages/1").status_code == 404

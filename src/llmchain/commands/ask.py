@@ -30,7 +30,7 @@ def ask(
         None, "--model-name", help="The model to ask on --base-url (default: the first the server lists)."
     ),
     k: int = typer.Option(4, "--k", "-k", min=1, max=32, help="Passages put in the prompt."),
-    mode: str = typer.Option("hybrid", "--mode", help="Retrieval: hybrid (RRF of dense + keyword), dense or "
+    mode: str = typer.Option("hybrid", "--mode", help="Retrieval: hybrid (dense + keyword scores fused), dense or "
                              "keyword."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Tokens of the answer at most."),
     temperature: float = typer.Option(0.0, "--temperature", min=0, help="0 = greedy."),

@@ -164,6 +164,12 @@ class Index:
             raise UserError(f"{self.path}: no source named {source!r} in this index")
         return row[0]
 
+    def passage(self, passage_id: int) -> Hit | None:
+        """The passage with this id (a Hit's `passage_id`) as a Hit with score 0.0, or None when the index
+        holds no such passage."""
+        found = self._hits([(passage_id, 0.0)])
+        return found[0] if found else None
+
     def sources(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self.conn.execute("SELECT name FROM sources ORDER BY id")]

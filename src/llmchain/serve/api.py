@@ -2,7 +2,8 @@
 
 `create_app(ServeOptions(...))` loads the model in the background (GET /health answers 503 until
 it is ready) and runs an `Engine`. Errors use OpenAI's shape. Clients that go away — streaming or
-not — have their sequences cancelled so their KV slots are freed at once.
+not — have their sequences cancelled so their KV slots are freed at once. Question answering
+(--index / --embedding-model: /v1/embeddings, /v1/passages, the chat requests' retrieval) is serve/qa.py.
 
 Hardening (docs/serving-security.md): no client input gets a 5xx; error bodies carry our own
 messages, never an exception's text or a file path (those go to the server log); the model is named,
@@ -22,7 +23,6 @@ import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -35,11 +35,11 @@ from llmchain.serve.protocol import (
     ChatCompletionRequest,
     ClassifyRequest,
     CompletionRequest,
-    EmbeddingRequest,
     Formatter,
     Grounding,
     printable,
 )
+from llmchain.serve.qa import QA, add_qa_routes, grounded_prompt
 
 log = logging.getLogger("llmchain.serve")
 STATIC = Path(__file__).parent / "static"
@@ -69,16 +69,7 @@ class State:
         self.created = int(time.time())
         self.metrics = ServeMetrics(self.name)
         self.token_text: dict[int, str] = {}  # token id → its text, for logprobs
-        # The index and the encoder work on one thread of their own, off the event loop: encoding is CPU-bound
-        # and the index serialises on its one lock anyway. `rag_waiting` bounds the jobs queued for it as
-        # max_queue bounds the engine's.
-        self.index = self.encoder = self.encoder_name = None
-        self.rag_pool = None
-        if opts.index or opts.embedding_model:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.rag_pool = ThreadPoolExecutor(1, thread_name_prefix="llmchain-rag")
-        self.rag_waiting = 0
+        self.qa = QA(opts, self.metrics)  # --index / --embedding-model (serve/qa.py)
 
     def load(self) -> None:
         try:
@@ -89,23 +80,8 @@ class State:
             log.exception("loading %s failed", self.opts.model_dir)
             self.load_error = f"{type(e).__name__}: {e}"
 
-    def _load_rag(self) -> None:
-        from llmchain.rag.embed import Encoder
-        from llmchain.rag.index import Index
-
-        o = self.opts
-        if o.index:
-            self.index = Index.open(o.index)
-        if o.embedding_model:
-            self.encoder = Encoder.load(o.embedding_model, device=o.device)
-        elif self.index is not None:
-            self.encoder = self.index.encoder  # the one that embeds queries, loaded now (not by a request)
-        if self.encoder is not None:  # named, never located: an encoder dir's name is its absolute path
-            self.encoder_name = Path(self.encoder.name).name
-
     def _load(self) -> None:
-        if self.rag_pool is not None:  # first: once /health says ok, every chat request gets its passages
-            self.rag_pool.submit(self._load_rag).result()
+        self.qa.load()  # first: once /health says ok, every chat request gets its passages
         cfg = json.loads((Path(self.opts.model_dir) / "config.json").read_text(encoding="utf-8"))
         if cfg.get("id2label") and any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
             from llmchain.model.classifier import load_classifier
@@ -133,12 +109,16 @@ class State:
     def ready(self) -> bool:
         return self.engine is not None or self.classifier is not None
 
-    def check(self, model: str | None, kind: str = "generate") -> None:
+    def check_loaded(self) -> None:
+        """503 until the model (and the index/encoder) loaded, or for good when loading failed."""
         if self.load_error:
             raise APIError(503, "the model failed to load (the server's log says why)",
                            code="model_load_failed")  # fmt: skip
         if not self.ready:
             raise APIError(503, "the model is still loading; retry shortly", code="loading")
+
+    def check(self, model: str | None, kind: str = "generate") -> None:
+        self.check_loaded()
         if self.engine is not None and self.engine.error is not None:
             raise APIError(503, "the engine has failed (the server's log says why)", code="engine_failed")
         if model is not None and model != self.name:
@@ -149,53 +129,6 @@ class State:
         if kind == "classify" and self.classifier is None:
             raise APIError(400, f"{self.name!r} is not a classifier (needs id2label and a "
                                 "*ForSequenceClassification architecture)", "model")  # fmt: skip
-
-    async def on_rag_thread(self, fn, *args):
-        """`fn(*args)` on the index/encoder thread; 503 when max_queue jobs already wait for it."""
-        if self.rag_waiting >= max(self.opts.max_queue, 1):
-            raise APIError(503, "server overloaded: too many retrieval / embedding requests waiting",
-                           code="overloaded")  # fmt: skip
-        self.rag_waiting += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.rag_pool, fn, *args)
-        finally:
-            self.rag_waiting -= 1
-
-    def check_encoder(self, model: str | None) -> None:
-        if self.load_error:
-            raise APIError(503, "the model failed to load (the server's log says why)",
-                           code="model_load_failed")  # fmt: skip
-        if not self.ready:
-            raise APIError(503, "the model is still loading; retry shortly", code="loading")
-        if self.encoder is None:
-            raise APIError(404, "this server has no embedding model: start it with --embedding-model "
-                                "minilm|DIR (or --index INDEX)", "model", "model_not_found")  # fmt: skip
-        if model is not None and model != self.encoder_name:
-            raise APIError(404, f"the model {model!r} does not exist; this server embeds with "
-                                f"{self.encoder_name!r}", "model", "model_not_found")  # fmt: skip
-
-    def retrieve(self, query: str, k: int) -> Grounding:
-        """The index thread's part of a grounded chat request: the k best passages, each checked."""
-        from llmchain.rag.answer import verify
-
-        t0 = time.perf_counter()
-        hits = self.index.search(query, k=k, mode="hybrid").hits
-        verified = verify(hits, self.index.source_text)
-        self.metrics.on_retrieval(time.perf_counter() - t0)
-        return Grounding(hits, verified, self.metrics.on_citations)
-
-    def passage(self, passage_id: int) -> dict | None:
-        """GET /v1/passages/{id} (on the index thread): the passage and up to passage_context_chars of its
-        source on each side, or None for an id the index does not hold."""
-        # Index has no public lookup by id yet (its API: search, source_text); its row → Hit helper it is
-        found = self.index._hits([(passage_id, 0.0)])
-        if not found:
-            return None
-        hit = found[0]
-        text, c = self.index.source_text(hit.source), self.opts.passage_context_chars
-        return {"object": "passage", "passage_id": hit.passage_id, "source": hit.source, "start": hit.start,
-                "end": hit.end, "text": text[hit.start : hit.end],
-                "before": text[max(hit.start - c, 0) : hit.start], "after": text[hit.end : hit.end + c]}  # fmt: skip
 
 
 def _error(e: APIError) -> JSONResponse:
@@ -272,8 +205,7 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
         yield
         if state.engine is not None:
             state.engine.stop()
-        if state.rag_pool is not None:
-            state.rag_pool.shutdown(wait=False, cancel_futures=True)
+        state.qa.shutdown()
 
     app = FastAPI(title="llmchain", version="1", lifespan=lifespan,
                   description="OpenAI-compatible API of an llmchain model.")  # fmt: skip
@@ -318,9 +250,10 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
         if state.engine is not None:
             card["max_model_len"] = state.engine.max_model_len
         cards = [card]
-        if state.encoder is not None:  # /v1/embeddings' model
-            cards.append({"id": state.encoder_name, "object": "model", "created": state.created,
-                          "owned_by": "llmchain", "root": state.encoder_name})  # fmt: skip
+        if state.qa.encoder is not None:  # /v1/embeddings' model
+            name = state.qa.encoder_name
+            cards.append({"id": name, "object": "model", "created": state.created, "owned_by": "llmchain",
+                          "root": name})  # fmt: skip
         return {"object": "list", "data": cards}
 
     @app.post("/v1/completions")
@@ -341,59 +274,11 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
                                 "--chat-template FILE", "messages", "no_chat_template")  # fmt: skip
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         max_tokens = body.max_completion_tokens or body.max_tokens
-        grounding = None
-        if state.index is not None and body.retrieval:
-            from llmchain.rag.answer import last_user_text
-
-            query = last_user_text(messages)
-            if query is not None:
-                grounding = await state.on_rag_thread(state.retrieve, query, state.opts.index_k)
+        grounding = await state.qa.ground(messages) if body.retrieval else None
         prompt = _chat_prompt(state, messages, grounding, max_tokens)
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = _params(body, max_tokens, top)
         return await _respond(state, request, "chat.completion", [prompt], params, body, grounding=grounding)
-
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest):
-        import base64
-
-        import numpy as np
-
-        state.check_encoder(body.model)
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        limit = state.opts.max_embedding_inputs
-        if any(not isinstance(t, str) for t in texts):
-            raise APIError(400, "input: token ids are not accepted; send a text or a list of texts", "input")
-        if not texts or len(texts) > limit or any(not t for t in texts):
-            raise APIError(400, f"input must hold 1 to {limit} non-empty texts", "input")
-        enc = state.encoder
-        if body.dimensions is not None and body.dimensions != enc.dim:
-            raise APIError(400, f"dimensions: {state.encoder_name!r} embeds in {enc.dim} dimensions only",
-                           "dimensions")  # fmt: skip
-        out = await state.on_rag_thread(enc.encode, texts)
-        long = [i for i, t in enumerate(out.truncated) if t]
-        if long:  # as OpenAI does: a cut text's vector would silently stand for less than was sent
-            raise APIError(400, f"input[{long[0]}] is longer than {state.encoder_name!r} reads "
-                                f"({enc.max_tokens} tokens); split it", "input",
-                           "context_length_exceeded")  # fmt: skip
-        state.metrics.on_embedded(len(texts))
-        vectors = np.asarray(out.vectors, dtype="<f4")  # base64: little-endian float32, as OpenAI's clients read
-        data = [{"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(v.tobytes()).decode() if body.encoding_format == "base64"
-                 else v.tolist()} for i, v in enumerate(vectors)]  # fmt: skip
-        n = int(sum(out.n_tokens))
-        usage = {"prompt_tokens": n, "total_tokens": n}
-        return {"object": "list", "data": data, "model": state.encoder_name, "usage": usage}
-
-    @app.get("/v1/passages/{passage_id}")
-    async def passage(passage_id: int = PathParam(..., ge=0, lt=2**63)):  # SQLite's integer range
-        state.check(None, kind="any")
-        if state.index is None:
-            raise APIError(404, "this server has no index (start it with --index INDEX)", code="no_index")
-        found = await state.on_rag_thread(state.passage, passage_id)
-        if found is None:
-            raise APIError(404, f"no passage {passage_id} in the index", "passage_id", "passage_not_found")
-        return found
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):
@@ -408,6 +293,7 @@ def create_app(opts: ServeOptions, load_in_background: bool = True) -> Guard:
     from llmchain.explain.service import add_explain_route  # POST /v1/explain (docs/explain.md)
 
     add_explain_route(app, state, APIError)
+    add_qa_routes(app, state)  # POST /v1/embeddings, GET /v1/passages/{id} (serve/qa.py)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -455,14 +341,8 @@ def _chat_prompt(state: State, messages: list[dict], grounding: Grounding | None
 
     if grounding is None or not grounding.hits:
         return ids(messages)
-    from llmchain.rag.answer import fit_passages, grounded_messages
-
     context = state.engine.max_model_len
-    room = context - min(max_tokens or 256, context // 4)
-    kept = fit_passages(grounding.hits, lambda hs: len(ids(grounded_messages(messages, hs))) <= room)
-    grounding.verified = grounding.verified[: len(kept)]
-    grounding.hits = kept
-    return ids(grounded_messages(messages, kept))
+    return grounded_prompt(grounding, messages, ids, context - min(max_tokens or 256, context // 4))
 
 
 def _prompt_ids(state: State, prompt) -> list[list[int]]:

@@ -74,6 +74,7 @@ class ServeMetrics:
         self.citations = 0
         self.citations_dropped = 0
         self.embedding_inputs = 0
+        self.embedding_inputs_truncated = 0
 
     def on_retrieval(self, seconds: float) -> None:
         with self.lock:
@@ -84,9 +85,10 @@ class ServeMetrics:
             self.citations += kept
             self.citations_dropped += dropped
 
-    def on_embedded(self, n_inputs: int) -> None:
+    def on_embedded(self, n_inputs: int, n_truncated: int = 0) -> None:
         with self.lock:
             self.embedding_inputs += n_inputs
+            self.embedding_inputs_truncated += n_truncated
 
     # engine hooks (called from the engine thread)
     def on_admitted(self, queue_time: float, prompt_tokens: int) -> None:
@@ -135,6 +137,8 @@ class ServeMetrics:
                 ("citations_dropped_total", self.citations_dropped,
                  "Citations an answer made whose passage did not quote its source exactly (not sent)."),
                 ("embedding_inputs_total", self.embedding_inputs, "Texts embedded by /v1/embeddings."),
+                ("embedding_inputs_truncated_total", self.embedding_inputs_truncated,
+                 "Texts /v1/embeddings cut to the encoder's limit before embedding them."),
             ):
                 lines += [f"# HELP {PREFIX}{name} {doc}", f"# TYPE {PREFIX}{name} counter",
                           f"{PREFIX}{name}{{{L}}} {value}"]  # fmt: skip
