@@ -114,6 +114,9 @@ def test_moderation_zh_recipe_reports_f1_per_topic(shared_data, tmp_path, monkey
         for t in report["groups"]:
             assert 0 <= s[f"macro_f1@{t}"] <= 1 and f"macro_f1@{t}" in s["ci"]
     assert [c for c in report["columns"] if "@" in c] == [f"macro_f1@{t}" for t in sorted(report["groups"])]
+    # the decoder's decision threshold was chosen on dev (threshold: val) and travels with the model
+    cfg = json.loads((runner.output_of("finetune_decoder") / "config.json").read_text())
+    assert 0.05 <= cfg["classifier_threshold"] <= 0.95
 
 
 @pytest.mark.timeout(300)

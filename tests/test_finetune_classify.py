@@ -151,6 +151,58 @@ def test_decoder_classifier_opens_in_transformers_with_the_same_logits(tiny_deco
     torch.testing.assert_close(ours.predict_proba(texts), theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_mean_pooling_is_saved_loaded_and_ignores_padding(tiny_decoder, sst2, tmp_path):
+    from llmchain.model.classifier import DecoderClassifier
+
+    cfg = ClassifyConfig(model=str(tiny_decoder), train=str(sst2["train"]), val=str(sst2["dev"]),
+                         out=str(tmp_path / "run"), max_steps=4, lr=1e-3, precision="fp32", max_length=48,
+                         threads=1, pooling="mean")  # fmt: skip
+    finetune_classifier(cfg, quiet=True)
+    assert json.loads((tmp_path / "run/best/config.json").read_text())["classifier_pooling"] == "mean"
+    clf = load_classifier(tmp_path / "run/best")
+    assert isinstance(clf.model, DecoderClassifier) and clf.model.pooling == "mean"
+    texts = ["a gorgeous film", "dull , dull , dull . the worst thing i have seen all year"]
+    together = clf.predict_proba(texts, batch_size=2)  # the short text is padded beside the long one
+    alone = torch.cat([clf.predict_proba([t]) for t in texts])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    ids = torch.tensor([clf.encode([texts[0]])[0]])
+    h = clf.model.model(ids)
+    torch.testing.assert_close(clf.model(ids, torch.ones_like(ids)), clf.model.score(h.mean(1)))
+    with pytest.raises(UserError, match="pooling 'mean' is for our decoders"):
+        finetune_classifier(cfg.model_copy(update={"model": "minilm", "out": str(tmp_path / "enc")}), quiet=True)
+    with pytest.raises(UserError, match="unknown classifier pooling"):
+        DecoderClassifier(clf.model.config, 2, pooling="max")
+
+
+def test_choose_threshold_maximises_macro_f1_and_prefers_argmax_on_ties():
+    from llmchain.train.classify import choose_threshold
+
+    # Class 1 scores low overall: every positive sits at 0.30-0.40, every negative below 0.25.
+    p1 = torch.tensor([0.10, 0.20, 0.24, 0.30, 0.35, 0.40])
+    t, f1 = choose_threshold(p1, [0, 0, 0, 1, 1, 1])
+    assert 0.24 < t <= 0.30 and f1 == pytest.approx(1.0)
+    t, _ = choose_threshold(torch.tensor([0.1, 0.9]), [0, 1])  # every t in (0.1, 0.9] is perfect
+    assert t == 0.5
+
+
+def test_val_threshold_is_saved_and_used_by_predict(tiny_decoder, sst2, tmp_path):
+    cfg = ClassifyConfig(model=str(tiny_decoder), train=str(sst2["train"]), val=str(sst2["dev"]),
+                         test=str(sst2["dev"]), out=str(tmp_path / "run"), max_steps=4, lr=1e-3, precision="fp32",
+                         max_length=48, threads=1, threshold="val")  # fmt: skip
+    s = finetune_classifier(cfg, quiet=True)
+    t = s["threshold"]["threshold"]
+    assert json.loads((tmp_path / "run/best/config.json").read_text())["classifier_threshold"] == t
+    assert s["threshold"]["val_f1"] >= s["threshold"]["val_f1_argmax"] - 1e-9
+    assert s["test"]["f1"] == pytest.approx(s["threshold"]["val_f1"], abs=1e-6)  # test = val file here
+    clf = load_classifier(tmp_path / "run/best")
+    texts = [r.split("\t")[0] for r in sst2["dev"].read_text(encoding="utf-8").splitlines()[1:40]]
+    probs = clf.predict_proba(texts)
+    want = [clf.labels[int(p[1] >= t)] for p in probs]
+    assert [p["label"] for p in clf.predict(texts)] == want
+    with pytest.raises(UserError, match="decision threshold needs two labels"):
+        type(clf)(clf.model, clf.tokenizer, ["a", "b", "c"], 16, threshold=0.5)
+
+
 def test_early_stopping_after_patience_evals_without_better_f1(tiny_decoder, sst2, tmp_path):
     # A learning rate too small to move the weights: F1 never improves after the first epoch.
     cfg = ClassifyConfig(model=str(tiny_decoder), train=str(sst2["train"]), val=str(sst2["dev"]),
@@ -233,6 +285,8 @@ def test_classify_user_errors_are_one_line_exit_2(sst2, tmp_path):
     empty.write_text("")
     header_only = tmp_path / "header.tsv"
     header_only.write_text("sentence\tlabel\n")
+    three = tmp_path / "three.tsv"
+    three.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{i % 3}\n" for i in range(30)))
     train = str(sst2["train"])
     cases = [
         (["--train", train, "--val", str(mismatch)], "labels ['2'] do not occur in the training data"),
@@ -241,6 +295,7 @@ def test_classify_user_errors_are_one_line_exit_2(sst2, tmp_path):
         (["--train", str(empty)], "the file is empty"),
         (["--train", str(header_only)], "no rows"),
         (["--train", str(tmp_path / "missing.tsv")], "file not found"),
+        (["--train", str(three), "--threshold", "val"], "threshold 'val' needs two labels; the data has 3"),
     ]
     for args, message in cases:
         code, _, err = run_cli("finetune", "classify", "--model", "minilm", *args, "--out", str(tmp_path / "o"))

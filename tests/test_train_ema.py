@@ -116,3 +116,15 @@ def test_linear_schedule():
     timed = TrainConfig(max_time=60, lr=1.0, min_lr=0.2, warmup_steps=0, lr_schedule="linear")
     assert lr_at(timed, 500, 15.0) == pytest.approx(0.8)
     assert lr_at(timed, 900, 60.0) == pytest.approx(0.2)
+
+
+def test_schedule_end_first_follows_the_clock_when_it_ends_first():
+    both = dict(max_steps=110, max_time=60, lr=1.0, min_lr=0.0, warmup_steps=10, lr_schedule="linear")
+    steps_only = TrainConfig(**both)  # auto: max_steps rules, the clock only stops the run
+    assert lr_at(steps_only, 35, 45.0) == pytest.approx(0.75)
+    first = TrainConfig(**both, schedule_end="first")
+    assert lr_at(first, 35, 45.0) == pytest.approx(0.25)  # 3/4 of the time gone: the clock is ahead
+    assert lr_at(first, 35, 60.0) == pytest.approx(0.0)
+    assert lr_at(first, 85, 6.0) == pytest.approx(0.25)  # the steps are ahead: they rule
+    with pytest.raises(ValidationError):
+        TrainConfig(**both, schedule_end="last")

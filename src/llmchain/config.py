@@ -290,6 +290,10 @@ class TrainConfig(StageConfig):
     resume: str | None = Field(None, description="auto (newest complete checkpoint), or a checkpoint dir")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     lr_schedule: Literal["cosine", "linear"] = Field("cosine", description="decay from lr to min_lr after warmup")
+    schedule_end: Literal["auto", "first"] = Field(
+        "auto", description="where the LR schedule ends — auto: at max_steps when set, else at max_time; first: "
+        "at whichever of max_steps and max_time comes first (a run cut by the clock still decays to min_lr)"
+    )
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights, "
                        "updated every step; evals and the final model use it, checkpoints keep both (0: off)")
 
@@ -335,6 +339,15 @@ class ClassifyConfig(TrainConfig):
     epochs: int = Field(3, ge=1, description="passes over the training data (max_steps overrides)")
     max_length: int = Field(128, ge=2, description="tokens per text; longer texts are truncated")
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    threshold: Literal["argmax", "val"] = Field(
+        "argmax", description="two labels only — argmax: the more probable label; val: predict the second label "
+        "when its probability reaches the threshold that maximises macro-F1 on the validation set (saved in "
+        "best/config.json as classifier_threshold; the test set is never used to choose it)"
+    )
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="our decoder's head reads the last real token's hidden state (last) or the mean over "
+        "the real tokens (mean); an HF encoder keeps its own pooling (mean is an error there)"
+    )
     patience: int = Field(2, ge=0, description="stop after this many evals without a better val macro-F1 (0: off)")
     strict: bool = Field(False, description="a malformed row is an error instead of being rejected")
     embedding_rows: Literal["used", "all"] = Field(

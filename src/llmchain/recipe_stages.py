@@ -210,8 +210,11 @@ def run_finetune(ctx: StageContext) -> dict[str, Any]:
             teardown_runtime()
         best = summary.get("best_val") or {}
         test = summary.get("test") or {}
-        return {"epochs": summary.get("epochs_run"), "val accuracy": _r(best.get("accuracy")),
-                "test accuracy": _r(test.get("accuracy"))}  # fmt: skip
+        record = {"epochs": summary.get("epochs_run"), "val accuracy": _r(best.get("accuracy")),
+                  "test accuracy": _r(test.get("accuracy"))}  # fmt: skip
+        if "threshold" in summary:  # threshold: val
+            record["threshold"] = summary["threshold"]["threshold"]
+        return record
     from llmchain.train.distributed import teardown_runtime
     from llmchain.train.sft import finetune_sft
 

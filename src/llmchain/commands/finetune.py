@@ -131,6 +131,11 @@ def classify(
     class_weights: bool = typer.Option(None, "--class-weights/--no-class-weights",
                                        help="Weight the loss by inverse class frequency (unbalanced data)."),
     patience: int = typer.Option(None, "--patience", help="Early stop after N epochs without better val F1."),
+    threshold: str = typer.Option(None, "--threshold", help="Two labels: argmax (default), or val: the decision "
+                                  "threshold with the best val macro-F1 (saved with the model)."),
+    pooling: str = typer.Option(None, "--pooling", help="Our decoder's head: last (token, default) or mean."),
+    schedule_end: str = typer.Option(None, "--schedule-end", help="auto, or first: the LR decays to its end by "
+                                     "whichever of --epochs/--max-steps and --max-time comes first."),
     log_every: int = typer.Option(None, "--log-every", help="Steps between progress/metrics lines."),
     val_fraction: float = typer.Option(None, "--val-fraction"),
     precision: str = typer.Option(None, "--precision", help="auto, bf16, fp16, fp32."),
@@ -176,6 +181,10 @@ def _classify_summary(s: dict) -> None:
         table.add_row(f"best val (epoch {best['epoch']:g})",
                       f"accuracy {best['accuracy']:.4f}  macro-F1 {best['f1']:.4f}  "
                       f"P {best['precision']:.4f}  R {best['recall']:.4f}")
+    if "threshold" in s:
+        th = s["threshold"]
+        table.add_row("decision threshold (val)", f"{th['threshold']:.2f}: val macro-F1 {th['val_f1']:.4f} "
+                      f"(argmax {th['val_f1_argmax']:.4f})")
     if "test" in s:
         t = s["test"]
         table.add_row("test (best model)", f"accuracy {t['accuracy']:.4f}  macro-F1 {t['f1']:.4f}")

@@ -34,26 +34,32 @@ TOKENIZER_FILES = (
 )  # fmt: skip
 
 
+POOLINGS = ("last", "mean")
+
+
 class DecoderClassifier(nn.Module):
-    """Our decoder trunk + a linear head on the hidden state of each sequence's last real token.
+    """Our decoder trunk + a linear head on the hidden state of each sequence's last real token
+    (`pooling="last"`) or on the mean of the hidden states of its real tokens (`pooling="mean"`).
 
     Inputs are right-padded; causal attention means padding after the last real token cannot change
-    its hidden state, so no padding mask is needed inside the trunk.
+    the hidden states of real tokens, so no padding mask is needed inside the trunk. The pooling is
+    saved in config.json as `classifier_pooling` (transformers' LlamaForSequenceClassification knows
+    last-token pooling only: a mean-pooled dir is ours to load).
     """
 
-    def __init__(self, config: LlamaConfig, num_labels: int):
+    def __init__(self, config: LlamaConfig, num_labels: int, pooling: str = "last"):
         super().__init__()
-        self.config, self.num_labels = config, num_labels
+        self.config, self.num_labels, self.pooling = config, num_labels, _check_pooling(pooling)
         self.model = LlamaModel(config)
         self.score = nn.Linear(config.hidden_size, num_labels, bias=False)
         nn.init.normal_(self.score.weight, std=config.initializer_range)
 
     @classmethod
-    def from_causal_lm(cls, lm: Llama, num_labels: int) -> DecoderClassifier:
+    def from_causal_lm(cls, lm: Llama, num_labels: int, pooling: str = "last") -> DecoderClassifier:
         """Reuse the trunk of a causal LM (its weights, not a copy); the LM head is dropped."""
         clf = cls.__new__(cls)
         nn.Module.__init__(clf)
-        clf.config, clf.num_labels = lm.config, num_labels
+        clf.config, clf.num_labels, clf.pooling = lm.config, num_labels, _check_pooling(pooling)
         clf.model = lm.model
         clf.score = nn.Linear(lm.config.hidden_size, num_labels, bias=False)
         nn.init.normal_(clf.score.weight, std=lm.config.initializer_range)
@@ -62,11 +68,22 @@ class DecoderClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, num_labels)."""
         h = self.model(input_ids)
+        if self.pooling == "mean":
+            if attention_mask is None:
+                return self.score(h.mean(1))
+            mask = attention_mask.to(h.dtype).unsqueeze(-1)
+            return self.score((h * mask).sum(1) / mask.sum(1).clamp(min=1))
         if attention_mask is None:
             last = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
         else:
             last = attention_mask.long().sum(-1).clamp(min=1) - 1
         return self.score(h[torch.arange(h.shape[0], device=h.device), last])
+
+
+def _check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise UserError(f"unknown classifier pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    return pooling
 
 
 def classifier_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -121,6 +138,8 @@ def save_classifier(
                 pad = getattr(tokenizer, "pad_token_id", None)
             hf.update(architectures=[arch], id2label={str(k): v for k, v in id2label.items()}, label2id=label2id,
                       num_labels=len(id2label), pad_token_id=pad, dtype="float32", torch_dtype="float32")
+            if model.pooling != "last":
+                hf["classifier_pooling"] = model.pooling
             save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
             (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         else:
@@ -144,7 +163,7 @@ def _load_decoder_classifier(model_dir: Path, hf: dict[str, Any]) -> DecoderClas
     from safetensors.torch import load_file
 
     config = replace(LlamaConfig.from_hf_dict(hf), torch_dtype="float32")
-    model = DecoderClassifier(config, len(hf["id2label"]))
+    model = DecoderClassifier(config, len(hf["id2label"]), hf.get("classifier_pooling", "last"))
     state: dict[str, torch.Tensor] = {}
     for f in sorted(model_dir.glob("model*.safetensors")):
         state.update(load_file(f))
@@ -156,12 +175,20 @@ def _load_decoder_classifier(model_dir: Path, hf: dict[str, Any]) -> DecoderClas
 
 
 class Classifier:
-    """A loaded classifier: `.labels` (class names in id order) and `.predict(texts)`."""
+    """A loaded classifier: `.labels` (class names in id order) and `.predict(texts)`.
+
+    `threshold` (two labels only; config.json's `classifier_threshold`, chosen on the validation set by
+    `finetune classify --threshold val`): the second label is predicted when its probability is at least
+    this, instead of the more probable label.
+    """
 
     def __init__(self, model: nn.Module, tokenizer: Any, labels: list[str], max_length: int,
-                 model_dir: Path | None = None, device: str | torch.device = "cpu"):
+                 model_dir: Path | None = None, device: str | torch.device = "cpu", threshold: float | None = None):
         self.model, self.tokenizer, self.labels = model.eval(), tokenizer, labels
         self.max_length, self.model_dir, self.device = max_length, model_dir, torch.device(device)
+        if threshold is not None and len(labels) != 2:
+            raise UserError(f"{model_dir}: a decision threshold needs two labels; this classifier has {len(labels)}")
+        self.threshold = threshold
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
@@ -191,10 +218,18 @@ class Classifier:
         """One `{"label": name, "scores": {name: probability}}` per text, in input order."""
         probs = self.predict_proba(texts, batch_size)
         return [
-            {"label": self.labels[int(p.argmax())],
+            {"label": self.labels[int(i)],
              "scores": {n: float(v) for n, v in zip(self.labels, p.tolist(), strict=True)}}
-            for p in probs
+            for i, p in zip(decide(probs, self.threshold), probs, strict=True)
         ]
+
+
+def decide(probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """Predicted class ids (N,) from probabilities (N, K): argmax, or with two classes and a `threshold`,
+    class 1 where its probability is at least the threshold."""
+    if threshold is None:
+        return probs.argmax(-1)
+    return (probs[:, 1] >= threshold).long()
 
 
 def load_classifier(model_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
@@ -237,4 +272,5 @@ def load_classifier(model_dir: str | Path, device: str | torch.device = "cpu") -
             hf_logging.set_verbosity(verbosity)
         max_len = hf.get("max_position_embeddings", 512)
     tok_max = getattr(tokenizer, "model_max_length", None) or max_len
-    return Classifier(model.to(device), tokenizer, labels, int(min(max_len, tok_max)), model_dir, device)
+    return Classifier(model.to(device), tokenizer, labels, int(min(max_len, tok_max)), model_dir, device,
+                      hf.get("classifier_threshold"))

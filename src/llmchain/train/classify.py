@@ -35,6 +35,7 @@ from llmchain.model.classifier import (
     DECODER_TYPES,
     DecoderClassifier,
     classifier_logits,
+    decide,
     pad_batch,
     save_classifier,
 )
@@ -73,8 +74,12 @@ def resolve_model_dir(name: str) -> Path:
 # --- model -----------------------------------------------------------------------------------------
 
 
-def load_base(model_dir: Path, labels: LabelMap) -> tuple[nn.Module, Any]:
-    """(classifier with a fresh head for `labels`, tokenizer) from an encoder or decoder dir."""
+def load_base(model_dir: Path, labels: LabelMap, pooling: str = "last") -> tuple[nn.Module, Any]:
+    """(classifier with a fresh head for `labels`, tokenizer) from an encoder or decoder dir.
+
+    `pooling` (last / mean) is how a decoder's head reads its hidden states; an encoder keeps its own
+    (anything but `last` for an encoder is a UserError).
+    """
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -88,13 +93,17 @@ def load_base(model_dir: Path, labels: LabelMap) -> tuple[nn.Module, Any]:
             from llmchain.model.classifier import _load_decoder_classifier
 
             trunk = _load_decoder_classifier(model_dir, hf).model  # a classifier again: keep its trunk
-            model = DecoderClassifier(replace(read_config(model_dir), torch_dtype="float32"), len(labels.names))
+            model = DecoderClassifier(replace(read_config(model_dir), torch_dtype="float32"), len(labels.names),
+                                      pooling)  # fmt: skip
             model.model = trunk
         else:
-            model = DecoderClassifier.from_causal_lm(load_model(model_dir, dtype=torch.float32), len(labels.names))
+            model = DecoderClassifier.from_causal_lm(load_model(model_dir, dtype=torch.float32), len(labels.names),
+                                                     pooling)  # fmt: skip
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model.train(), tokenizer
+    if pooling != "last":
+        raise UserError(f"{model_dir}: pooling {pooling!r} is for our decoders; an encoder keeps its own pooling")
     from transformers import AutoModelForSequenceClassification
 
     verbosity = hf_logging.get_verbosity()
@@ -215,9 +224,10 @@ def plot_confusion(cm: torch.Tensor, labels: list[str], path: Path, title: str) 
 
 @torch.no_grad()
 def confusion(model: nn.Module, ids: list[list[int]], labels: list[int], k: int, pad_id: int,
-              batch_size: int, rank: int = 0, world_size: int = 1, device: torch.device | None = None
-              ) -> tuple[torch.Tensor, float]:
-    """(confusion matrix K×K, summed loss) of this rank's share of the rows (length-sorted batches)."""
+              batch_size: int, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+              threshold: float | None = None) -> tuple[torch.Tensor, float]:
+    """(confusion matrix K×K, summed loss) of this rank's share of the rows (length-sorted batches);
+    predictions by argmax, or by `threshold` on class 1's probability (two classes)."""
     device = device or next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))[rank::world_size]
     cm = torch.zeros(k, k, dtype=torch.long)
@@ -228,8 +238,38 @@ def confusion(model: nn.Module, ids: list[list[int]], labels: list[int], k: int,
         y = torch.tensor([labels[i] for i in chunk])
         logits = classifier_logits(model, x.to(device), mask.to(device)).float().cpu()
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        cm += torch.bincount(y * k + logits.argmax(-1), minlength=k * k).view(k, k)
+        cm += torch.bincount(y * k + decide(logits.softmax(-1), threshold), minlength=k * k).view(k, k)
     return cm, loss
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, ids: list[list[int]], pad_id: int, batch_size: int) -> torch.Tensor:
+    """Class probabilities (N, K) of the rows, in row order (length-sorted batches)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty(len(ids), 0)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        x, mask = pad_batch([ids[i] for i in chunk], pad_id)
+        p = classifier_logits(model, x.to(device), mask.to(device)).float().softmax(-1).cpu()
+        out = torch.empty(len(ids), p.shape[1]) if out.shape[1] == 0 else out
+        out[chunk] = p
+    return out
+
+
+THRESHOLDS = [round(0.05 + 0.01 * i, 2) for i in range(91)]  # 0.05 … 0.95
+
+
+def choose_threshold(p1: torch.Tensor, y: list[int]) -> tuple[float, float]:
+    """(threshold on class 1's probability, its macro-F1) with the best macro-F1 on these rows, from a grid
+    0.05 … 0.95; ties go to the threshold nearest 0.5 (argmax)."""
+    gold = torch.tensor(y)
+    scored = []
+    for t in THRESHOLDS:
+        cm = torch.bincount(gold * 2 + (p1 >= t).long(), minlength=4).view(2, 2)
+        scored.append((metrics_from_confusion(cm)["f1"], -abs(t - 0.5), t))
+    f1, _, t = max(scored)
+    return t, f1
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -352,8 +392,10 @@ def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False) -> dict[str
     run_dir = Path(cfg.out)
     model_dir = resolve_model_dir(cfg.model)
     train, val, test, labels = load_splits(cfg)
+    if cfg.threshold == "val" and len(labels.names) != 2:
+        raise UserError(f"{cfg.train}: threshold 'val' needs two labels; the data has {len(labels.names)}")
     torch.manual_seed(cfg.seed)  # the new head's init is part of the run: same seed, same model
-    model, tokenizer = load_base(model_dir, labels)
+    model, tokenizer = load_base(model_dir, labels, cfg.pooling)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def encode(d: LabelledData) -> Split:
@@ -403,18 +445,38 @@ def finetune_classifier(cfg: ClassifyConfig, *, quiet: bool = False) -> dict[str
         "best_epoch": (evaluator.best or {}).get("epoch"), "best_val": evaluator.best,
         "train_s": round(result.elapsed_s, 1),
     }  # fmt: skip
+    threshold = None
+    if cfg.threshold == "val" and (run_dir / BEST).is_dir():
+        threshold = save_val_threshold(run_dir / BEST, va, pad_id, cfg.eval_batch_size)
+        summary["threshold"] = threshold
     if test is not None and (run_dir / BEST).is_dir():
         from llmchain.model.classifier import load_classifier
 
         clf = load_classifier(run_dir / BEST)
         te = encode(test)
-        cm, _ = confusion(clf.model, te.ids, te.y, len(labels.names), pad_id, cfg.eval_batch_size)
+        cm, _ = confusion(clf.model, te.ids, te.y, len(labels.names), pad_id, cfg.eval_batch_size,
+                          threshold=threshold["threshold"] if threshold else None)  # fmt: skip
         summary["test"] = {**metrics_from_confusion(cm), "rows": len(te.y), "confusion": cm.tolist()}
         plot_confusion(cm, labels.names, run_dir / "confusion-test.png",
                        f"test: accuracy {summary['test']['accuracy']:.3f}, macro-F1 {summary['test']['f1']:.3f}")
     summary["wall_s"] = round(time.perf_counter() - t_start, 1)
     write_manifest(run_dir, "classify-run", inputs=inputs, config=cfg, counts=summary, hash_inputs=False)
     return summary
+
+
+def save_val_threshold(best_dir: Path, val: Split, pad_id: int, batch_size: int) -> dict[str, float]:
+    """Choose the decision threshold of the best model on the validation rows and write it into
+    best/config.json (`classifier_threshold`); returns it with the val macro-F1 at argmax and at it."""
+    from llmchain.model.classifier import load_classifier
+
+    clf = load_classifier(best_dir)
+    p = probabilities(clf.model, val.ids, pad_id, batch_size)
+    t, f1 = choose_threshold(p[:, 1], val.y)
+    argmax_f1 = metrics_from_confusion(torch.bincount(torch.tensor(val.y) * 2 + p.argmax(-1), minlength=4)
+                                       .view(2, 2))["f1"]  # fmt: skip
+    hf = json.loads((best_dir / "config.json").read_text(encoding="utf-8"))
+    atomic_write_json(best_dir / "config.json", {**hf, "classifier_threshold": t})
+    return {"threshold": t, "val_f1": f1, "val_f1_argmax": argmax_f1}
 
 
 class _StepTracking:

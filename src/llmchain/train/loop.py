@@ -95,12 +95,16 @@ def lr_at(config, step: int, elapsed: float) -> float:
 
     The run's length is `max_steps` when set, else the `max_time` budget: progress is then elapsed
     time over the budget (so a time-budget run ends exactly at min_lr, but is not bit-reproducible).
+    `schedule_end: first` with both set: progress is the larger of the two, so the LR reaches min_lr at
+    whichever end comes first.
     """
     min_lr = config.lr / 10 if config.min_lr is None else config.min_lr
     warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     if config.max_steps:
         span = max(config.max_steps - config.warmup_steps, 1)
         progress = (step - config.warmup_steps) / span if step >= config.warmup_steps else 0.0
+        if config.max_time and config.schedule_end == "first":
+            progress = max(progress, elapsed / config.max_time)
     else:
         progress = elapsed / config.max_time
     progress = min(max(progress, 0.0), 1.0)
