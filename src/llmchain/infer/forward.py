@@ -50,6 +50,11 @@ def _has_amx() -> bool:
         return False
 
 
+def _onednn_bf16() -> bool:
+    """Whether this PyTorch build's oneDNN has bf16 kernels for this CPU (AVX-512 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @functools.cache
 def bf16_supported() -> bool:
     """Whether this CPU runs oneDNN's bf16 AMX kernels (the row-invariance of small calls, ≤ 16 or 32
@@ -60,7 +65,7 @@ def bf16_supported() -> bool:
     if not _has_amx():
         return False
     try:
-        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        if not _onednn_bf16():
             reason = "this PyTorch build has no oneDNN bf16 support"
         else:
             # The ops are internal to PyTorch: probe them once so a changed signature falls back to fp32.
