@@ -44,12 +44,21 @@ def record(run_dir: Path, recipe: str, budget: str, wall_s: float) -> dict:
         "recipe": recipe, "budget": budget, "budget_s": parse_duration(budget), "wall_s": round(wall_s, 1),
         "n": report["n"], "run_dir": str(run_dir),
         "pretrain_steps": (pre.get("counts") or {}).get("steps"), "sft_steps": ft.get("steps"),
+        "pretrain_tokens_per_s": _median_rate(run_dir / "pretrain/metrics.jsonl"),
         "sft_epochs": ft.get("epochs_run"), "sft_best_step": ft.get("best_step"),
         "sft_best_val_loss": ft.get("best_val_loss"), "sft_early_stopped": ft.get("early_stopped"),
         "systems": [{k: s.get(k) for k in ("name", "title", "baseline", *SHOWN[recipe], "ci")} for s in
                     report["systems"]],
         "target": {"metric": metric, "baseline": base, "verdict": compare(model["ci"][metric], baseline["ci"][metric])},
     }  # fmt: skip
+
+
+def _median_rate(metrics: Path) -> float | None:
+    """Median training tokens/s of a run's log lines: what the machine gave it (other jobs slow it down)."""
+    if not metrics.is_file():
+        return None
+    rates = sorted(r["tokens_per_s"] for r in map(json.loads, metrics.read_text().splitlines()) if "tokens_per_s" in r)
+    return round(rates[len(rates) // 2]) if rates else None
 
 
 def run_one(recipe: str, budget: str, runs: Path, quick: bool) -> dict:
@@ -67,8 +76,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cols = SHOWN[r["recipe"]]
         lines.append(f"\n{r['recipe']} — budget {r['budget']} (whole run {r['wall_s'] / 60:.1f} min wall), "
-                     f"{r['n']} test items; pretraining {r['pretrain_steps']} steps, SFT {r['sft_steps']} steps "
-                     f"({r['sft_epochs']} epochs)")  # fmt: skip
+                     f"{r['n']} test items; pretraining {r['pretrain_steps']} steps ({r.get('pretrain_tokens_per_s')} "
+                     f"tokens/s), SFT {r['sft_steps']} steps ({r['sft_epochs']} epochs, best at step "
+                     f"{r.get('sft_best_step')})")  # fmt: skip
         lines.append("| system | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---:|" * len(cols))
         for s in r["systems"]:
