@@ -153,3 +153,23 @@ def test_sequence_recipes_share_their_budget(shared_data, monkeypatch):
         for stage, share in zip(("pretrain", "finetune"), shares, strict=True):
             assert longer.stage(stage).config["max_time"] == pytest.approx(share * 1800)
         assert default.stage("eval").config["device"] == "auto"
+        # SFT keeps its best eval and stops after 3 without a better one; with no `epochs` the LR schedule
+        # spans the time share (100 epochs would set a schedule the share never reaches: the LR never decays)
+        sft = default.stage("finetune").config
+        assert sft["keep_best"] and sft["patience"] == 3 and sft["eval_every"] > 0 and "epochs" not in sft
+
+
+def test_apps_seq_benchmark_plots_score_against_minutes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("apps_seq", Path(__file__).parents[1] / "benchmarks/apps_seq.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(budget_s: float, score: float) -> dict:
+        model = {"name": "model", "baseline": False, "bleu": score, "ci": {"bleu": [score - 1, score + 1]}}
+        base = {"name": "nearest", "baseline": True, "bleu": 9.0, "ci": {"bleu": [8.0, 10.0]}}
+        return {"recipe": "translate", "budget_s": budget_s, "n": 10, "systems": [model, base]}
+
+    out = bench.plot_curves([row(900, 5.0), row(180, 2.0)], tmp_path / "img/curve.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000

@@ -248,3 +248,41 @@ def test_max_time_caps_given_epochs_and_sets_the_length_without_them(base, small
     # no epochs given: the time budget sets the length (the loop runs until max_time)
     timed = finetune_sft(cfg(base, small_data, tmp_path / "timed", max_time=3), quiet=True)
     assert timed.fit.elapsed_s >= 3 and timed.fit.step > 0
+
+
+# --- the best eval's weights, early stopping ------------------------------------------------------------
+
+
+def test_best_weights_keeps_the_lowest_val_loss_and_counts_evals_since():
+    from llmchain.train.sft import BestWeights
+
+    lm, clock = torch.nn.Linear(2, 1), {"step": 0}
+    best = BestWeights(lm, keep=True, patience=2, clock=clock)
+    for step, loss in ((10, 3.0), (20, 2.0), (30, 2.5), (40, 2.4)):
+        clock["step"] = step
+        with torch.no_grad():
+            lm.weight.fill_(step)  # the weights "at" this step
+        best.update({"loss": loss})
+        assert best.should_stop({}) == (step == 40)  # two evals in a row without a lower loss
+    assert (best.best_step, best.best_loss) == (20, 2.0) and best.stopped
+    assert best.restore(lm) and torch.equal(lm.weight, torch.full((1, 2), 20.0))
+    assert not BestWeights(lm, keep=False, patience=0, clock=clock).restore(lm)  # nothing kept: nothing restored
+
+
+def test_keep_best_saves_the_best_evals_weights_and_patience_stops(base, small_data, tmp_path):
+    # a learning rate that over-fits 36 examples within a few epochs: val loss falls, then rises
+    run = tmp_path / "run"
+    result = finetune_sft(cfg(base, small_data, run, epochs=12, lr=2e-2, eval_every=3, save_every=3,
+                              keep_checkpoints=100, keep_best=True, patience=3, samples=0), quiet=True)  # fmt: skip
+    vals = [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r.get("split") == "val"]  # fmt: skip
+    best_step, best_loss = min(vals, key=lambda v: v[1])
+    c = result.counts
+    assert (c["best_step"], c["best_val_loss"]) == (best_step, round(best_loss, 4)) and c["final_is_best"]
+    assert best_step < vals[-1][0], vals  # the best eval was not the last (else the test shows nothing)
+    final = load_file(result.final / "model.safetensors")
+    at_best = load_file(run / f"checkpoints/step-{best_step}/model.safetensors")
+    assert final.keys() == at_best.keys() and all(torch.equal(final[k], at_best[k]) for k in final)
+    # patience 3: the run stopped at the third eval after its best, before its 12 epochs
+    assert c["early_stopped"] and [s for s, _ in vals if s > best_step] == [best_step + 3 * k for k in (1, 2, 3)]
+    assert result.fit.step < 12 * -(-c["rows"] // 4)

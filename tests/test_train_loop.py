@@ -132,3 +132,28 @@ def test_frozen_parameters_are_not_trained(tmp_path):
     before = model[0].weight.clone()
     fit(model, Regression(), config(max_steps=5), tmp_path / "r", loss_fn=mse, quiet=True)
     assert torch.equal(model[0].weight, before)
+
+
+@pytest.mark.parametrize("bf16_per_row,full_bf16_calls,chosen", [(10.0, 0, torch.float32), (0.1, 3, torch.bfloat16)])
+def test_cpu_precision_probe_skips_the_whole_batch_in_bf16_when_one_row_is_slower(bf16_per_row, full_bf16_calls,
+                                                                                   chosen):  # fmt: skip
+    # a fake clock: fp32 costs 1 per row; bf16 costs `bf16_per_row` per row (emulated bf16: one row is already
+    # slower than the 4-row batch in fp32, so the 4-row batch is never timed in bf16)
+    from llmchain.train import distributed
+
+    clock, calls = [0.0], []
+    model = torch.nn.Linear(2, 1)
+
+    def loss_fn(m, b):
+        bf16 = torch.is_autocast_enabled("cpu")
+        rows = b["x"].shape[0]
+        calls.append((bf16, rows))
+        clock[0] += rows * (bf16_per_row if bf16 else 1.0)
+        return m(b["x"]).sum()
+
+    rt = distributed.setup_runtime("cpu", "fp32", threads=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distributed.time, "perf_counter", lambda: clock[0])
+        got = distributed.choose_cpu_precision(model, loss_fn, {"x": torch.ones(4, 2), "n": torch.tensor(7)}, rt)
+    assert got == chosen and sum(1 for bf16, rows in calls if bf16 and rows == 4) == full_bf16_calls
+    assert (True, 1) in calls and model.weight.grad is None  # the one-row screen ran; gradients are cleared

@@ -395,6 +395,10 @@ class SFTConfig(TrainConfig):
     merge: bool = Field(True, description="LoRA: also write the merged model to final/")
     samples: int = Field(3, ge=0, description="validation prompts to generate for after each eval")
     sample_tokens: int = Field(64, ge=1, description="max new tokens per sample generation")
+    keep_best: bool = Field(False, description="final/ = the weights of the eval with the lowest val loss "
+                            "(not the last step's)")
+    patience: int = Field(0, ge=0, description="stop after this many evals in a row without a lower val loss "
+                          "(0: off)")
     strict: bool = Field(False, description="a malformed record is an error instead of being rejected")
     # Defaults for fine-tuning (smaller LR, short warmup, eval every epoch-ish).
     lr: float = Field(2e-5, gt=0, description="peak LR (LoRA runs usually want ~1e-4..1e-3)")

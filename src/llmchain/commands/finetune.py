@@ -52,6 +52,9 @@ def sft(
     weight_decay: float = typer.Option(None, "--weight-decay"),
     samples: int = typer.Option(None, "--samples", help="Val prompts answered after each eval (samples/)."),
     sample_tokens: int = typer.Option(None, "--sample-tokens", help="Max new tokens per sample reply."),
+    keep_best: bool = typer.Option(None, "--keep-best/--keep-last",
+                                   help="final/ = the eval with the lowest val loss (default: the last step)."),
+    patience: int = typer.Option(None, "--patience", help="Stop after N evals without a lower val loss (0: off)."),
     precision: str = typer.Option(None, "--precision", help="auto, bf16, fp16, fp32."),
     device: str = typer.Option(None, "--device"),
     eval_every: int = typer.Option(None, "--eval-every", help="Steps between evals (default: each epoch)."),
@@ -99,6 +102,10 @@ def _sft_summary(r) -> None:
     table.add_row("steps / epochs", f"{c['steps']} / {c['epochs_run']:g}")
     if "loss" in r.fit.eval:
         table.add_row("val loss", f"{r.fit.eval['loss']:.4f}")
+    if c["best_step"] is not None:
+        kept = "final/" if c["final_is_best"] else "not kept (--keep-best keeps it)"
+        stop = ", early stop" if c["early_stopped"] else ""
+        table.add_row("best val loss", f"{c['best_val_loss']:.4f} at step {c['best_step']}: {kept}{stop}")
     table.add_row("time", f"{c['wall_s']:.0f} s")
     if r.adapter:
         table.add_row("adapter (PEFT)", str(r.adapter))

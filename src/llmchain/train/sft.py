@@ -238,6 +238,49 @@ class SFTEvaluator:
         return path
 
 
+@dataclass
+class BestWeights:
+    """The val loss of every eval: the trainable weights at the lowest one (with `keep`) and the evals since
+    it (early stopping after `patience` of them). Small data is memorised within a few epochs: its val loss
+    falls, then rises while the training loss keeps falling, and the last step's weights are not the best."""
+
+    lm: nn.Module
+    keep: bool
+    patience: int
+    clock: dict[str, int]
+    best_loss: float = math.inf
+    best_step: int | None = None
+    since_best: int = 0
+    stopped: bool = False  # should_stop said so (the loop stops when it does)
+    weights: dict[str, torch.Tensor] | None = None
+
+    def update(self, metrics: dict[str, float]) -> None:
+        loss = metrics.get("loss")
+        if loss is None:
+            return
+        if loss < self.best_loss - 1e-9:
+            self.best_loss, self.best_step, self.since_best = loss, self.clock["step"], 0
+            if self.keep:  # a copy on the CPU: the weights being trained keep changing on the device
+                self.weights = {n: p.detach().to("cpu", copy=True) for n, p in self.lm.named_parameters()
+                                if p.requires_grad}  # fmt: skip
+        else:
+            self.since_best += 1
+
+    def should_stop(self, _metrics: dict[str, float]) -> bool:
+        self.stopped = bool(self.patience) and self.since_best >= self.patience
+        return self.stopped
+
+    @torch.no_grad()
+    def restore(self, lm: nn.Module) -> bool:
+        """Put the best eval's weights back into `lm` (the same module, after training); False: none kept."""
+        if self.weights is None:
+            return False
+        params = dict(lm.named_parameters())
+        for name, w in self.weights.items():
+            params[name].copy_(w.to(params[name].device))
+        return True
+
+
 # --- the run -----------------------------------------------------------------------------------------
 
 
@@ -319,11 +362,19 @@ def finetune_sft(cfg: SFTConfig, *, quiet: bool = False) -> SFTResult:
     loop_cfg = cfg.model_copy(update={"max_steps": max_steps, "warmup_steps": warmup,
                                       "eval_every": cfg.eval_every or spe, "save_every": cfg.save_every or spe})
 
+    if cfg.keep_best and cfg.strategy == "fsdp":
+        raise UserError("keep_best is not supported with --strategy fsdp (the weights are sharded)")
     lm: nn.Module = add_lora(model, cfg, base_dir) if cfg.lora else model
     wrapper = SFTModel(lm)
     stop_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
                        if isinstance(i, int) and i != tokenizer.unk_token_id})  # fmt: skip
     evaluator = SFTEvaluator(run_dir, val, [val_ex[i] for i in val.source_index], tokenizer, cfg, pad_id, stop_ids)
+    best = BestWeights(lm, cfg.keep_best, cfg.patience, evaluator.clock)
+
+    def eval_fn(m: nn.Module, rt) -> dict[str, float]:
+        metrics = evaluator(m, rt)
+        best.update(metrics)
+        return metrics
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -337,21 +388,27 @@ def finetune_sft(cfg: SFTConfig, *, quiet: bool = False) -> SFTResult:
 
     result = fit(
         wrapper, _Clocked(), loop_cfg, run_dir, loss_fn=lambda m, b: m(**b),
-        eval_fn=evaluator if val.ids else None,
+        eval_fn=eval_fn if val.ids else None,
         save_fn=lambda m, d: _save_lm(m.lm, d), load_fn=lambda m, d: ckpt.default_load(m.lm, d),
-        quiet=quiet,
+        quiet=quiet, should_stop=best.should_stop if cfg.patience else None,
     )  # fmt: skip
+    trained = result.model.lm if result.model is not None else lm
+    restored = result.completed and best.restore(trained)
     counts = {
         "format": data.format, "train_examples": len(train.ids), "val_examples": len(val.ids),
         "rows": len(rows), "train_tokens": train.tokens, "loss_tokens": train.loss_tokens,
         "truncated": train.truncated + val.truncated, "dropped_too_long": train.dropped + val.dropped,
         "rejected": len(rejected), "steps": result.step, "epochs_run": round(result.step / spe, 3),
         "trainable_params": sum(p.numel() for p in wrapper.parameters() if p.requires_grad),
+        "best_step": best.best_step, "best_val_loss": None if best.best_step is None else round(best.best_loss, 4),
+        "final_is_best": restored or best.best_step == result.step,
+        "early_stopped": best.stopped,
     }  # fmt: skip
     final = adapter = None
     if result.completed:
-        final, adapter = _save_outputs(result.model.lm if result.model is not None else lm, cfg, base_dir, run_dir,
-                                       counts, result, save_model)  # fmt: skip
+        val = {"loss": best.best_loss, "perplexity": math.exp(min(best.best_loss, 50)), "step": best.best_step} \
+            if restored else result.eval  # fmt: skip
+        final, adapter = _save_outputs(trained, cfg, base_dir, run_dir, counts, val, save_model)
     counts["wall_s"] = round(time.perf_counter() - t0, 1)
     write_manifest(run_dir, "sft-run", inputs={"base_model": base_dir, "data": cfg.data}, config=cfg,
                    counts={**counts, "val": result.eval}, hash_inputs=False)  # fmt: skip
@@ -370,12 +427,12 @@ def _save_lm(lm: nn.Module, directory: Path) -> None:
         ckpt.default_save(lm, directory)
 
 
-def _save_outputs(lm: nn.Module, cfg: SFTConfig, base_dir: Path, run_dir: Path, counts: dict, result, save_model
+def _save_outputs(lm: nn.Module, cfg: SFTConfig, base_dir: Path, run_dir: Path, counts: dict, val: dict, save_model
                   ) -> tuple[Path | None, Path | None]:  # fmt: skip
     from llmchain.artifacts import write_manifest as manifest_write
 
     manifest = {"kind": "model", "inputs": {"base_model": base_dir, "data": cfg.data}, "config": cfg,
-                "counts": {k: v for k, v in counts.items() if isinstance(v, int)}, "sft_val": result.eval}
+                "counts": {k: v for k, v in counts.items() if isinstance(v, int)}, "sft_val": val}
     final = adapter = None
     if cfg.lora:
         adapter = run_dir / "adapter"
