@@ -247,14 +247,18 @@ def probabilities(model: nn.Module, ids: list[list[int]], pad_id: int, batch_siz
     """Class probabilities (N, K) of the rows, in row order (length-sorted batches)."""
     device = next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = torch.empty(len(ids), 0)
+    parts = []
     for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        x, mask = pad_batch([ids[i] for i in chunk], pad_id)
-        p = classifier_logits(model, x.to(device), mask.to(device)).float().softmax(-1).cpu()
-        out = torch.empty(len(ids), p.shape[1]) if out.shape[1] == 0 else out
-        out[chunk] = p
+        x, mask = pad_batch([ids[i] for i in order[start : start + batch_size]], pad_id)
+        parts.append(classifier_logits(model, x.to(device), mask.to(device)).float().softmax(-1).cpu())
+    out = torch.empty_like(torch.cat(parts))
+    out[order] = torch.cat(parts)
     return out
+
+
+def _binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    """Macro-F1 of two-class predictions (N,) against gold ids (N,)."""
+    return metrics_from_confusion(torch.bincount(gold * 2 + pred.long(), minlength=4).view(2, 2))["f1"]
 
 
 THRESHOLDS = [round(0.05 + 0.01 * i, 2) for i in range(91)]  # 0.05 … 0.95
@@ -266,8 +270,7 @@ def choose_threshold(p1: torch.Tensor, y: list[int]) -> tuple[float, float]:
     gold = torch.tensor(y)
     scored = []
     for t in THRESHOLDS:
-        cm = torch.bincount(gold * 2 + (p1 >= t).long(), minlength=4).view(2, 2)
-        scored.append((metrics_from_confusion(cm)["f1"], -abs(t - 0.5), t))
+        scored.append((_binary_f1(p1 >= t, gold), -abs(t - 0.5), t))
     f1, _, t = max(scored)
     return t, f1
 
@@ -472,8 +475,7 @@ def save_val_threshold(best_dir: Path, val: Split, pad_id: int, batch_size: int)
     clf = load_classifier(best_dir)
     p = probabilities(clf.model, val.ids, pad_id, batch_size)
     t, f1 = choose_threshold(p[:, 1], val.y)
-    argmax_f1 = metrics_from_confusion(torch.bincount(torch.tensor(val.y) * 2 + p.argmax(-1), minlength=4)
-                                       .view(2, 2))["f1"]  # fmt: skip
+    argmax_f1 = _binary_f1(p.argmax(-1), torch.tensor(val.y))
     hf = json.loads((best_dir / "config.json").read_text(encoding="utf-8"))
     atomic_write_json(best_dir / "config.json", {**hf, "classifier_threshold": t})
     return {"threshold": t, "val_f1": f1, "val_f1_argmax": argmax_f1}
