@@ -1,8 +1,8 @@
-"""Benchmark: the classification applications (recipes moderation-zh, sentiment-zh, topic) on real data,
+"""Benchmark: the classification applications (recipes moderation-zh, sentiment-zh, sentiment, topic) on real data,
 MiniLM and our own decoder each beside TF-IDF + LR and Naive Bayes, with 95 % bootstrap intervals.
 
     flock /tmp/llmchain-bench.lock .venv/bin/python benchmarks/apps_classify.py [--quick]
-        [--apps moderation-zh,sentiment-zh,topic-ag,topic-trec] [--budgets 15m] [--runs-dir DIR]
+        [--apps moderation-zh,sentiment-zh,sentiment,topic-ag,topic-trec] [--budgets 15m] [--runs-dir DIR]
 
 Each app is a full `llmchain run` of its built-in recipe with `--set budget=B` (its training stages
 get share × B of wall time), into DIR/APP-B/ (a re-run reuses what is up to date there: delete DIR
@@ -11,6 +11,7 @@ to measure from scratch). Several budgets give a curve: score against minutes of
   the gap to COLD's authors' classifier (82.39 macro-F1, 82.75 % accuracy), macro-F1 per topic;
 - sentiment-zh: waimai_10k cut 70/10/20 by the recipe's split stages (test use only: no licence);
   accuracy against TF-IDF + LR on characters (target: not below it);
+- sentiment: SST-2 (English) train / dev / test as shipped;
 - topic-ag: AG News (the 7,600-row official test split cut 70/10/20); topic-trec: TREC coarse labels
   (its train file cut 90/10 for train/val, its own test file).
 "Better"/"worse" only when the 95 % intervals do not overlap. Prints a table; writes the raw rows to
@@ -39,6 +40,8 @@ def app_settings(app: str) -> tuple[str, list[str], list[str], str, dict[str, st
     """(recipe, --input items, --set items, target metric, environment) of one benchmarked app."""
     if app == "moderation-zh":
         return "moderation-zh", [], [], "macro_f1", {"LLMCHAIN_DATA": str(DATA)}
+    if app == "sentiment":
+        return "sentiment", [], [], "accuracy", {"LLMCHAIN_DATA": str(DATA)}
     if app == "sentiment-zh":
         return "sentiment-zh", [], [], "accuracy", {"SENTIMENT_ZH_DATA": str(DATA / "waimai_10k_zh/waimai_10k.csv")}
     if app == "topic-ag":
@@ -85,13 +88,13 @@ def fmt(r: dict, m: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="budget 3m; moderation-zh and sentiment-zh only")
-    ap.add_argument("--apps", default=None, help="comma-separated: moderation-zh,sentiment-zh,topic-ag,topic-trec")
+    ap.add_argument("--apps", default=None, help="comma-separated: moderation-zh,sentiment-zh,sentiment,topic-ag,topic-trec")
     ap.add_argument("--budgets", default=None, help="comma-separated recipe budgets, e.g. 5m,10m,15m (default 15m)")
     ap.add_argument("--runs-dir", type=Path, default=Path("/tmp/llmchain-apps-classify"))
     ap.add_argument("--out", type=Path, default=RESULTS / "apps_classify.json")
     args = ap.parse_args()
     apps = (args.apps or ("moderation-zh,sentiment-zh" if args.quick else
-                          "moderation-zh,sentiment-zh,topic-ag,topic-trec")).split(",")  # fmt: skip
+                          "moderation-zh,sentiment-zh,sentiment,topic-ag,topic-trec")).split(",")  # fmt: skip
     budgets = (args.budgets or ("3m" if args.quick else "15m")).split(",")
     for budget in budgets:
         parse_duration(budget)  # a typo fails here, not after an hour
